@@ -1,0 +1,126 @@
+"""ID embeddings: the few learned token vectors that carry one person's identity.
+
+Files: the A1111/ComfyUI textual-inversion `.pt` (`{"string_to_param": {"*": Tensor[N, D]}}`, the format of the
+published Magic-Me characters and of our `train.py`) and safetensors `{token: Tensor[N, D]}`. Stock diffusers
+mis-reads the single-key A1111 dict, so we unwrap the tensor ourselves and hand it to `load_textual_inversion`.
+
+Prompts name an identity as `embedding:altman` (ComfyUI syntax, as in the original README) or `<altman>`; both
+become the token `<altman>`, which diffusers expands to `<altman> <altman>_1 … <altman>_{N-1}`.
+"""
+
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from magicme.errors import ConfigError
+
+EMBEDDING_SUFFIXES = (".pt", ".safetensors", ".bin")
+_NAME = r"[A-Za-z0-9_\-]+"
+# `embedding:NAME` with an optional file suffix, as ComfyUI accepts; `<NAME>` as diffusers' placeholder tokens.
+_COMFY_RE = re.compile(rf"embedding:({_NAME})(?:\.(?:pt|safetensors|bin))?")
+_ANGLE_RE = re.compile(rf"<({_NAME})>")
+
+
+def referenced_names(prompt: str) -> list[str]:
+    """Names of the identities a prompt uses, in order of first appearance."""
+    names = [m.group(1) for m in _COMFY_RE.finditer(prompt)] + [m.group(1) for m in _ANGLE_RE.finditer(prompt)]
+    return list(dict.fromkeys(names))
+
+
+def to_pipeline_prompt(prompt: str) -> str:
+    """Rewrite `embedding:NAME` as the placeholder token `<NAME>` that the loaded embedding is registered under."""
+    return _COMFY_RE.sub(lambda m: f"<{m.group(1)}>", prompt)
+
+
+def strip_id_tokens(prompt: str) -> str:
+    """Remove identity references, keeping the class word: `a photo of embedding:altman man` → `a photo of man`.
+
+    CLIP-T scores text alignment against this prompt, since a CLIP model has never seen the ID tokens.
+    """
+    stripped = _ANGLE_RE.sub("", _COMFY_RE.sub("", prompt))
+    return re.sub(r"\s+", " ", stripped).strip()
+
+
+def find_embeddings(embeddings_dir: Path | str | None) -> dict[str, Path]:
+    """Every embedding file in `embeddings_dir`, by file stem (`altman.pt` → `altman`)."""
+    if embeddings_dir is None:
+        return {}
+    folder = Path(embeddings_dir)
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix in EMBEDDING_SUFFIXES and p.is_file()}
+
+
+def resolve_names(prompts: list[str], available: dict[str, Path], where: str = "prompts") -> dict[str, Path]:
+    """Map every identity the prompts use to its file, or fail listing what is available."""
+    needed: dict[str, Path] = {}
+    for prompt in prompts:
+        for name in referenced_names(prompt):
+            if name not in available:
+                listing = ", ".join(sorted(available)) or "none (set model.embeddings_dir to a folder of .pt files)"
+                raise ConfigError(f"{where}: unknown identity {name!r} in {prompt!r}; available: {listing}")
+            needed[name] = available[name]
+    return needed
+
+
+def load_embedding_file(path: Path | str) -> torch.Tensor:
+    """Read the (N, D) token vectors from an A1111/ComfyUI `.pt`, a diffusers `.bin` or a safetensors file."""
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            data = load_file(path)
+        else:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch/safetensors raise many types for corrupt or unsafe files
+        raise ConfigError(f"{path}: not a readable embedding file ({type(err).__name__}: {err})") from err
+    if isinstance(data, dict) and "string_to_param" in data:  # A1111 / ComfyUI / Magic-Me
+        params = data["string_to_param"]
+        data = params.get("*", next(iter(params.values()), None)) if isinstance(params, dict) else params
+    elif isinstance(data, dict) and len(data) == 1:  # diffusers: {token: tensor}
+        data = next(iter(data.values()))
+    if not isinstance(data, torch.Tensor):
+        raise ConfigError(
+            f"{path}: no embedding tensor found; expected {{'string_to_param': {{'*': Tensor[N, D]}}}} "
+            "or a safetensors file with one tensor"
+        )
+    if data.ndim == 1:
+        data = data[None]
+    if data.ndim != 2:
+        raise ConfigError(f"{path}: embedding has shape {tuple(data.shape)}; expected (tokens, width)")
+    return data.float()
+
+
+def check_width(name: str, path: Path, vectors: torch.Tensor, width: int) -> None:
+    """An embedding trained for another text encoder (e.g. SDXL's 1280-wide one) cannot be used with this base."""
+    if vectors.shape[1] != width:
+        raise ConfigError(
+            f"{path}: identity {name!r} has vectors of width {vectors.shape[1]}, but the base model's text encoder "
+            f"expects {width}; use an embedding trained for this base family"
+        )
+
+
+def load_into_pipeline(pipe, embeddings: dict[str, Path]) -> None:
+    """Register every identity as token `<name>` in the pipeline's tokenizer and text encoder."""
+    width = pipe.text_encoder.get_input_embeddings().weight.shape[1]
+    for name, path in embeddings.items():
+        vectors = load_embedding_file(path)
+        check_width(name, path, vectors, width)
+        token = f"<{name}>"
+        if token in pipe.tokenizer.get_vocab():
+            continue
+        pipe.load_textual_inversion(vectors, token=token)
+
+
+def save_embedding(path: Path | str, vectors: torch.Tensor, name: str) -> None:
+    """Write `vectors` (N, D) in the A1111/ComfyUI layout (`.pt`) or as safetensors `{<name>: tensor}`."""
+    from safetensors.torch import save_file
+
+    from magicme.video_io import atomic_path
+
+    path = Path(path)
+    tensor = vectors.detach().to("cpu", torch.float32).contiguous()
+    with atomic_path(path) as tmp:
+        if path.suffix == ".safetensors":
+            save_file({f"<{name}>": tensor}, str(tmp))
+        else:
+            torch.save({"string_to_param": {"*": tensor}, "name": name}, tmp)

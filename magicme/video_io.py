@@ -1,0 +1,116 @@
+"""Reading and writing videos. In memory a video is float32 (frames, height, width, 3) in [0, 1]."""
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+from PIL import Image
+
+from magicme.errors import ConfigError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path | str) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+
+    A crash or error mid-write never leaves a half-written file under the final name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def to_uint8(video: np.ndarray) -> np.ndarray:
+    """[0, 1] floats → uint8 with rounding (not truncation), so a round trip changes values by at most 1/255."""
+    return (np.clip(video, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def write_video(stem: Path, video: np.ndarray, fps: int, formats: tuple[str, ...] = ("mp4", "gif")) -> dict[str, str]:
+    """Write `video` as `stem.mp4` (H.264, yuv420p) and/or `stem.gif`; returns {format: file name}."""
+    frames = to_uint8(video)
+    written = {}
+    for fmt in formats:
+        target = stem.with_name(f"{stem.name}.{fmt}")
+        with atomic_path(target) as tmp:
+            if fmt == "mp4":
+                iio.imwrite(tmp, frames, plugin="pyav", codec="libx264", fps=fps,
+                            out_pixel_format="yuv420p", extension=".mp4")
+            elif fmt == "gif":
+                pil = [Image.fromarray(f) for f in frames]
+                pil[0].save(tmp, format="GIF", save_all=True, append_images=pil[1:],
+                            duration=round(1000 / fps), loop=0)
+            else:
+                raise ValueError(f"unknown video format {fmt!r}")
+        written[fmt] = target.name
+    return written
+
+
+def write_frames(folder: Path, video: np.ndarray) -> str:
+    """Write every frame as `folder/frame-XXXX.png` (lossless, for inspection or further editing)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, frame in enumerate(to_uint8(video)):
+        with atomic_path(folder / f"frame-{i:04d}.png") as tmp:
+            Image.fromarray(frame).save(tmp, format="PNG")
+    return folder.name
+
+
+def read_video(path: Path | str) -> np.ndarray:
+    """Read an MP4/GIF/… file or a folder of frame images into float32 (F, H, W, 3) in [0, 1].
+
+    decord is used when installed (fast seeking on long files), PyAV otherwise.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: video not found; give an MP4/GIF file or a folder of frames")
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ConfigError(f"{path}: folder holds no frame images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        try:
+            frames = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+        except OSError as err:
+            raise ConfigError(f"{path}: cannot read a frame image ({err})") from err
+        if len({f.shape for f in frames}) != 1:
+            raise ConfigError(f"{path}: frame images differ in size; all frames must have the same size")
+        return np.stack(frames).astype(np.float32) / 255.0
+    try:
+        frames = _read_with_decord(path)
+    except ImportError:
+        frames = None
+    try:
+        if frames is None:
+            plugin = "pillow" if path.suffix.lower() == ".gif" else "pyav"
+            frames = iio.imread(path, plugin=plugin, index=None)
+    except Exception as err:  # imageio raises many types for corrupt input
+        raise ConfigError(f"{path}: cannot decode this video ({type(err).__name__}: {err})") from err
+    frames = np.asarray(frames)
+    if frames.ndim == 3:  # a single image or one frame
+        frames = frames[None]
+    if frames.shape[-1] == 4:
+        frames = frames[..., :3]
+    return frames.astype(np.float32) / 255.0
+
+
+def _read_with_decord(path: Path) -> np.ndarray | None:
+    import decord
+
+    if path.suffix.lower() == ".gif":
+        return None
+    try:
+        reader = decord.VideoReader(str(path))
+        return reader.get_batch(list(range(len(reader)))).asnumpy()
+    except decord.DECORDError:
+        return None

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Create ./.venv (Python 3.10+) with magicme and its test extras; safe to run again (it only adds what is missing).
+# torch is pinned first: an unpinned `torch` can pull a multi-GB CUDA build on a CPU box. On a GPU box use
+# environment.yaml (conda) or install the CUDA torch you want before running this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+if ! python -c "import torch" >/dev/null 2>&1; then
+  python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
+fi
+python -m pip install -q -e ".[test]"
