@@ -19,9 +19,9 @@ diffusers keeps it as (B·F, C, H, W) between layers.
    Gradient checkpointing of the UNet is not supported in v1 "original" mode: its backward recomputation runs after
    the forward call ended, and the norm then raises instead of guessing F.
 
-Measured on a tiny float64 UNet (`scripts/measure_parity.py`), stock diffusers is off from the original by about 30 %
-relative error for v1 and a few % for v2/v3; with these replacements the gap is float64 rounding. See
-docs/animatediff-parity.md.
+Measured on tiny random-weight float64 UNets (`scripts/measure_parity.py`), stock diffusers' noise prediction is off
+from the original by about 0.27 relative error for v1 and 0.17 for v2/v3; with these replacements the gap is float64
+rounding (~2e-15). See docs/animatediff-parity.md.
 
 The replacements change only the class of existing `nn.GroupNorm` modules (same weight/bias tensors, same state-dict
 keys, same device/dtype behaviour, any hooks kept), so `mode="diffusers"` can switch straight back and applying

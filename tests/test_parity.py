@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 from diffusers.models.resnet import ResnetBlock2D
+from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
 
 from magicme.errors import ConfigError
@@ -104,6 +105,16 @@ def test_v1_frame_count_is_per_call_and_cleared(stock_unets):
     assert norm.frame_count.frames is None  # cleared even when the forward raised
 
 
+def test_v1_gradient_checkpointing_fails_loudly(stock_unets):
+    """Checkpoint recomputation runs after the forward call: the pooled norm must refuse, not guess F."""
+    unet = patched(stock_unets["v1"], "v1")
+    unet.enable_gradient_checkpointing()
+    unet.train()
+    out = unet(**tiny_inputs(batch=1, frames=4)).sample
+    with pytest.raises(RuntimeError, match="model.animatediff_numerics: diffusers"):
+        out.sum().backward()
+
+
 def test_deepcopy_of_a_patched_v1_unet_works(stock_unets):
     stock = stock_unets["v1"]
     unet = copy.deepcopy(patched(stock, "v1"))
@@ -139,6 +150,12 @@ def test_idempotent_and_keeps_parameters(stock_unets, version):
     assert all(torch.equal(state[k], v) for k, v in stock.state_dict().items())
     twice.load_state_dict(stock.state_dict(), strict=True)
 
+    # 8 resnets × (norm1, norm2) + conv_norm_out: pooled in v1, stock (per frame) in v2/v3. The spatial
+    # transformers' GroupNorms stay stock: per frame in the original too.
+    spatial = {id(m.norm) for m in twice.modules() if isinstance(m, Transformer2DModel)}
+    plain = [m for m in twice.modules() if type(m) is nn.GroupNorm and id(m) not in spatial]
+    pooled = [m for m in twice.modules() if isinstance(m, FramePooledGroupNorm)]
+    assert (len(pooled), len(plain)) == ((17, 0) if version == "v1" else (0, 17))
     resnet_norm = next(m for m in twice.modules() if isinstance(m, ResnetBlock2D)).norm1
     assert type(resnet_norm) is (FramePooledGroupNorm if version == "v1" else nn.GroupNorm)
     assert all(isinstance(m.norm, FramewiseGroupNorm) for _, m in motion_modules(twice))
