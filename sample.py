@@ -7,11 +7,14 @@ Every key is described in configs/sample/example.yaml and the README.
 """
 
 import argparse
-import logging
 import sys
 
-from magicme.errors import ConfigError
-from magicme.sampling import run_sampling
+from magicme.cli import quiet_libraries
+
+quiet_libraries()  # before diffusers/transformers are imported, so their verbosity settings take effect
+
+from magicme.errors import ConfigError  # noqa: E402
+from magicme.sampling import run_sampling  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,7 +23,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=4 seeds=[1,2]")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     try:
         run_dir = run_sampling(args.config, args.overrides, progress=not args.quiet)
     except ConfigError as err:

@@ -123,7 +123,10 @@ def validate_model(model: DictConfig) -> tuple[int, int]:
     mm = Path(model.motion_module)
     _check(mm.exists(), f"model.motion_module: {mm} not found; run download_checkpoint.sh --only motion")
     if mm.is_file():
-        max_frames = inspect_motion_module(read_state_dict(mm), mm).max_seq_length
+        try:
+            max_frames = inspect_motion_module(read_state_dict(mm), mm).max_seq_length
+        except ConfigError as err:
+            raise ConfigError(f"model.motion_module: {err}") from err
     else:
         _check((mm / "config.json").is_file(), f"model.motion_module: {mm} is neither a motion module file nor a "
                                                "diffusers MotionAdapter folder (config.json missing)")

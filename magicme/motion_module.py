@@ -50,7 +50,7 @@ def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
 
 def inspect_motion_module(state: dict[str, torch.Tensor], path: Path | str = "motion module") -> MotionModuleInfo:
     """Version and shape of an original-layout motion module, from its keys alone."""
-    keys = [k for k in state if ".motion_modules." in k and ".temporal_transformer." in k]
+    keys = [k for k in state if ".motion_modules." in k and ".temporal_transformer." in k and "_lora." not in k]
     if not keys:
         hint = (
             "it looks like a MotionLoRA: list it under model.motion_loras"
@@ -61,7 +61,10 @@ def inspect_motion_module(state: dict[str, torch.Tensor], path: Path | str = "mo
     down = sorted({int(k.split(".")[1]) for k in keys if k.startswith("down_blocks.")})
     if max(down, default=0) == 2:  # SD1.5 has 4 down blocks (0-3), SDXL 3
         raise ConfigError(f"{path}: this is an SDXL motion module; magicme runs SD1.5-family models")
-    channels = tuple(state[f"down_blocks.{i}.motion_modules.0.temporal_transformer.norm.weight"].shape[0] for i in down)
+    norms = [state.get(f"down_blocks.{i}.motion_modules.0.temporal_transformer.norm.weight") for i in down]
+    if not down or any(n is None for n in norms):
+        raise ConfigError(f"{path}: incomplete motion module (no input norm weights in its down blocks)")
+    channels = tuple(n.shape[0] for n in norms)
     layers = len({k.split(".")[3] for k in keys if k.startswith("down_blocks.0.")})
     pe = [v for k, v in state.items() if k.endswith("pos_encoder.pe")]
     if not pe:
