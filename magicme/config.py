@@ -16,7 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from magicme.embeddings import find_embeddings, load_embedding_file, check_width, resolve_names
 from magicme.errors import ConfigError
-from magicme.models import CHECKPOINT_SUFFIXES, SCHEDULERS, is_hub_id
+from magicme.models import CHECKPOINT_SUFFIXES, SCHEDULERS, is_hub_id, resolve_device
 from magicme.motion_module import inspect_motion_module, read_state_dict
 
 STAGES = ("t2v",)
@@ -186,6 +186,8 @@ def validate_sample_config(cfg: DictConfig) -> tuple[list[dict], dict[str, Path]
     _choice("precision", cfg.precision, PRECISIONS)
     _check(cfg.device == "auto" or cfg.device.split(":")[0] in ("cpu", "cuda", "mps"),
            f"device: {cfg.device!r} is not auto, cpu, cuda, cuda:N or mps")
+    _check(not (cfg.cpu_offload and resolve_device(cfg.device).type == "cpu"),
+           "cpu_offload: only meaningful with a GPU; set cpu_offload=false on a CPU")
     _choice("attention", cfg.attention, ("sdpa", "xformers"))
     if cfg.attention == "xformers":
         try:

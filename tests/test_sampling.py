@@ -112,6 +112,7 @@ BAD_CONFIGS = [
     ({"seeds": [-5]}, "prompts[0].seeds: -5 is not an integer"),
     ({"model.motion_loras": [{"path": "nope.ckpt", "strength": 0.5}]}, "model.motion_loras[0].path: nope.ckpt not found"),
     ({"precision": "fp8"}, "precision: 'fp8' is not one of"),
+    ({"cpu_offload": True, "device": "cpu"}, "cpu_offload: only meaningful with a GPU"),
 ]
 
 
