@@ -1,0 +1,93 @@
+"""Text→video and video→video on diffusers' AnimateDiff pipelines, started from the 3D Gaussian noise prior.
+
+Both pipelines share one set of components (one UNet in memory). diffusers accepts initial `latents`, so the prior
+needs no fork of the denoising loop: T2V gets prior noise (scaled by the scheduler's `init_noise_sigma` inside the
+pipeline); V2V gets clean latents of the input video noised with prior noise to the first kept timestep.
+"""
+
+import numpy as np
+import torch
+from diffusers import AnimateDiffPipeline, AnimateDiffVideoToVideoPipeline
+
+from magicme.embeddings import to_pipeline_prompt
+from magicme.noise_prior import noise_latents, sample_noise_prior
+
+
+def denoising_steps(strength: float, steps: int) -> int:
+    """How many of `steps` a partial denoise at `strength` runs: round(strength · steps)."""
+    return min(steps, max(0, round(strength * steps)))
+
+
+class MagicPipeline:
+    """The loaded models plus the two operations every stage is made of."""
+
+    def __init__(self, t2v: AnimateDiffPipeline, motion_version: str, max_frames: int):
+        self.t2v = t2v
+        self.v2v = AnimateDiffVideoToVideoPipeline(**t2v.components)
+        self.motion_version = motion_version
+        self.max_frames = max_frames
+
+    @property
+    def device(self) -> torch.device:
+        return self.t2v._execution_device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.t2v.unet.dtype
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return self.t2v.vae_scale_factor
+
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int, int]:
+        s = self.vae_scale_factor
+        return (1, self.t2v.unet.config.in_channels, frames, height // s, width // s)
+
+    def text_to_video(self, prompt: str, negative_prompt: str, generator: torch.Generator, *, gamma: float,
+                      frames: int, height: int, width: int, steps: int, guidance_scale: float,
+                      progress: bool = True) -> np.ndarray:
+        """A (frames, height, width, 3) video in [0, 1] from prior noise drawn with `generator`."""
+        latents = sample_noise_prior(self.latent_shape(frames, height, width), gamma, generator,
+                                     device=self.device, dtype=self.dtype)
+        self.t2v.set_progress_bar_config(disable=not progress, leave=False)
+        out = self.t2v(
+            prompt=to_pipeline_prompt(prompt), negative_prompt=to_pipeline_prompt(negative_prompt) or None,
+            num_frames=frames, height=height, width=width, num_inference_steps=steps, guidance_scale=guidance_scale,
+            latents=latents, generator=generator, output_type="np",
+        )
+        return np.asarray(out.frames[0], dtype=np.float32)
+
+    @torch.no_grad()
+    def encode_video(self, video: np.ndarray, chunk: int = 16) -> torch.Tensor:
+        """Clean latents (1, C, F, h, w) of a [0, 1] video: the VAE posterior mean, scaled for the UNet."""
+        vae = self.t2v.vae
+        pixels = torch.from_numpy(video).permute(0, 3, 1, 2).to(self.device, vae.dtype) * 2.0 - 1.0
+        latents = torch.cat([vae.encode(pixels[i:i + chunk]).latent_dist.mode() for i in range(0, len(pixels), chunk)])
+        return (latents * vae.config.scaling_factor).permute(1, 0, 2, 3).unsqueeze(0).to(self.dtype)
+
+    def video_to_video(self, video: np.ndarray, prompt: str, negative_prompt: str, generator: torch.Generator, *,
+                       gamma: float, strength: float, steps: int, guidance_scale: float,
+                       progress: bool = True) -> np.ndarray:
+        """Partially noise `video` (strength s → round(s·steps) steps) with the prior and denoise it with `prompt`.
+
+        Strength 0 returns the input unchanged (no VAE round trip); strength 1 is T2V guided only by the video's
+        frame count and size.
+        """
+        frames, height, width, _ = video.shape
+        n = denoising_steps(strength, steps)
+        if n == 0:
+            return video.copy()
+        scheduler = self.v2v.scheduler
+        scheduler.set_timesteps(steps, device=self.device)
+        first_t = scheduler.timesteps[(steps - n) * scheduler.order]
+        clean = self.encode_video(video)
+        noise = sample_noise_prior(tuple(clean.shape), gamma, generator, device=self.device, dtype=self.dtype)
+        noisy = noise_latents(clean, noise, scheduler, first_t)
+        self.v2v.set_progress_bar_config(disable=not progress, leave=False)
+        out = self.v2v(
+            prompt=to_pipeline_prompt(prompt), negative_prompt=to_pipeline_prompt(negative_prompt) or None,
+            height=height, width=width, num_inference_steps=steps, guidance_scale=guidance_scale,
+            # diffusers keeps int(strength · steps) steps; asking for (n + 0.5) / steps makes that exactly n.
+            strength=min(1.0, (n + 0.5) / steps), latents=noisy, generator=generator, output_type="np",
+        )
+        return np.asarray(out.frames[0], dtype=np.float32)

@@ -1,0 +1,67 @@
+"""Write motion modules and MotionLoRAs in the *original* AnimateDiff layout (as `mm_sd_v15_v2.ckpt` and
+`v2_lora_ZoomIn.ckpt` have it), from a diffusers `MotionAdapter`.
+
+This is the inverse of diffusers' `convert_animatediff_checkpoint_to_diffusers`, used only to build fixtures; the
+loaders then read these files through the same code path as real downloads.
+"""
+
+from pathlib import Path
+
+import torch
+from diffusers import MotionAdapter
+
+from magicme.video_io import atomic_path
+
+_BLOCK_RENAMES = (  # diffusers name -> original AnimateDiff name, inside a transformer block
+    ("attn1", "attention_blocks.0"), ("attn2", "attention_blocks.1"),
+    ("norm1", "norms.0"), ("norm2", "norms.1"), ("norm3", "ff_norm"),
+)
+
+
+def original_key(diffusers_key: str) -> str:
+    """`down_blocks.0.motion_modules.1.transformer_blocks.0.attn1.to_q.weight` →
+    `down_blocks.0.motion_modules.1.temporal_transformer.transformer_blocks.0.attention_blocks.0.to_q.weight`."""
+    block, _, rest = diffusers_key.partition(".motion_modules.")
+    index, _, tail = rest.partition(".")
+    for new, old in _BLOCK_RENAMES:
+        tail = tail.replace(f".{new}.", f".{old}.")
+    return f"{block}.motion_modules.{index}.temporal_transformer.{tail}"
+
+
+def original_state_dict(adapter: MotionAdapter) -> dict[str, torch.Tensor]:
+    """The adapter's weights under original keys; each attention block gets its own `pos_encoder.pe` buffer, as in
+    the original (diffusers keeps one per transformer block)."""
+    state = {}
+    for key, value in adapter.state_dict().items():
+        if key.endswith("pos_embed.pe"):
+            prefix = original_key(key).removesuffix(".pos_embed.pe")
+            for k in (0, 1):
+                state[f"{prefix}.attention_blocks.{k}.pos_encoder.pe"] = value.clone()
+        else:
+            state[original_key(key)] = value.clone()
+    return state
+
+
+def save_original_motion_module(adapter: MotionAdapter, path: Path | str) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(original_state_dict(adapter), tmp)
+    return path
+
+
+def save_original_motion_lora(adapter: MotionAdapter, path: Path | str, rank: int = 4, seed: int = 0) -> Path:
+    """A random MotionLoRA in the original format: `<attention block>.processor.<proj>_lora.{down,up}.weight`."""
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, weight in adapter.state_dict().items():
+        for proj in ("to_q", "to_k", "to_v", "to_out.0"):
+            if key.endswith(f".{proj}.weight") and (".attn1." in key or ".attn2." in key):
+                prefix = original_key(key).removesuffix(f".{proj}.weight")
+                name = proj.removesuffix(".0")
+                out_dim, in_dim = weight.shape
+                state[f"{prefix}.processor.{name}_lora.down.weight"] = torch.randn(rank, in_dim, generator=generator)
+                state[f"{prefix}.processor.{name}_lora.up.weight"] = torch.randn(out_dim, rank, generator=generator) * 0.1
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return path

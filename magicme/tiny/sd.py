@@ -1,0 +1,124 @@
+"""Tiny random-weight Stable Diffusion 1.5-family models, saved in the real file formats.
+
+No weights can be downloaded where the tests run, so the project builds its own: a diffusers SD folder (unet, vae,
+text_encoder, tokenizer, scheduler), motion modules in the *original AnimateDiff* key layout, an original-format
+MotionLoRA and an A1111/ComfyUI embedding `.pt`. Every loader is then exercised on exactly the formats real
+downloads have. Shapes follow SD1.5's structure (4-level VAE with ×8 downsampling, cross-attention UNet, CLIP text
+encoder) at a width small enough for a CPU.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+from magicme.embeddings import save_embedding
+from magicme.tiny.motion import save_original_motion_lora, save_original_motion_module
+
+TEXT_WIDTH = 32
+UNET_CHANNELS = (32, 64)
+MOTION_VERSIONS = {"v1": (24, False), "v2": (32, True), "v3": (32, False)}  # (max frames, mid-block module)
+
+
+def save_tiny_tokenizer(out: Path) -> CLIPTokenizer:
+    """A CLIP BPE tokenizer with a byte-level character vocabulary and no merges: every word is split into
+    characters, which is enough to test prompt handling and added ID tokens."""
+    out.mkdir(parents=True, exist_ok=True)
+    chars = list(bytes_to_unicode().values())
+    vocab = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    (out / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}, ensure_ascii=False))
+    (out / "merges.txt").write_text("#version: 0.2\n")
+    special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+               "pad_token": "<|endoftext|>"}
+    (out / "special_tokens_map.json").write_text(json.dumps(special))
+    (out / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "do_lower_case": True, **special})
+    )
+    tokenizer = CLIPTokenizer.from_pretrained(out)
+    return tokenizer
+
+
+def tiny_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=TEXT_WIDTH, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=77, projection_dim=TEXT_WIDTH,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    return CLIPTextModel(config)
+
+
+def tiny_unet() -> UNet2DConditionModel:
+    """SD1.5's UNet layout (cross-attention blocks, 2 resnets per block, 8 heads) with 2 levels of 32/64 channels."""
+    return UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=UNET_CHANNELS,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=TEXT_WIDTH, attention_head_dim=8, norm_num_groups=32,
+    )
+
+
+def tiny_vae() -> AutoencoderKL:
+    """4 levels like SD's VAE, so images are downsampled ×8 exactly as with real weights."""
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 32, 32, 32),
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=1, norm_num_groups=32, sample_size=64,
+    )
+
+
+def animatediff_ddim() -> DDIMScheduler:
+    """DDIM exactly as AnimateDiff configures it: linear betas 0.00085→0.012, steps_offset 1, no clipping."""
+    return DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="linear", steps_offset=1, clip_sample=False,
+        set_alpha_to_one=False, timestep_spacing="leading",
+    )
+
+
+def tiny_motion_adapter(version: str) -> MotionAdapter:
+    max_len, mid = MOTION_VERSIONS[version]
+    return MotionAdapter(
+        block_out_channels=UNET_CHANNELS, motion_layers_per_block=2, motion_num_attention_heads=8,
+        motion_norm_num_groups=32, motion_max_seq_length=max_len, use_motion_mid_block=mid,
+    )
+
+
+def save_tiny_sd(out: Path) -> Path:
+    """Write a diffusers-layout SD folder (the layout of `stable-diffusion-v1-5`)."""
+    tokenizer = save_tiny_tokenizer(out / "tokenizer")
+    tiny_text_encoder(tokenizer).save_pretrained(out / "text_encoder")
+    tiny_unet().save_pretrained(out / "unet")
+    tiny_vae().save_pretrained(out / "vae")
+    animatediff_ddim().save_pretrained(out / "scheduler")
+    index = {
+        "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1",
+        "feature_extractor": [None, None], "requires_safety_checker": False, "safety_checker": [None, None],
+        "scheduler": ["diffusers", "DDIMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+    (out / "model_index.json").write_text(json.dumps(index, indent=2))
+    return out
+
+
+def build_tiny_bundle(out: Path | str, seed: int = 0) -> dict[str, Path]:
+    """Build every tiny model under `out`; the same seed always gives the same bytes of weights."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "RANDOM_WEIGHTS.txt").write_text(
+        "Tiny random-weight models built by scripts/make_tiny_models.py for tests; their output is noise.\n"
+    )
+    torch.manual_seed(seed)
+    paths = {"sd15": save_tiny_sd(out / "sd15")}
+    for version in MOTION_VERSIONS:
+        path = out / "motion_module" / f"mm_tiny_{version}.ckpt"
+        save_original_motion_module(tiny_motion_adapter(version), path)
+        paths[f"motion_{version}"] = path
+    paths["motion_lora"] = save_original_motion_lora(
+        tiny_motion_adapter("v2"), out / "motion_lora" / "v2_lora_tiny.ckpt", rank=4
+    )
+    generator = torch.Generator().manual_seed(seed + 1)
+    paths["embedding"] = out / "embeddings" / "tinyperson.pt"
+    save_embedding(paths["embedding"], torch.randn(4, TEXT_WIDTH, generator=generator) * 0.02, "tinyperson")
+    return paths

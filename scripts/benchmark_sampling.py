@@ -1,0 +1,100 @@
+"""T2V through magicme vs stock diffusers `AnimateDiffPipeline`, same model, frames and steps.
+
+    python scripts/benchmark_sampling.py [--tiny models/tiny] [--frames 16] [--steps 10] [--size 64] [--repeats 5]
+
+Runs are interleaved in one process (ours, stock, ours, …) so that warm-up and machine noise hit both alike; the
+median of each is compared. The figures are printed last as `name=value` lines:
+`t2v_overhead_ratio` = ours / stock (goal ≤ 1.03), seconds of each, and peak memory (CUDA: allocated bytes;
+CPU: the process's peak resident set).
+"""
+
+import argparse
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from magicme.cli import quiet_libraries  # noqa: E402
+
+quiet_libraries()
+
+import torch  # noqa: E402
+from diffusers import AnimateDiffPipeline  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from magicme.embeddings import find_embeddings  # noqa: E402
+from magicme.models import load_pipeline, make_scheduler, resolve_device, resolve_dtype  # noqa: E402
+from magicme.motion_module import load_motion_adapter  # noqa: E402
+from magicme.tiny.sd import build_tiny_bundle  # noqa: E402
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def timed(fn, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", default=None, help="tiny bundle folder (built in a temp folder if not given)")
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+
+    root = Path(args.tiny) if args.tiny else Path(tempfile.mkdtemp()) / "tiny"
+    if not (root / "sd15").is_dir():
+        build_tiny_bundle(root)
+    device = resolve_device(args.device)
+    dtype = resolve_dtype("auto", device)
+    model = OmegaConf.create({"base": str(root / "sd15"), "motion_module": str(root / "motion_module/mm_tiny_v2.ckpt"),
+                              "scheduler": "ddim", "animatediff_numerics": "diffusers"})
+    ours = load_pipeline(model, find_embeddings(root / "embeddings"), device=args.device)
+    adapter, _ = load_motion_adapter(model.motion_module)
+    stock = AnimateDiffPipeline.from_pretrained(model.base, motion_adapter=adapter, torch_dtype=dtype,
+                                                scheduler=make_scheduler("ddim")).to(device)
+    stock.set_progress_bar_config(disable=True)
+    call = dict(num_frames=args.frames, height=args.size, width=args.size, num_inference_steps=args.steps,
+                guidance_scale=7.5)
+    prompt, negative = "a photo of a man walking", "blurry"
+
+    def run_ours():
+        ours.text_to_video(prompt, negative, torch.Generator().manual_seed(0), gamma=0.1, frames=args.frames,
+                           height=args.size, width=args.size, steps=args.steps, guidance_scale=7.5, progress=False)
+
+    def run_stock():
+        stock(prompt=prompt, negative_prompt=negative, generator=torch.Generator().manual_seed(0), output_type="np",
+              **call)
+
+    run_ours(), run_stock()  # warm-up
+    ours_s, stock_s = [], []
+    for _ in range(args.repeats):
+        ours_s.append(timed(run_ours, device))
+        stock_s.append(timed(run_stock, device))
+    ours_med, stock_med = statistics.median(ours_s), statistics.median(stock_s)
+    print(f"device={device}")
+    print(f"shape=frames{args.frames}x{args.size}x{args.size}x{args.steps}steps")
+    print(f"t2v_seconds_ours={ours_med:.4f}")
+    print(f"t2v_seconds_stock={stock_med:.4f}")
+    print(f"t2v_overhead_ratio={ours_med / stock_med:.3f}")
+    print(f"peak_memory_mb={peak_memory_mb(device):.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Shared fixtures: the tiny random-weight bundle is built once per test session (about a second)."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory) -> dict[str, Path]:
+    from magicme.tiny.sd import build_tiny_bundle
+
+    return build_tiny_bundle(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_cfg(tiny_bundle):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create({
+        "base": str(tiny_bundle["sd15"]), "base_config": None, "vae": None,
+        "motion_module": str(tiny_bundle["motion_v2"]), "motion_loras": [],
+        "embeddings_dir": str(tiny_bundle["embedding"].parent), "scheduler": "ddim",
+        "animatediff_numerics": "original",
+    })
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tiny_bundle, tiny_model_cfg):
+    from magicme.embeddings import find_embeddings
+    from magicme.models import load_pipeline
+
+    return load_pipeline(tiny_model_cfg, find_embeddings(tiny_bundle["embedding"].parent), device="cpu")

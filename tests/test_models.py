@@ -1,0 +1,47 @@
+import pytest
+import torch
+from diffusers import AutoencoderKL
+
+from magicme.errors import ConfigError
+from magicme.models import is_hub_id, load_vae, make_scheduler, resolve_dtype
+
+
+def test_ddim_is_configured_as_animatediff():
+    cfg = make_scheduler("ddim").config
+    assert (cfg.beta_start, cfg.beta_end, cfg.beta_schedule) == (0.00085, 0.012, "linear")
+    assert cfg.steps_offset == 1 and cfg.clip_sample is False
+    scheduler = make_scheduler("ddim")
+    scheduler.set_timesteps(25)
+    assert scheduler.timesteps[0].item() == 961 and scheduler.timesteps[-1].item() == 1  # AnimateDiff's schedule
+
+
+def test_other_schedulers_and_unknown_name():
+    assert make_scheduler("dpmpp_2m_karras").config.use_karras_sigmas is True
+    assert make_scheduler("euler").config.beta_end == 0.012
+    with pytest.raises(ConfigError, match="model.scheduler: unknown scheduler 'lms'"):
+        make_scheduler("lms")
+
+
+def test_hub_ids_only_when_written_as_such(tmp_path):
+    assert is_hub_id("SG161222/Realistic_Vision_V5.1_noVAE")
+    assert not is_hub_id("models/stable-diffusion-v1-5")
+    assert not is_hub_id(str(tmp_path))
+    assert not is_hub_id("./local/folder")
+
+
+def test_dtype_defaults():
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.float16
+    assert resolve_dtype("bf16", torch.device("cuda")) == torch.bfloat16
+
+
+def test_separate_vae_folder(tiny_bundle):
+    vae = load_vae(str(tiny_bundle["sd15"] / "vae"), None, torch.float32)
+    assert isinstance(vae, AutoencoderKL)
+    assert load_vae(str(tiny_bundle["sd15"]), None, torch.float32).config.latent_channels == 4
+
+
+def test_pipeline_components_are_shared(tiny_pipeline):
+    assert tiny_pipeline.v2v.unet is tiny_pipeline.t2v.unet
+    assert tiny_pipeline.v2v.vae is tiny_pipeline.t2v.vae
+    assert tiny_pipeline.motion_version == "v2" and tiny_pipeline.max_frames == 32

@@ -1,0 +1,143 @@
+"""End-to-end sample.py on the tiny bundle, reproducibility, and the config checks that run before any model loads."""
+
+import json
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import sample
+from magicme.embeddings import save_embedding
+from magicme.pipeline import denoising_steps
+from magicme.video_io import read_video
+
+
+def write_config(tmp_path, tiny_bundle, **changes):
+    cfg = {
+        "model": {
+            "base": str(tiny_bundle["sd15"]),
+            "motion_module": str(tiny_bundle["motion_v2"]),
+            "motion_loras": [{"path": str(tiny_bundle["motion_lora"]), "strength": 0.6}],
+            "embeddings_dir": str(tiny_bundle["embedding"].parent),
+        },
+        "prompts": ["a photo of embedding:tinyperson man", {"prompt": "<tinyperson> man running", "seeds": [5]}],
+        "seeds": [1], "steps": 2, "frames": 4, "width": 64, "height": 48, "fps": 4,
+        "output_dir": str(tmp_path / "out"),
+    }
+    for key, value in changes.items():
+        node, *path = key.split(".")
+        target = cfg
+        for part in [node, *path][:-1]:
+            target = target.setdefault(part, {})
+        target[[node, *path][-1]] = value
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def run_dirs(tmp_path):
+    out = tmp_path / "out"
+    return sorted(out.iterdir()) if out.exists() else []
+
+
+def test_sample_py_end_to_end(tmp_path, tiny_bundle, capsys):
+    config = write_config(tmp_path, tiny_bundle)
+    assert sample.main(["--config", str(config), "--quiet", "save_frames=true", "seeds=[1,-1]"]) == 0
+    (run_dir,) = run_dirs(tmp_path)
+    records = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert len(records) == 3  # prompt 1 × seeds [1, random] + prompt 2 × its own seed
+    for record in records:
+        mp4 = iio.imread(run_dir / record["files"]["mp4"], plugin="pyav")
+        gif = read_video(run_dir / record["files"]["gif"])
+        assert mp4.shape == (4, 48, 64, 3) and gif.shape == (4, 48, 64, 3)
+        assert len(list((run_dir / record["files"]["frames"]).glob("frame-*.png"))) == 4
+        assert record["stage"] == "t2v" and record["seconds"] > 0
+    assert records[1]["seed"] != -1 and records[2]["seed"] == 5
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert [p["seeds"] for p in saved["prompts"]] == [[1], [records[1]["seed"]], [5]]
+    assert (run_dir / "grid.gif").is_file()
+    assert str(run_dir) in capsys.readouterr().out
+
+
+def test_saved_config_reproduces_the_run(tmp_path, tiny_bundle):
+    config = write_config(tmp_path, tiny_bundle)
+    assert sample.main(["--config", str(config), "--quiet", "save_frames=true", "seeds=[-1]"]) == 0
+    (first,) = run_dirs(tmp_path)
+    assert sample.main(["--config", str(first / "config.yaml"), "--quiet"]) == 0
+    second = next(d for d in run_dirs(tmp_path) if d != first)
+    for folder in sorted(p for p in first.iterdir() if p.is_dir()):
+        assert np.array_equal(read_video(folder), read_video(second / folder.name))
+
+
+def test_same_seed_same_video_different_seed_different(tiny_pipeline):
+    kwargs = dict(gamma=0.1, frames=3, height=32, width=32, steps=2, guidance_scale=7.5, progress=False)
+    a = tiny_pipeline.text_to_video("<tinyperson> man", "", torch.Generator().manual_seed(1), **kwargs)
+    b = tiny_pipeline.text_to_video("<tinyperson> man", "", torch.Generator().manual_seed(1), **kwargs)
+    c = tiny_pipeline.text_to_video("<tinyperson> man", "", torch.Generator().manual_seed(2), **kwargs)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_video_to_video_strength(tiny_pipeline, monkeypatch):
+    video = np.random.default_rng(0).random((3, 32, 32, 3), dtype=np.float32)
+    kwargs = dict(gamma=0.1, steps=10, guidance_scale=1.0, progress=False)
+    assert np.array_equal(tiny_pipeline.video_to_video(video, "x", "", torch.Generator(), strength=0.0, **kwargs),
+                          video)
+    calls = []
+    unet_forward = tiny_pipeline.v2v.unet.forward
+    monkeypatch.setattr(tiny_pipeline.v2v.unet, "forward", lambda *a, **k: calls.append(1) or unet_forward(*a, **k))
+    for strength in (0.2, 0.25, 0.56, 1.0):
+        calls.clear()
+        out = tiny_pipeline.video_to_video(video, "x", "", torch.Generator().manual_seed(0), strength=strength,
+                                           **kwargs)
+        assert len(calls) == round(strength * 10) == denoising_steps(strength, 10)
+        assert out.shape == video.shape
+
+
+BAD_CONFIGS = [
+    ({"stepz": 3}, "stepz"),
+    ({"steps": "many"}, "steps"),
+    ({"steps": 0}, "steps: 0 must be at least 1"),
+    ({"width": 60}, "width: 60 must be a positive multiple of 8"),
+    ({"gamma": 1.0}, "gamma: 1.0 not in [0, 1)"),
+    ({"frames": 40}, "frames: 40 not in [1, 32]"),
+    ({"stages": ["t2v", "sharpen"]}, "stages: 'sharpen' is not one of"),
+    ({"model.scheduler": "heun"}, "model.scheduler: 'heun' is not one of"),
+    ({"model.motion_module": "nowhere/mm.ckpt"}, "model.motion_module: nowhere/mm.ckpt not found"),
+    ({"model.base": "models/missing-base"}, "model.base: models/missing-base not found"),
+    ({"prompts": []}, "prompts: no prompts given"),
+    ({"prompts": ["a photo of embedding:nobody man"]}, "unknown identity 'nobody'"),
+    ({"prompts": [{"prompt": "x", "seed": 3}]}, "prompts[0]: unknown key(s) ['seed']"),
+    ({"seeds": [-5]}, "prompts[0].seeds: -5 is not an integer"),
+    ({"model.motion_loras": [{"path": "nope.ckpt", "strength": 0.5}]}, "model.motion_loras[0].path: nope.ckpt not found"),
+    ({"precision": "fp8"}, "precision: 'fp8' is not one of"),
+    ({"cpu_offload": True, "device": "cpu"}, "cpu_offload: only meaningful with a GPU"),
+]
+
+
+@pytest.mark.parametrize("changes,message", BAD_CONFIGS, ids=[m.split(":")[0] for _, m in BAD_CONFIGS])
+def test_bad_config_one_clear_error_nothing_written(tmp_path, tiny_bundle, capsys, changes, message):
+    config = write_config(tmp_path, tiny_bundle, **changes)
+    assert sample.main(["--config", str(config), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_embedding_width_mismatch_caught_before_loading(tmp_path, tiny_bundle, capsys):
+    emb_dir = tmp_path / "emb"
+    save_embedding(emb_dir / "sdxlperson.pt", torch.zeros(4, 1280), "sdxlperson")
+    config = write_config(tmp_path, tiny_bundle, **{"model.embeddings_dir": str(emb_dir),
+                                                    "prompts": ["embedding:sdxlperson man"]})
+    assert sample.main(["--config", str(config), "--quiet"]) == 2
+    assert "width 1280" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_missing_config_file_and_bad_override(tmp_path, tiny_bundle, capsys):
+    assert sample.main(["--config", str(tmp_path / "nope.yaml")]) == 2
+    assert "nope.yaml: config file not found" in capsys.readouterr().err
+    config = write_config(tmp_path, tiny_bundle)
+    assert sample.main(["--config", str(config), "guidance_scale=loud"]) == 2
+    assert "guidance_scale" in capsys.readouterr().err
