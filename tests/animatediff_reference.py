@@ -112,8 +112,8 @@ def geglu_feed_forward(x: torch.Tensor, ff: nn.Module) -> torch.Tensor:
 
 def reference_motion_module(m: AnimateDiffTransformer3D, x: torch.Tensor, frames: int) -> torch.Tensor:
     """The original `TemporalTransformer3DModel` on x (B·F, C, H, W) with `m`'s weights: per-frame GroupNorm →
-    proj_in → per layer [2 × (LayerNorm → + positions → temporal self-attention → residual), LayerNorm → GEGLU
-    feed-forward → residual] → proj_out → residual."""
+    proj_in → per layer [2 × (LayerNorm → + positions → temporal self-attention → residual),
+    LayerNorm → GEGLU feed-forward → residual] → proj_out → residual."""
     bf, c, h, w = x.shape
     b = bf // frames
     hs = group_norm(x, MOTION_GROUPS, m.norm.weight, m.norm.bias, MOTION_GN_EPS)  # x rows are single frames
