@@ -25,6 +25,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from magicme.embeddings import load_into_pipeline
 from magicme.errors import ConfigError
 from magicme.motion_module import load_motion_adapter, merge_motion_lora
+from magicme.parity import apply_animatediff_numerics
 from magicme.pipeline import MagicPipeline
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
@@ -125,6 +126,7 @@ def load_pipeline(model, embeddings: dict[str, Path] | None = None, device: str 
     unet = UNetMotionModel.from_unet2d(base.unet, adapter)
     if unet.dtype != dtype:
         unet.to(dtype)
+    apply_animatediff_numerics(unet, info.version, model.get("animatediff_numerics", "original"))
     for lora in model.get("motion_loras") or []:
         merge_motion_lora(unet, lora.path, float(lora.strength))
     pipe = AnimateDiffPipeline(

@@ -45,3 +45,17 @@ def test_pipeline_components_are_shared(tiny_pipeline):
     assert tiny_pipeline.v2v.unet is tiny_pipeline.t2v.unet
     assert tiny_pipeline.v2v.vae is tiny_pipeline.t2v.vae
     assert tiny_pipeline.motion_version == "v2" and tiny_pipeline.max_frames == 32
+
+
+def test_load_pipeline_applies_original_animatediff_numerics(tiny_pipeline, tiny_bundle, tiny_model_cfg):
+    from magicme.models import load_pipeline
+    from magicme.parity import FramewiseGroupNorm, FramePooledGroupNorm
+
+    assert isinstance(tiny_pipeline.t2v.unet.down_blocks[0].motion_modules[0].norm, FramewiseGroupNorm)
+    v1 = tiny_model_cfg.copy()
+    v1.motion_module = str(tiny_bundle["motion_v1"])
+    unet = load_pipeline(v1, device="cpu").t2v.unet
+    assert isinstance(unet.conv_norm_out, FramePooledGroupNorm)
+    v1.animatediff_numerics = "diffusers"
+    unet = load_pipeline(v1, device="cpu").t2v.unet
+    assert type(unet.conv_norm_out) is torch.nn.GroupNorm
