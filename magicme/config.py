@@ -11,13 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from diffusers.loaders.single_file_utils import convert_animatediff_checkpoint_to_diffusers
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from magicme.embeddings import find_embeddings, load_embedding_file, check_width, resolve_names
 from magicme.errors import ConfigError
 from magicme.models import CHECKPOINT_SUFFIXES, SCHEDULERS, is_hub_id, resolve_device
-from magicme.motion_module import inspect_motion_module, read_state_dict
+from magicme.motion_module import inspect_motion_module, lora_targets, read_state_dict
 
 STAGES = ("t2v",)
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -124,16 +125,27 @@ def validate_model(model: DictConfig) -> tuple[int, int]:
     _check(mm.exists(), f"model.motion_module: {mm} not found; run download_checkpoint.sh --only motion")
     if mm.is_file():
         try:
-            max_frames = inspect_motion_module(read_state_dict(mm), mm).max_seq_length
+            state = read_state_dict(mm)
+            max_frames = inspect_motion_module(state, mm).max_seq_length
         except ConfigError as err:
             raise ConfigError(f"model.motion_module: {err}") from err
+        motion_weights = set(convert_animatediff_checkpoint_to_diffusers(state))
     else:
         _check((mm / "config.json").is_file(), f"model.motion_module: {mm} is neither a motion module file nor a "
                                                "diffusers MotionAdapter folder (config.json missing)")
         max_frames = int(OmegaConf.load(mm / "config.json").get("motion_max_seq_length", 32))
+        motion_weights = None
     for i, lora in enumerate(model.motion_loras):
-        _check(Path(lora.path).is_file(), f"model.motion_loras[{i}].path: {lora.path} not found")
-        _check(0.0 <= lora.strength <= 2.0, f"model.motion_loras[{i}].strength: {lora.strength} not in [0, 2]")
+        key = f"model.motion_loras[{i}]"
+        _check(Path(lora.path).is_file(), f"{key}.path: {lora.path} not found")
+        _check(0.0 <= lora.strength <= 2.0, f"{key}.strength: {lora.strength} not in [0, 2]")
+        try:
+            targets = lora_targets(read_state_dict(lora.path))
+        except ConfigError as err:
+            raise ConfigError(f"{key}.path: {err}") from err
+        _check(bool(targets), f"{key}.path: {lora.path} is not a MotionLoRA (no '..._lora.down.weight' keys)")
+        _check(motion_weights is None or set(targets) <= motion_weights,
+               f"{key}.path: {lora.path} does not fit the motion module {mm}; official MotionLoRAs need a v2 module")
     _choice("model.scheduler", model.scheduler, SCHEDULERS)
     _choice("model.animatediff_numerics", model.animatediff_numerics, ("original", "diffusers"))
     encoder_config = Path(config_root, "text_encoder", "config.json")

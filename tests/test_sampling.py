@@ -112,12 +112,14 @@ BAD_CONFIGS = [
     ({"seeds": [-5]}, "prompts[0].seeds: -5 is not an integer"),
     ({"model.motion_loras": [{"path": "nope.ckpt", "strength": 0.5}]}, "model.motion_loras[0].path: nope.ckpt not found"),
     ({"precision": "fp8"}, "precision: 'fp8' is not one of"),
+    ({"model.motion_module": "MM_V3"}, "model.motion_loras[0].path: "),
     ({"cpu_offload": True, "device": "cpu"}, "cpu_offload: only meaningful with a GPU"),
 ]
 
 
 @pytest.mark.parametrize("changes,message", BAD_CONFIGS, ids=[m.split(":")[0] for _, m in BAD_CONFIGS])
 def test_bad_config_one_clear_error_nothing_written(tmp_path, tiny_bundle, capsys, changes, message):
+    changes = {k: str(tiny_bundle["motion_v3"]) if v == "MM_V3" else v for k, v in changes.items()}
     config = write_config(tmp_path, tiny_bundle, **changes)
     assert sample.main(["--config", str(config), "--quiet"]) == 2
     err = capsys.readouterr().err
