@@ -12,8 +12,7 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
-
+from magicme.checkpoint_io import load_checkpoint
 from magicme.errors import ConfigError
 
 EMBEDDING_SUFFIXES = (".pt", ".safetensors", ".bin")
@@ -66,13 +65,7 @@ def resolve_names(prompts: list[str], available: dict[str, Path], where: str = "
 def load_embedding_file(path: Path | str) -> torch.Tensor:
     """Read the (N, D) token vectors from an A1111/ComfyUI `.pt`, a diffusers `.bin` or a safetensors file."""
     path = Path(path)
-    try:
-        if path.suffix == ".safetensors":
-            data = load_file(path)
-        else:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch/safetensors raise many types for corrupt or unsafe files
-        raise ConfigError(f"{path}: not a readable embedding file ({type(err).__name__}: {err})") from err
+    data = load_checkpoint(path, "embedding file")
     if isinstance(data, dict) and "string_to_param" in data:  # A1111 / ComfyUI / Magic-Me
         params = data["string_to_param"]
         data = params.get("*", next(iter(params.values()), None)) if isinstance(params, dict) else params

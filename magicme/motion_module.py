@@ -12,8 +12,7 @@ from pathlib import Path
 import torch
 from diffusers import MotionAdapter, UNetMotionModel
 from diffusers.loaders.single_file_utils import convert_animatediff_checkpoint_to_diffusers
-from safetensors.torch import load_file
-
+from magicme.checkpoint_io import load_checkpoint
 from magicme.errors import ConfigError
 
 ATTENTION_HEADS = 8  # fixed in the original AnimateDiff code for every version
@@ -31,16 +30,7 @@ class MotionModuleInfo:
 
 def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
     """Tensors of a `.safetensors`, `.ckpt`, `.pt` or `.pth` file, read safely (`weights_only=True`)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: file not found")
-    try:
-        if path.suffix == ".safetensors":
-            state = load_file(path)
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch/safetensors raise many types for corrupt or unsafe files
-        raise ConfigError(f"{path}: cannot read this checkpoint ({type(err).__name__}: {err})") from err
+    state = load_checkpoint(path)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -39,7 +39,7 @@ def test_not_a_motion_module(tiny_bundle, tmp_path):
     with pytest.raises(ConfigError, match="not an AnimateDiff motion module"):
         inspect_motion_module({"string_to_param": torch.zeros(1)}, "x.pt")
     (tmp_path / "broken.ckpt").write_bytes(b"\x00" * 10)
-    with pytest.raises(ConfigError, match="broken.ckpt: cannot read"):
+    with pytest.raises(ConfigError, match="broken.ckpt: not a readable checkpoint"):
         load_motion_adapter(tmp_path / "broken.ckpt")
     with pytest.raises(ConfigError, match="file not found"):
         load_motion_adapter(tmp_path / "missing.ckpt")

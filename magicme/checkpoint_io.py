@@ -1,0 +1,24 @@
+"""Reading untrusted checkpoint files safely: safetensors, or pickles restricted to tensors (`weights_only`)."""
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from magicme.errors import ConfigError
+
+
+def load_checkpoint(path: Path | str, what: str = "checkpoint"):
+    """The object stored in a `.safetensors`, `.ckpt`, `.pt`, `.pth` or `.bin` file, read without running code.
+
+    A missing, corrupt or code-carrying file is a `ConfigError` naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found")
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(path)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch/safetensors raise many types for corrupt or unsafe files
+        raise ConfigError(f"{path}: not a readable {what} ({type(err).__name__}: {err})") from err
