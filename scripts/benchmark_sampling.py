@@ -4,8 +4,9 @@
 
 Runs are interleaved in one process (ours, stock, ours, …) so that warm-up and machine noise hit both alike; the
 median of each is compared. The figures are printed last as `name=value` lines:
-`t2v_overhead_ratio` = ours / stock (goal ≤ 1.03), seconds of each, and peak memory (CUDA: allocated bytes;
-CPU: the process's peak resident set).
+`t2v_overhead_ratio` = ours / stock with the same (diffusers) numerics (goal ≤ 1.03),
+`t2v_original_numerics_ratio` = ours with the original-AnimateDiff GroupNorms / stock, seconds of each, and peak
+memory (CUDA: allocated bytes; CPU: the process's peak resident set).
 """
 
 import argparse
@@ -66,6 +67,7 @@ def main() -> None:
     model = OmegaConf.create({"base": str(root / "sd15"), "motion_module": str(root / "motion_module/mm_tiny_v2.ckpt"),
                               "scheduler": "ddim", "animatediff_numerics": "diffusers"})
     ours = load_pipeline(model, find_embeddings(root / "embeddings"), device=args.device)
+    original = load_pipeline(OmegaConf.merge(model, {"animatediff_numerics": "original"}), device=args.device)
     adapter, _ = load_motion_adapter(model.motion_module)
     stock = AnimateDiffPipeline.from_pretrained(model.base, motion_adapter=adapter, torch_dtype=dtype,
                                                 scheduler=make_scheduler("ddim")).to(device)
@@ -74,25 +76,29 @@ def main() -> None:
                 guidance_scale=7.5)
     prompt, negative = "a photo of a man walking", "blurry"
 
-    def run_ours():
-        ours.text_to_video(prompt, negative, torch.Generator().manual_seed(0), gamma=0.1, frames=args.frames,
+    def t2v(pipe):
+        pipe.text_to_video(prompt, negative, torch.Generator().manual_seed(0), gamma=0.1, frames=args.frames,
                            height=args.size, width=args.size, steps=args.steps, guidance_scale=7.5, progress=False)
 
     def run_stock():
         stock(prompt=prompt, negative_prompt=negative, generator=torch.Generator().manual_seed(0), output_type="np",
               **call)
 
-    run_ours(), run_stock()  # warm-up
-    ours_s, stock_s = [], []
+    runs = {"ours": lambda: t2v(ours), "stock": run_stock, "original": lambda: t2v(original)}
+    seconds = {name: [] for name in runs}
+    for name, fn in runs.items():  # warm-up
+        fn()
     for _ in range(args.repeats):
-        ours_s.append(timed(run_ours, device))
-        stock_s.append(timed(run_stock, device))
-    ours_med, stock_med = statistics.median(ours_s), statistics.median(stock_s)
+        for name, fn in runs.items():
+            seconds[name].append(timed(fn, device))
+    ours_med, stock_med, original_med = (statistics.median(seconds[n]) for n in ("ours", "stock", "original"))
     print(f"device={device}")
     print(f"shape=frames{args.frames}x{args.size}x{args.size}x{args.steps}steps")
     print(f"t2v_seconds_ours={ours_med:.4f}")
     print(f"t2v_seconds_stock={stock_med:.4f}")
+    print(f"t2v_seconds_original_numerics={original_med:.4f}")
     print(f"t2v_overhead_ratio={ours_med / stock_med:.3f}")
+    print(f"t2v_original_numerics_ratio={original_med / stock_med:.3f}")
     print(f"peak_memory_mb={peak_memory_mb(device):.0f}")
 
 
