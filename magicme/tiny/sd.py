@@ -16,6 +16,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from magicme.embeddings import save_embedding
+from magicme.tiny.clipseg import save_tiny_clipseg
 from magicme.tiny.motion import save_original_motion_lora, save_original_motion_module
 
 TEXT_WIDTH = 32
@@ -103,7 +104,8 @@ def save_tiny_sd(out: Path) -> Path:
 
 
 def build_tiny_bundle(out: Path | str, seed: int = 0) -> dict[str, Path]:
-    """Build every tiny model under `out`; the same seed always gives the same bytes of weights."""
+    """Build every tiny model under `out` (SD folder, motion modules v1/v2/v3, a MotionLoRA, CLIPSeg, an ID
+    embedding); the same seed always gives the same weights."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "RANDOM_WEIGHTS.txt").write_text(
@@ -118,6 +120,7 @@ def build_tiny_bundle(out: Path | str, seed: int = 0) -> dict[str, Path]:
     paths["motion_lora"] = save_original_motion_lora(
         tiny_motion_adapter("v2"), out / "motion_lora" / "v2_lora_tiny.ckpt", rank=4
     )
+    paths["clipseg"] = save_tiny_clipseg(out / "clipseg", out / "sd15" / "tokenizer", seed=seed)
     generator = torch.Generator().manual_seed(seed + 1)
     paths["embedding"] = out / "embeddings" / "tinyperson.pt"
     save_embedding(paths["embedding"], torch.randn(4, TEXT_WIDTH, generator=generator) * 0.02, "tinyperson")

@@ -1,0 +1,147 @@
+"""The training config (the original's `configs/ceo.yaml`, made explicit), checked before anything loads."""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from magicme.config import ModelConfig, describe_omegaconf_error, validate_model
+from magicme.errors import ConfigError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+# The original's initialisation: CLIP token ids of rare BPE pieces (`ktn`, `pll</w>`, `ucd</w>`, `ucd</w>`).
+RARE_TOKEN_IDS = (42170, 47629, 43514, 43514)
+
+
+@dataclass
+class AugmentConfig:
+    flip_p: float = 0.5
+    rotate_p: float = 0.3  # intended probability; the original code rotated with p = 1 - rotate_p (≈0.7)
+    rotate_sigma: float = 10.0  # degrees (a standard deviation, as in the original)
+    original_rotate_bug: bool = False  # true: rotate with p = 1 - rotate_p, exactly as the original ran
+    zoom: bool = True  # zoom-out/zoom-in with caption prefixes
+
+
+@dataclass
+class TrainModelConfig:
+    base: str = "models/stable-diffusion-v1-5"  # the ID tokens are trained on SD1.5 (the paper)
+    base_config: Optional[str] = "models/stable-diffusion-v1-5"
+    clipseg: str = "models/clipseg"  # CIDAS/clipseg-rd64-refined layout
+
+
+@dataclass
+class ValidationConfig:
+    every: int = 200  # steps between validation videos; 0 = never
+    model: ModelConfig = field(default_factory=ModelConfig)  # inference base + motion module (RV5.1 + mm v2)
+    prompts: list[str] = field(default_factory=lambda: ["a photo of {id} walking on the street"])
+    negative_prompt: str = "worst quality, low quality, blurry"
+    seeds: list[int] = field(default_factory=lambda: [42])
+    steps: int = 25
+    guidance_scale: float = 7.5
+    frames: int = 16
+    width: int = 512
+    height: int = 512
+    fps: int = 8
+    gamma: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    name: str = "???"  # the identity's name: the embedding is <name>.pt, used as embedding:<name>
+    images_dir: str = "???"  # 5-10 photos (jpg/png/webp, any size and aspect)
+    class_word: str = "man"
+    num_tokens: int = 4
+    init: str = "rare"  # "rare" (the original's rare-token ids) or a word whose embedding starts every token
+    caption_template: str = "photo of a {}"
+    mask_prompt: str = "person"
+    mask_threshold: float = 0.4
+    use_orig_img_rate: float = 0.05  # probability of a full-image (unmasked) loss
+    resolution: int = 512
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    lr: float = 1e-3
+    batch_size: int = 4
+    max_steps: int = 400  # the original code; the paper says 200 (both checkpoints are written by default)
+    checkpoint_every: int = 200
+    noise_offset: float = 0.1
+    max_grad_norm: float = 1.0
+    weight_decay: float = 0.01
+    seed: int = 42
+    mixed_precision: str = "no"  # no | fp16 | bf16 (GPU)
+    gradient_checkpointing: bool = False
+    model: TrainModelConfig = field(default_factory=TrainModelConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    output_dir: str = "outputs/train"
+    mask_cache_dir: str = "outputs/mask_cache"
+    copy_to_embeddings_dir: Optional[str] = None  # also put the final <name>.pt here (e.g. models/embeddings)
+    log_with: Optional[str] = None  # tensorboard | wandb (if installed)
+
+
+def load_train_config(path: Path | str, overrides: list[str] | None = None) -> DictConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        return OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(path),
+                               OmegaConf.from_dotlist(list(overrides or [])))
+    except OmegaConfBaseException as err:
+        raise ConfigError(describe_omegaconf_error(err, path)) from err
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def image_files(images_dir: Path) -> list[Path]:
+    return sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def validate_train_config(cfg: DictConfig) -> list[Path]:
+    """Check every key and file; returns the training images."""
+    for key in ("name", "images_dir"):
+        _check(not OmegaConf.is_missing(cfg, key), f"{key}: required; set it in the config or as {key}=...")
+    _check(cfg.name.replace("_", "").replace("-", "").isalnum(),
+           f"name: {cfg.name!r} must be letters, digits, '_' or '-' (it becomes the file and token name)")
+    images_dir = Path(cfg.images_dir)
+    _check(images_dir.is_dir(), f"images_dir: {images_dir} is not a folder; put 5-10 photos in dataset/<name>/")
+    images = image_files(images_dir)
+    _check(len(images) > 0, f"images_dir: no images ({', '.join(IMAGE_SUFFIXES)}) in {images_dir}")
+    _check(cfg.class_word.strip() != "", "class_word: required (e.g. man, woman, dog)")
+    _check("{}" in cfg.caption_template, f"caption_template: {cfg.caption_template!r} needs a {{}} for the tokens")
+    _check(1 <= cfg.num_tokens <= 16, f"num_tokens: {cfg.num_tokens} not in [1, 16]")
+    _check(cfg.init == "rare" or cfg.init.strip() != "", "init: 'rare' or a word")
+    for key in ("use_orig_img_rate", "mask_threshold", "augment.flip_p", "augment.rotate_p"):
+        value = OmegaConf.select(cfg, key)
+        _check(0.0 <= value <= 1.0, f"{key}: {value} not in [0, 1]")
+    _check(cfg.resolution >= 64 and cfg.resolution % 8 == 0, f"resolution: {cfg.resolution} must be a multiple of 8 >= 64")
+    _check(cfg.lr > 0, f"lr: {cfg.lr} must be > 0")
+    _check(cfg.batch_size >= 1, f"batch_size: {cfg.batch_size} must be >= 1")
+    _check(cfg.max_steps >= 1, f"max_steps: {cfg.max_steps} must be >= 1")
+    _check(cfg.checkpoint_every >= 1, f"checkpoint_every: {cfg.checkpoint_every} must be >= 1")
+    _check(cfg.mixed_precision in MIXED_PRECISION, f"mixed_precision: {cfg.mixed_precision!r} not one of "
+                                                   f"{', '.join(MIXED_PRECISION)}")
+    _check(cfg.log_with in (None, "tensorboard", "wandb"), f"log_with: {cfg.log_with!r} not tensorboard or wandb")
+    base = Path(cfg.model.base)
+    _check(base.exists(), f"model.base: {base} not found; run download_checkpoint.sh --only sd15")
+    if base.is_file():
+        _check(Path(str(cfg.model.base_config), "tokenizer").is_dir(),
+               f"model.base_config: {cfg.model.base_config} must be a diffusers SD1.5 folder for a single-file base")
+    _check(Path(cfg.model.clipseg, "config.json").is_file(),
+           f"model.clipseg: no CLIPSeg model in {cfg.model.clipseg}; run download_checkpoint.sh --only clipseg")
+    if cfg.validation.every > 0:
+        _check(len(cfg.validation.prompts) > 0, "validation.prompts: give at least one prompt, or validation.every=0")
+        for prompt in cfg.validation.prompts:
+            _check("{id}" in prompt, f"validation.prompts: {prompt!r} needs {{id}} where the identity goes")
+        for key in ("width", "height"):
+            value = cfg.validation[key]
+            _check(value >= 8 and value % 8 == 0, f"validation.{key}: {value} must be a positive multiple of 8")
+        try:
+            _, max_frames = validate_model(cfg.validation.model)
+        except ConfigError as err:
+            raise ConfigError(f"validation.{err}") from err
+        _check(1 <= cfg.validation.frames <= max_frames,
+               f"validation.frames: {cfg.validation.frames} not in [1, {max_frames}]")
+    return images
