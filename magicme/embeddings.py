@@ -28,9 +28,14 @@ def referenced_names(prompt: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def token_for(name: str) -> str:
+    """The placeholder token of an identity; lower case because CLIP's tokenizer lower-cases prompts first."""
+    return f"<{name.lower()}>"
+
+
 def to_pipeline_prompt(prompt: str) -> str:
-    """Rewrite `embedding:NAME` as the placeholder token `<NAME>` that the loaded embedding is registered under."""
-    return _COMFY_RE.sub(lambda m: f"<{m.group(1)}>", prompt)
+    """Rewrite `embedding:NAME` and `<NAME>` as the placeholder token the loaded embedding is registered under."""
+    return _ANGLE_RE.sub(lambda m: token_for(m.group(1)), _COMFY_RE.sub(lambda m: token_for(m.group(1)), prompt))
 
 
 def strip_id_tokens(prompt: str) -> str:
@@ -98,7 +103,7 @@ def load_into_pipeline(pipe, embeddings: dict[str, Path]) -> None:
     for name, path in embeddings.items():
         vectors = load_embedding_file(path)
         check_width(name, path, vectors, width)
-        token = f"<{name}>"
+        token = token_for(name)
         if token in pipe.tokenizer.get_vocab():
             continue
         pipe.load_textual_inversion(vectors, token=token)

@@ -58,3 +58,12 @@ def test_width_mismatch_is_a_clear_error(tiny_pipeline, tmp_path):
     save_embedding(tmp_path / "wide.pt", torch.zeros(4, 768), "wide")
     with pytest.raises(ConfigError, match=r"width 768.*expects 32"):
         load_into_pipeline(tiny_pipeline.t2v, {"wide": tmp_path / "wide.pt"})
+
+
+def test_capitalised_identity_names_still_match(tiny_pipeline, tmp_path):
+    save_embedding(tmp_path / "Ann.pt", torch.randn(2, 32), "Ann")
+    load_into_pipeline(tiny_pipeline.t2v, {"Ann": tmp_path / "Ann.pt"})
+    prompt = to_pipeline_prompt("a photo of embedding:Ann woman")
+    assert prompt == "a photo of <ann> woman"
+    ids = tiny_pipeline.t2v.tokenizer(tiny_pipeline.t2v.maybe_convert_prompt(prompt, tiny_pipeline.t2v.tokenizer)).input_ids
+    assert tiny_pipeline.t2v.tokenizer.convert_tokens_to_ids("<ann>_1") in ids

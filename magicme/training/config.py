@@ -1,5 +1,6 @@
 """The training config (the original's `configs/ceo.yaml`, made explicit), checked before anything loads."""
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -103,8 +104,8 @@ def validate_train_config(cfg: DictConfig) -> list[Path]:
     """Check every key and file; returns the training images."""
     for key in ("name", "images_dir"):
         _check(not OmegaConf.is_missing(cfg, key), f"{key}: required; set it in the config or as {key}=...")
-    _check(cfg.name.replace("_", "").replace("-", "").isalnum(),
-           f"name: {cfg.name!r} must be letters, digits, '_' or '-' (it becomes the file and token name)")
+    _check(re.fullmatch(r"[a-z0-9_\-]+", cfg.name) is not None,
+           f"name: {cfg.name!r} must be lower-case letters, digits, '_' or '-' (it becomes the file and token name)")
     images_dir = Path(cfg.images_dir)
     _check(images_dir.is_dir(), f"images_dir: {images_dir} is not a folder; put 5-10 photos in dataset/<name>/")
     images = image_files(images_dir)

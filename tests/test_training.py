@@ -1,0 +1,196 @@
+"""train.py: augmentations, masked loss, frozen rows, checkpoints/resume, divergence, bad inputs, end to end."""
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from skimage import data as skdata
+
+import sample
+import train
+from magicme.embeddings import load_embedding_file
+from magicme.training import trainer
+from magicme.training.augment import CLOSE_PREFIXES, FAR_PREFIXES, Geometry, apply_geometry, draw_geometry
+from magicme.training.loss import latent_mask, masked_mse
+
+
+def test_caption_prefixes_and_their_frequencies():
+    rng = random.Random(0)
+    draws = [draw_geometry(rng, 512) for _ in range(6000)]
+    prefixes = [g.prefix for g in draws]
+    far = sum(p in FAR_PREFIXES for p in prefixes) / len(draws)
+    close = sum(p in CLOSE_PREFIXES for p in prefixes) / len(draws)
+    # exact probabilities of the original's draws: 2/3 · 137/343 far, 1/3 close (std of each estimate < 0.007)
+    assert abs(far - 2 / 3 * 137 / 343) < 0.03 and abs(close - 1 / 3) < 0.03
+    assert set(prefixes) == {"", *FAR_PREFIXES, *CLOSE_PREFIXES}
+    assert all(g.scale % 2 == 0 for g in draws)
+    assert all(170 <= g.scale < 0.6 * 512 for g in draws if g.prefix in FAR_PREFIXES)
+    assert all(614 <= g.scale <= 716 for g in draws if g.prefix in CLOSE_PREFIXES)
+    flips = sum(g.flip for g in draws) / len(draws)
+    rotations = sum(g.angle != 0 for g in draws) / len(draws)
+    assert abs(flips - 0.5) < 0.03 and abs(rotations - 0.3) < 0.03
+    buggy = [draw_geometry(rng, 512, original_rotate_bug=True) for _ in range(3000)]
+    assert abs(sum(g.angle != 0 for g in buggy) / len(buggy) - 0.7) < 0.04
+
+
+@pytest.mark.parametrize("geometry", [
+    Geometry(flip=True, angle=0.0, scale=64, offset=(0, 0), prefix=""),
+    Geometry(flip=False, angle=17.0, scale=64, offset=(0, 0), prefix=""),
+    Geometry(flip=True, angle=-9.0, scale=30, offset=(5, 20), prefix="a far away "),
+    Geometry(flip=False, angle=4.0, scale=86, offset=(11, 3), prefix="close up "),
+], ids=["flip", "rotate", "zoom-out", "zoom-in"])
+def test_mask_follows_every_augmentation_of_its_image(geometry):
+    image = np.zeros((64, 64, 3), dtype=np.float32)
+    image[10:40, 22:50] = (1.0, 0.0, 0.0)  # the "person": a red block, and its mask
+    mask = np.zeros((64, 64, 1), dtype=np.float32)
+    mask[10:40, 22:50] = 1.0
+    out_image = apply_geometry(image, geometry, 64, rotate_fill=0.0, canvas_fill=0.5)
+    out_mask = apply_geometry(mask, geometry, 64)[..., 0] >= 0.5
+    red = (out_image[..., 0] > 0.5) & (out_image[..., 1] < 0.25)
+    iou = (red & out_mask).sum() / (red | out_mask).sum()
+    assert out_image.shape == (64, 64, 3) and iou > 0.9
+
+
+def test_masked_loss_is_the_formula_and_ignores_pixels_outside_the_mask():
+    torch.manual_seed(0)
+    pred = torch.randn(2, 4, 8, 8, requires_grad=True)
+    target = torch.randn(2, 4, 8, 8)
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[0, :, 2:5, 1:7] = 1
+    mask[1, :, :, :4] = 1
+    loss = masked_mse(pred, target, mask)
+    expected = sum(((pred[i] - target[i]) ** 2 * mask[i]).sum() / mask[i].sum() for i in range(2)) / 2
+    assert torch.allclose(loss, expected)
+    loss.backward()
+    assert torch.all(pred.grad[mask.expand_as(pred) == 0] == 0)
+    assert torch.all(pred.grad[mask.expand_as(pred) == 1] != 0)
+    pixel_mask = torch.zeros(1, 64, 64)
+    pixel_mask[0, :32] = 1
+    assert torch.equal(latent_mask(pixel_mask, (8, 8))[0, 0, :4], torch.ones(4, 8))
+    assert latent_mask(pixel_mask, (8, 8))[0, 0, 4:].sum() == 0
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("photos")
+    face = skdata.astronaut()
+    Image.fromarray(face).save(folder / "01.png")
+    Image.fromarray(face[:, ::-1]).save(folder / "02.jpg")
+    Image.fromarray(face[40:400, 60:500]).save(folder / "03.webp")
+    return folder
+
+
+def write_train_config(tmp_path, tiny_bundle, photos, **changes) -> Path:
+    cfg = yaml.safe_load(Path("configs/tiny/train.yaml").read_text())
+    cfg.update(images_dir=str(photos), output_dir=str(tmp_path / "runs"), mask_cache_dir=str(tmp_path / "cache"))
+    cfg["model"] = {"base": str(tiny_bundle["sd15"]), "clipseg": str(tiny_bundle["clipseg"])}
+    cfg["validation"]["every"] = 0
+    cfg["validation"]["model"].update(base=str(tiny_bundle["sd15"]), motion_module=str(tiny_bundle["motion_v2"]))
+    for key, value in changes.items():
+        node = cfg
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def final_vectors(tmp_path) -> torch.Tensor:
+    (pt,) = (tmp_path / "runs").glob("*/tinyperson2.pt")
+    return load_embedding_file(pt)
+
+
+def test_train_py_end_to_end_with_validation_video_and_sampling(tmp_path, tiny_bundle, photos, monkeypatch):
+    seen = {}
+    real_load_base = trainer.load_base
+    monkeypatch.setattr(trainer, "load_base", lambda *a: seen.setdefault("base", real_load_base(*a)))
+    original = real_load_base(str(tiny_bundle["sd15"]), None, torch.float32).text_encoder
+    config = write_train_config(tmp_path, tiny_bundle, photos, **{"validation.every": 4})
+    assert train.main(["--config", str(config), "--quiet"]) == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    for name in ("tinyperson2.pt", "config.yaml", "train.log", "loss_curve.png", "masks/01.png",
+                 "checkpoints/tinyperson2-step-2.pt", "checkpoints/tinyperson2-step-4.safetensors"):
+        assert (run_dir / name).is_file(), name
+    assert len(list((run_dir / "samples/step-4").glob("*.mp4"))) == 1
+    # every row but the 4 new ones is bit-identical to the base text encoder
+    trained = seen["base"].text_encoder.get_input_embeddings().weight
+    before = original.get_input_embeddings().weight
+    assert trained.shape[0] == before.shape[0] + 4 and torch.equal(trained[:-4], before)
+    vectors = load_embedding_file(run_dir / "tinyperson2.pt")
+    assert torch.equal(trained[-4:].detach(), vectors) and vectors.shape == (4, 32)
+    # the .pt is usable by sample.py as embedding:<name>
+    sample_cfg = tmp_path / "s.yaml"
+    sample_cfg.write_text(yaml.safe_dump({
+        "model": {"base": str(tiny_bundle["sd15"]), "motion_module": str(tiny_bundle["motion_v2"]),
+                  "embeddings_dir": str(run_dir)},
+        "prompts": ["a photo of embedding:tinyperson2 man"], "steps": 1, "frames": 2, "width": 32, "height": 32,
+        "output_dir": str(tmp_path / "samples")}))
+    assert sample.main(["--config", str(sample_cfg), "--quiet"]) == 0
+
+
+def test_resume_is_bit_identical(tmp_path, tiny_bundle, photos):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    straight.mkdir(), resumed.mkdir()
+    assert train.main(["--config", str(write_train_config(straight, tiny_bundle, photos)), "--quiet"]) == 0
+    config = write_train_config(resumed, tiny_bundle, photos)
+    assert train.main(["--config", str(config), "--quiet", "max_steps=2"]) == 0
+    assert train.main(["--config", str(config), "--quiet", "--resume", "latest"]) == 0
+    assert torch.equal(final_vectors(straight), final_vectors(resumed))
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_bundle, photos, monkeypatch, capsys):
+    real = trainer.masked_mse
+    calls = []
+
+    def failing(*args):
+        calls.append(1)
+        loss = real(*args)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    monkeypatch.setattr(trainer, "masked_mse", failing)
+    assert train.main(["--config", str(write_train_config(tmp_path, tiny_bundle, photos)), "--quiet"]) == 3
+    assert "loss became nan at step 3" in capsys.readouterr().err
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert (run_dir / "checkpoints/tinyperson2-step-2.pt").is_file()
+    assert not list(run_dir.glob("checkpoints/*step-3*")) and not (run_dir / "tinyperson2.pt").exists()
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"images_dir": "does/not/exist"}, "images_dir: does/not/exist is not a folder"),
+    ({"images_dir": "EMPTY"}, "images_dir: no images"),
+    ({"images_dir": "BROKEN"}, "cannot read this image"),
+    ({"mask_threshold": 1.0}, "mask_prompt: CLIPSeg found no 'person' in any training image"),
+    ({"class_word": " "}, "class_word: required"),
+    ({"init": "rare"}, "init: the original's rare-token ids need the CLIP vocabulary"),
+    ({"lr": 0}, "lr: 0.0 must be > 0"),
+    ({"name": "Ann"}, "name: 'Ann' must be lower-case"),
+    ({"validation.every": 2, "validation.prompts": ["no identity here"]}, "validation.prompts: 'no identity here'"),
+])
+def test_bad_inputs(tmp_path, tiny_bundle, photos, capsys, change, message):
+    if change.get("images_dir") == "EMPTY":
+        (tmp_path / "empty").mkdir()
+        change = {"images_dir": str(tmp_path / "empty")}
+    if change.get("images_dir") == "BROKEN":
+        broken = tmp_path / "broken"
+        broken.mkdir()
+        (broken / "01.png").write_bytes(b"not an image")
+        change = {"images_dir": str(broken)}
+    config = write_train_config(tmp_path, tiny_bundle, photos, **change)
+    assert train.main(["--config", str(config), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_masks_are_cached(tmp_path, tiny_bundle, photos, monkeypatch):
+    config = write_train_config(tmp_path, tiny_bundle, photos, max_steps=1)
+    assert train.main(["--config", str(config), "--quiet"]) == 0
+    assert len(list((tmp_path / "cache").glob("*.png"))) == 3
+    monkeypatch.setattr("magicme.segmentation.ClipSegSegmenter.probabilities",
+                        lambda *a: pytest.fail("mask recomputed although cached"))
+    assert train.main(["--config", str(config), "--quiet"]) == 0
