@@ -1,0 +1,137 @@
+"""Face VCD, Tiled VCD and video editing: exact geometry, identity-denoiser round trips, real-face detection,
+end to end on the tiny bundle, bad inputs."""
+
+import json
+
+import numpy as np
+import pytest
+from skimage import data as skdata
+
+import sample
+from magicme.vcd.geometry import crop_box, feather_mask, link_tracks, tile_starts, tile_weight, union_box
+from magicme.vcd.stages import blend_tiles, detect_faces_dlib, prepare_input_video, refine_faces, resize_video
+from magicme.video_io import write_video
+from tests.test_sampling import write_config
+
+
+def identity(video):
+    return video
+
+
+def test_union_crop_box_grows_squares_and_stays_in_frame():
+    assert union_box([(10, 20, 30, 40), (12, 18, 35, 38)]) == (10, 18, 35, 40)
+    assert crop_box((40, 40, 60, 50), 3.0, 200, 200) == (20, 15, 80, 75)  # 20 px face side → 60 px square
+    assert crop_box((0, 0, 20, 20), 3.0, 100, 100) == (0, 0, 60, 60)  # moved inside at the top-left corner
+    assert crop_box((90, 80, 100, 100), 3.0, 100, 120) == (60, 40, 120, 100)  # moved inside at the bottom-right
+    assert crop_box((10, 10, 90, 60), 3.0, 100, 120) == (0, 0, 100, 100)  # shrunk to the frame's short side
+
+
+def test_link_tracks_follows_moving_faces():
+    frames = [[(10, 10, 30, 30), (70, 10, 90, 30)], [(12, 11, 32, 31), (71, 12, 91, 32)], [(14, 12, 34, 32)]]
+    tracks = link_tracks(frames)
+    assert sorted(len(t) for t in tracks) == [2, 3]
+    assert link_tracks([[], []]) == []
+
+
+def test_feather_mask_is_zero_outside_the_region_and_ramps_inside():
+    mask = feather_mask(20, 30, (5, 4, 25, 16), feather=3)
+    assert mask[:4].max() == 0 and mask[16:].max() == 0 and mask[:, :5].max() == 0 and mask[:, 25:].max() == 0
+    assert mask[10, 15] == 1.0 and 0 < mask[4, 15] < mask[5, 15] < mask[6, 15] <= 1.0
+
+
+def test_face_paste_with_identity_denoiser_leaves_everything_outside_the_face_exact():
+    rng = np.random.default_rng(0)
+    video = rng.random((3, 96, 96, 3), dtype=np.float32)
+    tracks = [[(40, 30, 56, 46), (41, 31, 57, 47)]]
+    out = refine_faces(video, tracks, identity, crop_factor=3.0, size=64, feather=5)
+    face = union_box(tracks[0])
+    outside = np.ones((96, 96), bool)
+    outside[face[1]:face[3], face[0]:face[2]] = False
+    assert np.array_equal(out[:, outside], video[:, outside])
+    # a crop already at the stage size is not resampled: an identity denoiser then changes nothing at all
+    exact = refine_faces(video, tracks, identity, crop_factor=48 / 17, size=48, feather=5)
+    assert np.allclose(exact, video, atol=1e-6)
+
+
+def test_tiles_cover_the_frame_and_blend_back_exactly_without_seams():
+    assert tile_starts(1024, 512, 64) == [0, 512] or tile_starts(1024, 512, 64)[-1] == 512
+    starts = tile_starts(1000, 512, 64)
+    assert starts[0] == 0 and starts[-1] == 1000 - 512
+    assert all(b - a <= 512 - 64 for a, b in zip(starts, starts[1:]))
+    assert tile_starts(300, 512, 64) == [0]
+    assert tile_weight(64, 64, 16).min() > 0
+    video = np.random.default_rng(1).random((2, 200, 168, 3), dtype=np.float32)
+    assert np.allclose(blend_tiles(video, 64, 16, identity), video, atol=1e-6)
+    # a denoiser that shifts each tile by a different constant: the blend cross-fades (no jump at tile borders)
+    offsets = iter(np.linspace(0.0, 0.2, 100))
+    shifted = blend_tiles(np.zeros((1, 128, 128, 3), np.float32), 64, 32, lambda t: t + next(offsets))
+    assert np.abs(np.diff(shifted[0, 64, :, 0])).max() < 0.02
+
+
+def test_dlib_finds_the_astronaut_and_the_crop_box_contains_the_face():
+    frame = skdata.astronaut().astype(np.float32) / 255.0
+    video = np.stack([frame, np.roll(frame, 3, axis=1), np.roll(frame, 6, axis=1)])
+    tracks = link_tracks(detect_faces_dlib(video, min_face=10))
+    face_track = max(tracks, key=len)
+    face = union_box(face_track)
+    assert len(face_track) == 3
+    assert abs(face[0] - 175) < 15 and abs(face[1] - 76) < 15 and abs(face[2] - 271) < 15 and abs(face[3] - 166) < 15
+    box = crop_box(face, 3.0, 512, 512)
+    assert box[0] <= face[0] and box[1] <= face[1] and box[2] >= face[2] and box[3] >= face[3]
+    assert box[2] - box[0] == box[3] - box[1]
+
+
+def test_prepare_input_video_resizes_crops_and_checks_frames(tmp_path):
+    write_video(tmp_path / "clip", np.random.default_rng(0).random((5, 40, 80, 3), dtype=np.float32), 8, ("gif",))
+    video = prepare_input_video(str(tmp_path / "clip.gif"), 4, 32, 32)
+    assert video.shape == (4, 32, 32, 3)
+    with pytest.raises(Exception, match="input_video: .* has 5 frames; the config asks for 8"):
+        prepare_input_video(str(tmp_path / "clip.gif"), 8, 32, 32)
+    assert resize_video(video, 16, 48).shape == (4, 16, 48, 3)
+
+
+def test_t2v_face_tiled_end_to_end_then_edit_the_result(tmp_path, tiny_bundle):
+    stages = ["--quiet", "stages=[t2v,face,tiled]", f"face.clipseg_model={tiny_bundle['clipseg']}",
+              "face.size=32", "face.threshold=0.5", "tiled.tile=64", "tiled.overlap=16", "prompts=[<tinyperson> man]"]
+    assert sample.main(["--config", str(write_config(tmp_path, tiny_bundle)), *stages]) == 0
+    (run_dir,) = (tmp_path / "out").iterdir()
+    records = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in records] == ["t2v", "face", "tiled"]
+    t2v, _, tiled = records
+    assert (tiled["frames"], tiled["height"], tiled["width"]) == (4, 96, 128) == (4, 2 * t2v["height"], 2 * t2v["width"])
+    assert tiled["files"]["mp4"].endswith("_tiled.mp4") and all(r["seconds"] > 0 for r in records)
+
+    edit_out = tmp_path / "edit"
+    assert sample.main(["--config", str(write_config(tmp_path, tiny_bundle)), "--quiet", "prompts=[<tinyperson> man]",
+                        f"input_video={run_dir / t2v['files']['mp4']}", f"output_dir={edit_out}"]) == 0
+    (edit_dir,) = edit_out.iterdir()
+    (record,) = [json.loads(line) for line in (edit_dir / "samples.jsonl").read_text().splitlines()]
+    assert record["stage"] == "edit" and (record["frames"], record["height"], record["width"]) == (4, 48, 64)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["stages=[t2v,sharpen]"], "stages: 'sharpen' is not one of t2v, face, tiled"),
+    (["stages=[t2v,face]", "face.detector=yolo"], "face.detector: 'yolo' is not one of clipseg, dlib"),
+    (["stages=[t2v,face]", "face.size=60", "face.detector=dlib"], "face.size: 60 must be a positive multiple of 8"),
+    (["stages=[t2v,face]", "face.clipseg_model=nowhere"], "face.clipseg_model: no CLIPSeg model in nowhere"),
+    (["stages=[t2v,tiled]", "tiled.strength=1.5"], "tiled.strength: 1.5 not in [0, 1]"),
+    (["stages=[t2v,tiled]", "tiled.upscaler=missing.pth"], "tiled.upscaler: missing.pth is neither"),
+    (["stages=[t2v,tiled,tiled]"], "repeats a stage"),
+    (["input_video=nowhere.mp4"], "input_video: nowhere.mp4 not found"),
+])
+def test_bad_stage_configs(tmp_path, tiny_bundle, capsys, overrides, message):
+    assert sample.main(["--config", str(write_config(tmp_path, tiny_bundle)), "--quiet", *overrides]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_corrupt_or_short_input_video_fails_before_anything_is_written(tmp_path, tiny_bundle, capsys):
+    (tmp_path / "broken.mp4").write_bytes(b"\x00\x01 not a video")
+    assert sample.main(["--config", str(write_config(tmp_path, tiny_bundle)), "--quiet",
+                        f"input_video={tmp_path / 'broken.mp4'}"]) == 2
+    assert "broken.mp4: cannot decode this video" in capsys.readouterr().err
+    write_video(tmp_path / "short", np.zeros((2, 48, 64, 3), np.float32), 8, ("mp4",))
+    assert sample.main(["--config", str(write_config(tmp_path, tiny_bundle)), "--quiet",
+                        f"input_video={tmp_path / 'short.mp4'}"]) == 2
+    assert "has 2 frames; the config asks for 4" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
