@@ -17,7 +17,9 @@ from magicme.embeddings import load_embedding_file
 from magicme.training import trainer
 from magicme.training.augment import CLOSE_PREFIXES, FAR_PREFIXES, Geometry, apply_geometry, draw_geometry
 from magicme.training.config import TrainConfig
-from magicme.training.data import CANVAS_FILL, TrainImage, TrainingBatches, example_indices
+from magicme.training.data import (
+    CANVAS_FILL, TrainImage, TrainingBatches, example_indices, load_training_images,
+)
 from magicme.training.tokens import IdentityEmbedding
 from magicme.training.loss import latent_mask, masked_mse
 
@@ -165,6 +167,17 @@ def test_resume_is_bit_identical(tmp_path, tiny_bundle, photos):
     assert torch.equal(final_vectors(straight), final_vectors(resumed))
 
 
+def test_gradient_checkpointing_trains_the_same_vectors(tmp_path, tiny_bundle, photos):
+    plain, checkpointed = tmp_path / "plain", tmp_path / "checkpointed"
+    plain.mkdir(), checkpointed.mkdir()
+    for folder, flag in ((plain, "false"), (checkpointed, "true")):
+        config = write_train_config(folder, tiny_bundle, photos, max_steps=2, checkpoint_every=1)
+        assert train.main(["--config", str(config), "--quiet", f"gradient_checkpointing={flag}"]) == 0
+    after_one = load_embedding_file(next((checkpointed / "runs").glob("*/checkpoints/tinyperson2-step-1.pt")))
+    assert not torch.equal(after_one, final_vectors(checkpointed))  # gradients reach the vectors
+    assert torch.allclose(final_vectors(plain), final_vectors(checkpointed), atol=1e-6)
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_bundle, photos, monkeypatch, capsys):
     real = trainer.masked_mse
     calls = []
@@ -219,6 +232,23 @@ def test_masks_are_cached_and_a_random_seed_is_recorded(tmp_path, tiny_bundle, p
     assert 0 <= yaml.safe_load((run_dir / "config.yaml").read_text())["seed"] < 2**32
     monkeypatch.setattr(trainer, "ClipSegSegmenter", lambda *a, **k: pytest.fail("CLIPSeg loaded although cached"))
     assert train.main(["--config", str(config), "--quiet"]) == 0
+
+
+def test_an_image_whose_mask_is_empty_is_skipped_with_a_warning(tmp_path, photos, caplog):
+    class Segmenter:  # finds nobody in the first photo, everybody in the others
+        calls = 0
+
+        def probabilities(self, images, prompt):
+            Segmenter.calls += 1
+            return np.full(images.shape[:3], 0.0 if Segmenter.calls == 1 else 1.0, dtype=np.float32)
+
+    paths = sorted(photos.iterdir())
+    with caplog.at_level("WARNING", logger="magicme.train"):
+        kept = load_training_images(paths, Segmenter, "model-id", "person", 0.5, tmp_path / "cache", 32,
+                                    overlay_dir=tmp_path / "masks")
+    assert [k.path for k in kept] == paths[1:] and all(k.mask.shape == (32, 32) for k in kept)
+    assert "01.png" in caplog.text and "empty" in caplog.text
+    assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == ["02.png", "03.png"]
 
 
 def test_identity_embedding_replaces_only_the_id_tokens():
