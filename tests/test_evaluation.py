@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
 from magicme.errors import ConfigError
@@ -269,3 +270,23 @@ def test_settings_file_and_cli(tmp_path, runs, references, models, capsys):
                  "--no-faces", "--quiet"]) == 0
     video = json.loads((out / "metrics.json").read_text())["videos"][0]
     assert video["frames"] == 1 and video["face_detected"] is None
+
+
+# --- protocol ------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("word", ["man", "woman"])
+def test_protocol_gives_a_valid_sampling_config(tmp_path, word):
+    from magicme.config import expand_samples, load_config
+    from magicme.evaluation.protocol import protocol_config
+
+    repo = Path(__file__).resolve().parents[1]
+    config = protocol_config(repo / "configs/sample/example.yaml", repo / f"configs/eval/prompts_{word}.yaml",
+                             "altman")
+    path = tmp_path / "altman.yaml"
+    path.write_text(OmegaConf.to_yaml(config))
+    samples = expand_samples(load_config(path))
+    assert len(samples) == 100 and len({s["prompt"] for s in samples}) == 25
+    assert all(f"embedding:altman {word} " in s["prompt"] for s in samples)
+    assert sorted({s["seed"] for s in samples}) == [0, 1, 2, 3]
+    with pytest.raises(ConfigError, match="--name"):
+        protocol_config(repo / "configs/sample/example.yaml", repo / f"configs/eval/prompts_{word}.yaml", "a b")
