@@ -19,6 +19,8 @@ from magicme.cli import quiet_libraries  # noqa: E402
 
 quiet_libraries()
 
+from transformers.utils import logging as transformers_logging  # noqa: E402
+
 from magicme.errors import ConfigError  # noqa: E402
 from magicme.evaluation.evaluate import evaluate, load_settings  # noqa: E402
 
@@ -36,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-faces", action="store_true", help="skip the dlib face identity metric")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    transformers_logging.disable_progress_bar()  # weight-loading bars would bury the evaluation's own bar
     overrides = {"device": args.device, "clip": args.clip, "dino": args.dino,
                  "frames_per_video": args.frames_per_video, "faces": False if args.no_faces else None}
     try:

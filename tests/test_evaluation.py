@@ -248,6 +248,10 @@ def test_bad_inputs(tmp_path, runs, references, models):
     listless = write_run(tmp_path / "listless", [])
     fails("no samples listed", samples=[listless])
     fails("clip: .* not a model folder", clip=str(tmp_path / "nothing"))
+    swapped = write_run(tmp_path / "swapped", [record(0, "t2v", {"mp4": "0000-a-photo-42_face.mp4"}, 16)])
+    (swapped / "0000-a-photo-42_face.mp4").write_bytes((runs[0] / "0000-a-photo-42_face.mp4").read_bytes())
+    fails(r"records \(frames, height, width\) = \(16, 512, 512\), the file holds \(4, 512, 512\)",
+          samples=[swapped])
     assert not (tmp_path / "out").exists()
 
 

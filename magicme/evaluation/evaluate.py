@@ -21,7 +21,7 @@ from magicme.evaluation.metrics import (
     ClipEncoder, DinoEncoder, check_model_path, frame_indices, mean_similarity, temporal_consistency,
 )
 from magicme.evaluation.report import contact_sheet, write_reports
-from magicme.evaluation.runs import group_key, load_references, load_runs
+from magicme.evaluation.runs import check_decoded, group_key, load_references, load_runs
 from magicme.video_io import read_video
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,7 @@ def evaluate(samples: list[Path | str], references: Path | str, out: Path | str 
     rows, sheets = [], []
     for video in tqdm(videos, desc="evaluating", unit="video", disable=not progress):
         frames = read_video(video.path)
+        check_decoded(video, frames)
         picked = [frames[i] for i in frame_indices(len(frames), settings.frames_per_video)]
         eval_prompt = strip_id_tokens(video.prompt)
         frame_clip = clip.images(picked)

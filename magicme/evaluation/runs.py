@@ -27,6 +27,7 @@ class VideoSample:
     seed: int | None
     gamma: float | None
     path: Path
+    shape: tuple | None = None  # (frames, height, width) as samples.jsonl records it
 
 
 def run_labels(folders: list[Path]) -> list[str]:
@@ -62,11 +63,28 @@ def load_run(folder: Path, label: str) -> list[VideoSample]:
         if not path.exists():
             raise ConfigError(f"{where}: {path} is missing; the run folder is incomplete or was moved without its "
                               f"videos")
+        shape = tuple(record.get(k) for k in ("frames", "height", "width"))
         samples.append(VideoSample(label, str(record["stage"]), int(record.get("index", len(samples))),
-                                   str(record["prompt"]), record.get("seed"), record.get("gamma"), path))
+                                   str(record["prompt"]), record.get("seed"), record.get("gamma"), path,
+                                   None if None in shape else shape))
     if not samples:
         raise ConfigError(f"{listing}: no samples listed; the sampling run wrote nothing")
     return samples
+
+
+def check_decoded(sample: VideoSample, video: np.ndarray) -> None:
+    """The decoded video must be the one samples.jsonl describes; a mismatch means files from another run.
+
+    GIFs are exempt from the frame count: Pillow merges identical consecutive frames when writing them.
+    """
+    if sample.shape is None:
+        return
+    expected, found = sample.shape, video.shape[:3]
+    if sample.path.suffix.lower() == ".gif":
+        expected, found = expected[1:], found[1:]
+    if tuple(expected) != tuple(found):
+        raise ConfigError(f"{sample.path}: samples.jsonl records (frames, height, width) = {tuple(expected)}, the "
+                          f"file holds {tuple(found)}; the run folder mixes files of different runs")
 
 
 def load_runs(folders: list[Path | str]) -> list[VideoSample]:
