@@ -4,6 +4,7 @@ and one clear ConfigError per bad input."""
 import csv
 import json
 import math
+import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from magicme.evaluation.metrics import (
     ClipEncoder, DinoEncoder, cosine_matrix, frame_indices, mean_similarity, temporal_consistency,
 )
 from magicme.evaluation.report import COLUMNS
+from magicme.evaluation.runs import group_key, load_runs, run_labels
 from magicme.tiny.eval_models import save_tiny_clip, save_tiny_dino
 from magicme.video_io import write_frames, write_video
 
@@ -140,6 +142,27 @@ def test_tiny_models_are_deterministic(tmp_path, models, astronaut):
     assert torch.equal(again.images([astronaut]), first.images([astronaut]))
     dino = DinoEncoder(models["dino"], torch.device("cpu"))
     assert dino.images([astronaut, astronaut[:, ::-1]]).shape == (2, 32)
+
+
+def test_hub_style_legacy_processor_config_gives_the_same_embeddings(tmp_path, models, astronaut):
+    """openai/clip-vit-large-patch14 ships an old-style preprocessor_config.json (CLIPFeatureExtractor, int sizes)."""
+    legacy = tmp_path / "clip"
+    shutil.copytree(models["clip"], legacy)
+    (legacy / "processor_config.json").unlink()
+    (legacy / "preprocessor_config.json").write_text(json.dumps({
+        "feature_extractor_type": "CLIPFeatureExtractor", "size": 32, "crop_size": 32, "do_center_crop": True,
+        "do_resize": True, "do_normalize": True, "resample": 3, "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711]}))
+    cpu = torch.device("cpu")
+    frames = [astronaut, astronaut[100:300, 50:450]]
+    assert torch.allclose(ClipEncoder(str(legacy), cpu).images(frames), ClipEncoder(models["clip"], cpu).images(frames))
+
+
+def test_run_labels_and_table_order(runs):
+    assert run_labels([Path("a/run"), Path("b/run"), Path("c/other")]) == ["a/run", "b/run", "other"]
+    samples = load_runs([runs[1], runs[0]])
+    order = sorted(samples, key=lambda s: group_key(s, ["gamma-0", "gamma-0.1"]))
+    assert [(s.run, s.stage) for s in order] == [("gamma-0", "t2v"), ("gamma-0.1", "t2v"), ("gamma-0.1", "face")]
 
 
 def test_identical_frames_and_self_reference_score_one(report):

@@ -39,12 +39,13 @@ def save_tiny_clip(out: Path | str, seed: int = 0) -> Path:
 
 
 def save_tiny_dino(out: Path | str, seed: int = 0) -> Path:
-    """ViTModel with DINO ViT-S/16's structure (CLS token, patch 16, no pooler) at width 32, + its processor."""
+    """ViTModel with DINO ViT-S/16's structure (CLS token, patch 16) at width 32, + its processor. The pooler
+    is saved so that `AutoModel` loads without newly initialised weights; the DINO metric does not use it."""
     out = Path(out)
     torch.manual_seed(seed)
     config = ViTConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
                        image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, qkv_bias=True)
-    ViTModel(config, add_pooling_layer=False).save_pretrained(out)
+    ViTModel(config).save_pretrained(out)
     ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_mean=IMAGENET_MEAN,
                       image_std=IMAGENET_STD, resample=3).save_pretrained(out)
     return out
