@@ -67,6 +67,7 @@ def main() -> None:
                         help="as train.py's mixed_precision; a CPU always runs 'no'")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (GPU)")
+    parser.add_argument("--channels-last", action="store_true", help="UNet and VAE in channels-last memory format")
     args = parser.parse_args()
     if args.full_size and not torch.cuda.is_available():
         sys.exit("error: --full-size needs a CUDA GPU (SD1.5 shapes take minutes per step on a CPU); "
@@ -74,6 +75,7 @@ def main() -> None:
     precision = args.mixed_precision if torch.cuda.is_available() else "no"
     accelerator = Accelerator(mixed_precision=precision)
     device, dtype = accelerator.device, DTYPES[precision]
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # as train.py
     torch.manual_seed(0)
     unet, vae, text, resolution = models(args.full_size)
     text.requires_grad_(False)
@@ -87,7 +89,10 @@ def main() -> None:
     optimizer = torch.optim.AdamW([identity.vectors], lr=1e-3, weight_decay=1e-2)
     text, optimizer = accelerator.prepare(text, optimizer)
     unet = unet.requires_grad_(False).to(device, dtype)
-    loss_fn = DiffusionLoss(vae.requires_grad_(False).to(device, dtype), torch.compile(unet) if args.compile else unet,
+    vae = vae.requires_grad_(False).to(device, dtype)
+    if args.channels_last:
+        unet, vae = unet.to(memory_format=torch.channels_last), vae.to(memory_format=torch.channels_last)
+    loss_fn = DiffusionLoss(vae, torch.compile(unet) if args.compile else unet,
                             DDPMScheduler(**SD15_BETAS), 0.1, dtype)
     cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig),
                           {"name": "bench", "images_dir": ".", "resolution": resolution, "batch_size": args.batch_size})
@@ -124,7 +129,8 @@ def main() -> None:
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
     print(f"device={torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}")
     print(f"shape={'sd15' if args.full_size else 'tiny'}_batch{args.batch_size}_{resolution}px_{precision}"
-          f"{'_checkpointing' if args.gradient_checkpointing else ''}{'_compiled' if args.compile else ''}")
+          f"{'_checkpointing' if args.gradient_checkpointing else ''}{'_compiled' if args.compile else ''}"
+          f"{'_channels_last' if args.channels_last else ''}")
     print(f"train_steps_per_s={1 / seconds:.2f}")
     print(f"train_400_steps_s={400 * seconds:.1f}")
     print(f"peak_memory_gb={peak:.2f}")

@@ -192,6 +192,7 @@ def train(cfg: DictConfig, images: list[Path], resume: str | None = None, progre
     stream = f"{cfg.seed}/{accelerator.process_index}"  # each process draws its own batches
     set_seed(derive_seed(stream, "global") % 2**32)
     device, weight_dtype = accelerator.device, DTYPES[cfg.mixed_precision]
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # every step has the same shapes: tune convolutions once
 
     base = load_base(cfg.model.base, cfg.model.base_config, torch.float32)
     tokenizer, text_encoder = base.tokenizer, base.text_encoder
