@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator, PartialState
-from accelerate.utils import broadcast_object_list, set_seed
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
 from diffusers import DDPMScheduler
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image, ImageDraw
@@ -181,14 +181,15 @@ def train(cfg: DictConfig, images: list[Path], resume: str | None = None, progre
     if state is not None and (state["name"] != cfg.name or len(state["vectors"]) != cfg.num_tokens):
         raise ConfigError(f"--resume {state_path}: a checkpoint of {state['name']!r} with {len(state['vectors'])} "
                           f"tokens cannot continue {cfg.name!r} with num_tokens={cfg.num_tokens}")
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=cfg.log_with, project_dir=cfg.output_dir)
+    main = accelerator.is_main_process
     if state_path is not None:
         run_dir = state_path.parent.parent
         cfg.seed = int(state["seed"])  # a resumed run keeps drawing from its own streams
     else:  # one run folder, made by the main process, for every process
-        holder = [str(make_run_dir(cfg.output_dir, cfg.name)) if PartialState().is_main_process else None]
+        holder = [str(make_run_dir(cfg.output_dir, cfg.name)) if main else None]
         run_dir = Path(broadcast_object_list(holder)[0])
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=cfg.log_with, project_dir=str(run_dir))
-    main = accelerator.is_main_process
+    accelerator.project_configuration = ProjectConfiguration(project_dir=str(run_dir))  # tracker logs go here
     stream = f"{cfg.seed}/{accelerator.process_index}"  # each process draws its own batches
     set_seed(derive_seed(stream, "global") % 2**32)
     device, weight_dtype = accelerator.device, DTYPES[cfg.mixed_precision]
@@ -217,6 +218,8 @@ def train(cfg: DictConfig, images: list[Path], resume: str | None = None, progre
         log.info("resuming %s at step %d", run_dir, step)
 
     checkpoints = run_dir / "checkpoints"
+    if not main:  # one process reports progress
+        log.setLevel(logging.WARNING)
     file_log = logging.FileHandler(run_dir / "train.log") if main else logging.NullHandler()
     file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(file_log)
