@@ -167,6 +167,16 @@ def test_resume_is_bit_identical(tmp_path, tiny_bundle, photos):
     assert torch.equal(final_vectors(straight), final_vectors(resumed))
 
 
+def test_resume_refuses_a_mismatched_or_missing_checkpoint(tmp_path, tiny_bundle, photos, capsys):
+    config = write_train_config(tmp_path, tiny_bundle, photos, max_steps=2)
+    assert train.main(["--config", str(config), "--quiet"]) == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert train.main(["--config", str(config), "--quiet", "--resume", str(run_dir), "num_tokens=2"]) == 2
+    assert "cannot continue 'tinyperson2' with num_tokens=2" in capsys.readouterr().err
+    assert train.main(["--config", str(config), "--quiet", "--resume", str(tmp_path / "nope")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
 def test_gradient_checkpointing_trains_the_same_vectors(tmp_path, tiny_bundle, photos):
     plain, checkpointed = tmp_path / "plain", tmp_path / "checkpointed"
     plain.mkdir(), checkpointed.mkdir()
