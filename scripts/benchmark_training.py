@@ -58,6 +58,19 @@ def models(full_size: bool):
     return base.unet, base.vae, base.text_encoder, 64
 
 
+@torch.no_grad()
+def timed(work, repeats: int, device: torch.device) -> float:
+    """Seconds per call of `work` (the VAE encode alone: how much of a step the frozen encoder costs)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        work()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / repeats
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full-size", action="store_true", help="SD1.5 shapes, batch 4 × 512² (CUDA only)")
@@ -125,6 +138,8 @@ def main() -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / args.steps
+    pixels = batches(0).pixels.to(dtype)
+    vae_seconds = timed(lambda: vae.encode(pixels), args.steps, device)
     peak = (torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
     print(f"device={torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}")
@@ -133,6 +148,7 @@ def main() -> None:
           f"{'_channels_last' if args.channels_last else ''}")
     print(f"train_steps_per_s={1 / seconds:.2f}")
     print(f"train_400_steps_s={400 * seconds:.1f}")
+    print(f"vae_encode_ms_per_step={1000 * vae_seconds:.1f}")
     print(f"peak_memory_gb={peak:.2f}")
 
 

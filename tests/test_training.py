@@ -78,6 +78,24 @@ def test_batches_are_a_function_of_the_step(tmp_path):
     assert all(sorted(seen[e * 4:(e + 1) * 4]) == [0, 1, 2, 3] for e in range(3))
 
 
+def test_every_training_example_keeps_its_mask_on_the_person():
+    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), {"name": "x", "images_dir": ".", "resolution": 128,
+                                                             "batch_size": 4, "use_orig_img_rate": 0.0})
+    side = 180
+    photo = np.zeros((side, side, 3), np.float32)
+    mask = np.zeros((side, side), np.float32)
+    photo[20:110, 30:90, 0] = mask[20:110, 30:90] = 1.0  # a red "person" on black, off-centre
+    batches = TrainingBatches([TrainImage(Path("p.png"), photo, mask)], cfg, "<x> man", "3/0", torch.device("cpu"))
+    prefixes = set()
+    for step in range(15):
+        batch = batches(step)
+        red = (batch.pixels[:, 0] > 0) & (batch.pixels[:, 1] < -0.5)
+        for r, m, caption in zip(red, batch.masks.bool(), batch.captions):
+            assert (r & m).sum() / (r | m).sum() > 0.85, caption
+            prefixes.add(caption.split("photo")[0])
+    assert len(prefixes) >= 3  # plain, zoomed-out and zoomed-in examples were all checked
+
+
 def test_masked_loss_is_the_formula_and_ignores_pixels_outside_the_mask():
     torch.manual_seed(0)
     pred = torch.randn(2, 4, 8, 8, requires_grad=True)
