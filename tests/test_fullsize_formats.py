@@ -94,7 +94,7 @@ def test_single_file_base_loads_every_tensor_in_place(fullsize):
         assert not any(p.is_meta for p in getattr(base, name).parameters()), f"{name}: weights left unloaded"
         wrong = [k for k, v in expected.items() if not torch.equal(loaded[k].to(v.dtype), v)]
         assert not wrong, f"{name}: {len(wrong)} tensors differ, e.g. {wrong[:3]}"
-    assert base.unet.config.block_out_channels == (320, 640, 1280, 1280)
+    assert tuple(base.unet.config.block_out_channels) == (320, 640, 1280, 1280)
     assert base.text_encoder.config.hidden_size == 768
 
 
@@ -105,7 +105,9 @@ def test_full_size_v2_motion_module_loads_without_missing_keys(fullsize):
     assert (info.version, info.block_out_channels, info.layers_per_block, info.max_seq_length) == \
         ("v2", (320, 640, 1280, 1280), 2, 32)
     state = adapter.state_dict()
-    wrong = [k for k, v in fullsize["motion_values"].items() if not torch.equal(state[k], v)]
+    # the original files' `pos_encoder.pe` buffers are dropped on load: diffusers rebuilds the same sinusoids
+    wrong = [k for k, v in fullsize["motion_values"].items()
+             if not k.endswith("pos_embed.pe") and not torch.equal(state[k], v)]
     assert not wrong, f"{len(wrong)} motion tensors differ, e.g. {wrong[:3]}"
 
 
