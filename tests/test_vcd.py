@@ -8,7 +8,7 @@ import pytest
 from skimage import data as skdata
 
 import sample
-from magicme.vcd.geometry import crop_box, feather_mask, link_tracks, tile_starts, tile_weight, union_box
+from magicme.vcd.geometry import crop_box, feather_mask, link_tracks, tile_weight, tile_windows, union_box
 from magicme.vcd.stages import blend_tiles, detect_faces_dlib, prepare_input_video, refine_faces, resize_video
 from magicme.video_io import write_video
 from tests.test_sampling import write_config
@@ -54,17 +54,17 @@ def test_face_paste_with_identity_denoiser_leaves_everything_outside_the_face_ex
 
 
 def test_tiles_cover_the_frame_and_blend_back_exactly_without_seams():
-    assert tile_starts(1024, 512, 64) == [0, 512] or tile_starts(1024, 512, 64)[-1] == 512
-    starts = tile_starts(1000, 512, 64)
-    assert starts[0] == 0 and starts[-1] == 1000 - 512
-    assert all(b - a <= 512 - 64 for a, b in zip(starts, starts[1:]))
-    assert tile_starts(300, 512, 64) == [0]
+    assert tile_windows(1024, 512, 32) == [(0, 544), (480, 1024)]  # 2x of 512: 4 tiles, as the paper
+    windows = tile_windows(1000, 384, 16)
+    assert windows[0][0] == 0 and windows[-1][1] == 1000 and len(windows) == 3
+    assert all(a[1] - b[0] >= 32 for a, b in zip(windows, windows[1:]))
+    assert tile_windows(300, 512, 32) == [(0, 300)]
     assert tile_weight(64, 64, 16).min() > 0
     video = np.random.default_rng(1).random((2, 200, 168, 3), dtype=np.float32)
-    assert np.allclose(blend_tiles(video, 64, 16, identity), video, atol=1e-6)
+    assert np.allclose(blend_tiles(video, 64, 8, identity), video, atol=1e-6)
     # a denoiser that shifts each tile by a different constant: the blend cross-fades (no jump at tile borders)
     offsets = iter(np.linspace(0.0, 0.2, 100))
-    shifted = blend_tiles(np.zeros((1, 128, 128, 3), np.float32), 64, 32, lambda t: t + next(offsets))
+    shifted = blend_tiles(np.zeros((1, 128, 128, 3), np.float32), 64, 16, lambda t: t + next(offsets))
     assert np.abs(np.diff(shifted[0, 64, :, 0])).max() < 0.02
 
 
@@ -92,7 +92,7 @@ def test_prepare_input_video_resizes_crops_and_checks_frames(tmp_path):
 
 def test_t2v_face_tiled_end_to_end_then_edit_the_result(tmp_path, tiny_bundle):
     stages = ["--quiet", "stages=[t2v,face,tiled]", f"face.clipseg_model={tiny_bundle['clipseg']}",
-              "face.size=32", "face.threshold=0.5", "tiled.tile=64", "tiled.overlap=16", "prompts=[<tinyperson> man]"]
+              "face.size=32", "face.threshold=0.5", "tiled.tile=64", "tiled.padding=8", "prompts=[<tinyperson> man]"]
     assert sample.main(["--config", str(write_config(tmp_path, tiny_bundle)), *stages]) == 0
     (run_dir,) = (tmp_path / "out").iterdir()
     records = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]

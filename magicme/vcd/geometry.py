@@ -62,14 +62,15 @@ def feather_mask(height: int, width: int, region: Box, feather: int) -> np.ndarr
     return np.clip(dist / feather, 0.0, 1.0).astype(np.float32)
 
 
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of tiles of size `tile` covering [0, length) with at least `overlap` px shared between
-    neighbours; the last tile ends exactly at the edge."""
+def tile_windows(length: int, tile: int, padding: int) -> list[tuple[int, int]]:
+    """Tiles along one axis, as UltimateSDUpscale lays them: ceil(length / tile) tiles of `tile` px, evenly
+    spaced so the last ends at the edge, each widened by `padding` px of context on both sides (clipped to the
+    frame). Returns (start, stop) of each window; neighbouring windows share at least 2·padding px."""
     if length <= tile:
-        return [0]
-    stride = tile - overlap
-    count = int(np.ceil((length - tile) / stride)) + 1
-    return [round(i * (length - tile) / (count - 1)) for i in range(count)]
+        return [(0, length)]
+    count = -(-length // tile)
+    starts = [round(i * (length - tile) / (count - 1)) for i in range(count)]
+    return [(max(0, s - padding), min(length, s + tile + padding)) for s in starts]
 
 
 def tile_weight(height: int, width: int, ramp: int) -> np.ndarray:

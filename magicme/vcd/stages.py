@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from magicme.errors import ConfigError
-from magicme.vcd.geometry import Box, crop_box, feather_mask, link_tracks, tile_starts, tile_weight, union_box
+from magicme.vcd.geometry import Box, crop_box, feather_mask, link_tracks, tile_weight, tile_windows, union_box
 from magicme.video_io import read_video, to_uint8
 
 log = logging.getLogger("magicme")
@@ -44,8 +44,8 @@ class FaceConfig:
 class TiledConfig:
     scale: int = 2  # upscale factor
     upscaler: str = "lanczos"  # lanczos, or an ESRGAN-family model file (needs the optional `spandrel` package)
-    tile: int = 512
-    overlap: int = 64  # px shared by neighbouring tiles, cross-faded
+    tile: int = 512  # 2x of 512 = 4 tiles, as the paper
+    padding: int = 32  # context px around each tile (ComfyUI graph: tile_padding 32); neighbours cross-fade over 2x
     strength: float = 0.2  # denoise 0.2
     steps: Optional[int] = None
     guidance_scale: Optional[float] = None
@@ -87,8 +87,8 @@ def validate_tiled_config(tiled) -> None:
             raise ConfigError("tiled.upscaler: model files need `pip install spandrel` (it needs torchvision); "
                               "or use tiled.upscaler=lanczos") from err
     _check(tiled.tile >= 64 and tiled.tile % 8 == 0, f"tiled.tile: {tiled.tile} must be a multiple of 8 >= 64")
-    _check(0 <= tiled.overlap < tiled.tile // 2, f"tiled.overlap: {tiled.overlap} must be in [0, tile/2)")
-    _check(tiled.overlap % 8 == 0, f"tiled.overlap: {tiled.overlap} must be a multiple of 8")
+    _check(0 <= tiled.padding < tiled.tile // 2 and tiled.padding % 8 == 0,
+           f"tiled.padding: {tiled.padding} must be a multiple of 8 in [0, tile/2)")
     _check(0.0 <= tiled.strength <= 1.0, f"tiled.strength: {tiled.strength} not in [0, 1]")
     _check(tiled.steps is None or tiled.steps >= 1, f"tiled.steps: {tiled.steps} must be >= 1")
     _check(tiled.gamma is None or 0.0 <= tiled.gamma < 1.0, f"tiled.gamma: {tiled.gamma} not in [0, 1)")
@@ -193,17 +193,17 @@ def upscale(video: np.ndarray, scale: int, upscaler: str, device) -> np.ndarray:
     return resize_video(np.stack(frames), h * scale, w * scale)
 
 
-def blend_tiles(video: np.ndarray, tile: int, overlap: int, denoise) -> np.ndarray:
-    """Denoise overlapping tiles and cross-fade them with smooth weights (normalised by their sum)."""
+def blend_tiles(video: np.ndarray, tile: int, padding: int, denoise, ramp: int | None = None) -> np.ndarray:
+    """Denoise padded tiles and cross-fade them with smooth weights normalised by their sum; the weights ramp up
+    over `ramp` px (default: the 2·padding the neighbours share; 0 = plain averaging)."""
     h, w = video.shape[1:3]
-    th, tw = min(tile, h), min(tile, w)
     acc = np.zeros_like(video)
     total = np.zeros((h, w, 1), dtype=np.float32)
-    for y in tile_starts(h, th, overlap):
-        for x in tile_starts(w, tw, overlap):
-            weight = tile_weight(th, tw, overlap)[..., None]
-            acc[:, y:y + th, x:x + tw] += denoise(video[:, y:y + th, x:x + tw]) * weight
-            total[y:y + th, x:x + tw] += weight
+    for y0, y1 in tile_windows(h, tile, padding):
+        for x0, x1 in tile_windows(w, tile, padding):
+            weight = tile_weight(y1 - y0, x1 - x0, 2 * padding if ramp is None else ramp)[..., None]
+            acc[:, y0:y1, x0:x1] += denoise(video[:, y0:y1, x0:x1]) * weight
+            total[y0:y1, x0:x1] += weight
     return acc / total
 
 
@@ -218,9 +218,8 @@ def run_tiled_stage(pipe, video: np.ndarray, prompt: str, negative_prompt: str, 
             progress=False,
         )
 
-    out = blend_tiles(big, cfg.tile, cfg.overlap, denoise)
-    th, tw = min(cfg.tile, big.shape[1]), min(cfg.tile, big.shape[2])
-    tiles = len(tile_starts(big.shape[1], th, cfg.overlap)) * len(tile_starts(big.shape[2], tw, cfg.overlap))
+    out = blend_tiles(big, cfg.tile, cfg.padding, denoise)
+    tiles = len(tile_windows(big.shape[1], cfg.tile, cfg.padding)) * len(tile_windows(big.shape[2], cfg.tile, cfg.padding))
     return out, {"tiles": tiles}
 
 

@@ -1,0 +1,120 @@
+"""Cost of the refinement stages relative to T2V, and the seam figure of tiled blending.
+
+    python scripts/benchmark_vcd.py [--size 64] [--frames 16] [--steps 20]
+
+Timing runs at proportional tiny scale: T2V at size², Face VCD on one face track whose crop is denoised at size²
+(as 512 is to 512 at full scale), Tiled VCD at ×2 with tiles of size² and padding size/16 (32 at full scale), all with
+the same steps and the stages' default strengths (0.8 and 0.2), on the tiny random-weight bundle.
+
+Seam figure: a real photo (skimage's astronaut) upscaled ×2 and split into padded tiles that a stand-in denoiser
+alters differently (a per-tile gain and brightness offset, the kind of disagreement real tiles have); `seam_ratio`
+is the mean gradient magnitude across the columns where tile windows begin or end over the mean elsewhere, after
+blending, divided by the same ratio of the untouched photo (1.0 = blending adds no edge there); `seam_ratio_hard`
+is the same for plain averaging without the smooth ramp.
+Figures are printed last as `name=value` lines.
+"""
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from magicme.cli import quiet_libraries  # noqa: E402
+
+quiet_libraries()
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+from skimage import data as skdata  # noqa: E402
+
+from magicme.models import load_pipeline  # noqa: E402
+from magicme.tiny.sd import build_tiny_bundle  # noqa: E402
+from magicme.vcd.geometry import tile_windows  # noqa: E402
+from magicme.vcd.stages import TiledConfig, blend_tiles, refine_faces, resize_video, run_tiled_stage  # noqa: E402
+
+
+def border_ratio(image: np.ndarray, borders: list[int]) -> float:
+    """Mean |horizontal gradient| at the columns where tile windows begin or end, over its mean elsewhere."""
+    grad = np.abs(np.diff(image, axis=1)).mean(axis=(0, 2))  # grad[i] is between columns i and i + 1
+    at = np.zeros(len(grad), bool)
+    for b in borders:
+        at[max(0, b - 2):b + 1] = True
+    return float(grad[at].mean() / grad[~at].mean())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    root = Path(tempfile.mkdtemp()) / "tiny"
+    build_tiny_bundle(root)
+    model = OmegaConf.create({"base": str(root / "sd15"), "motion_module": str(root / "motion_module/mm_tiny_v2.ckpt"),
+                              "scheduler": "ddim"})
+    pipe = load_pipeline(model, device="auto")
+    s, prompt, common = args.size, "a photo of a man", dict(gamma=0.1, guidance_scale=7.5, progress=False)
+    run = {"steps": args.steps, "guidance_scale": 7.5, "gamma": 0.1}
+
+    def t2v():
+        return pipe.text_to_video(prompt, "", torch.Generator().manual_seed(0), frames=args.frames, height=s,
+                                  width=s, steps=args.steps, **common)
+
+    video = t2v()
+    face_track = [[(s // 2 - s // 12, s // 3, s // 2 + s // 12, s // 3 + s // 6)] * args.frames]
+
+    def face():
+        refine_faces(video, face_track, lambda crop: pipe.video_to_video(
+            crop, prompt, "", torch.Generator().manual_seed(0), strength=0.8, steps=args.steps, **common),
+            crop_factor=3.0, size=s, feather=5)
+
+    tiled_cfg = OmegaConf.structured(TiledConfig(tile=s, padding=max(8, s // 16)))
+
+    def tiled():
+        run_tiled_stage(pipe, video, prompt, "", torch.Generator().manual_seed(0), tiled_cfg, run)
+
+    timings = {"t2v": [], "face": [], "tiled": []}
+    for fn in (t2v, face, tiled):
+        fn()  # warm-up
+    for _ in range(args.repeats):
+        for name, fn in (("t2v", t2v), ("face", face), ("tiled", tiled)):
+            start = time.perf_counter()
+            fn()
+            timings[name].append(time.perf_counter() - start)
+    t2v_s, face_s, tiled_s = (float(np.median(timings[k])) for k in ("t2v", "face", "tiled"))
+
+    photo = resize_video(skdata.astronaut()[None].astype(np.float32) / 255.0, 256, 256)
+    big = resize_video(photo, 512, 512)
+    rng = np.random.default_rng(0)
+
+    def disagreeing(tile):
+        return np.clip(tile * rng.uniform(0.95, 1.05) + rng.uniform(-0.08, 0.08), 0, 1).astype(np.float32)
+
+    tile, padding = 256, 32
+    windows = tile_windows(512, tile, padding)
+    borders = sorted({stop for _, stop in windows[:-1]} | {start for start, _ in windows[1:]})
+    smooth = blend_tiles(big, tile, padding, disagreeing)
+    hard = blend_tiles(big, tile, padding, disagreeing, ramp=0)
+
+    print(f"device={pipe.device}")
+    print(f"shape=frames{args.frames}_{s}px_{args.steps}steps")
+    print(f"t2v_seconds={t2v_s:.3f}")
+    print(f"face_seconds={face_s:.3f}")
+    print(f"tiled_seconds={tiled_s:.3f}")
+    print(f"face_over_t2v={face_s / t2v_s:.2f}")
+    print(f"tiled_over_t2v={tiled_s / t2v_s:.2f}")
+    print(f"vcd_over_t2v={(t2v_s + face_s + tiled_s) / t2v_s:.2f}")
+    # normalised by the photo's own ratio at those columns, so only what blending adds is measured
+    reference = border_ratio(big[0], borders)
+    print(f"seam_ratio={border_ratio(smooth[0], borders) / reference:.3f}")
+    print(f"seam_ratio_hard={border_ratio(hard[0], borders) / reference:.3f}")
+
+
+if __name__ == "__main__":
+    main()
