@@ -2,7 +2,10 @@
 lookup fails (and is recorded) while the real-download layout is used — a single-file noVAE base with its
 base_config folder, a separate VAE, an original-format motion module + MotionLoRA, an identity embedding, CLIPSeg."""
 
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -86,3 +89,13 @@ def test_sample_and_train_offline(tiny_bundle, real_layout, no_network, tmp_path
         "output_dir": str(tmp_path / "runs"), "mask_cache_dir": str(tmp_path / "cache")}))
     assert train.main(["--config", str(train_cfg), "--quiet"]) == 0
     assert list((tmp_path / "runs").glob("*/offline.pt"))
+
+
+def test_gpu_benchmark_refuses_a_cpu_at_once():
+    """The full-size benchmark needs CUDA: without it, it stops before building anything, saying what to run."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_gpu.py"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode != 0
+    assert "needs a CUDA GPU" in result.stderr and "benchmark_sampling.py" in result.stderr
+    assert "Traceback" not in result.stderr
