@@ -29,7 +29,7 @@ usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
 describe() {
   case $1 in
     sd15) echo "SD1.5 diffusers folder (configs, tokenizer, UNet/VAE/CLIP; no safety checker) -> $MODELS/stable-diffusion-v1-5 (~5.2 GB, --fp16 ~2.6 GB)" ;;
-    base) echo "Realistic Vision V5.1 noVAE, fp16 no-EMA single file -> $MODELS/base/ (~2.0 GB)" ;;
+    base) echo "Realistic Vision V5.1 noVAE, fp16 no-EMA single file -> $MODELS/base/ (~2.1 GB)" ;;
     vae) echo "sd-vae-ft-mse VAE (diffusers) -> $MODELS/vae/sd-vae-ft-mse (~335 MB)" ;;
     motion) echo "AnimateDiff motion modules v2 + v3 (original .ckpt) -> $MODELS/motion_module/ (~3.5 GB)" ;;
     lora) echo "AnimateDiff v2 MotionLoRA ZoomIn -> $MODELS/motion_lora/ (~78 MB)" ;;
@@ -58,7 +58,8 @@ plan() {
       echo "hf $repo vae/diffusion_pytorch_model.$w $sd/vae/diffusion_pytorch_model.safetensors unknown" ;;
     base)
       echo "hf SG161222/Realistic_Vision_V5.1_noVAE Realistic_Vision_V5.1_fp16-no-ema.safetensors" \
-           "$MODELS/base/Realistic_Vision_V5.1_noVAE.safetensors unknown" ;;
+           "$MODELS/base/Realistic_Vision_V5.1_noVAE.safetensors" \
+           "99a75a901f4fec732056930a89fa34cf360f6f72d75ce5bf333ddf82adf8dd2a" ;;
     vae)
       echo "hf stabilityai/sd-vae-ft-mse config.json $MODELS/vae/sd-vae-ft-mse/config.json unknown"
       echo "hf stabilityai/sd-vae-ft-mse diffusion_pytorch_model.safetensors" \
