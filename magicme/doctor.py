@@ -10,8 +10,8 @@ Everything is read from file headers and keys — safetensors headers, `.ckpt` p
 - motion module: original AnimateDiff layout (v1/v2/v3 read from keys) or a MotionAdapter folder, with the base
   UNet's channel widths; MotionLoRAs must target weights that module has;
 - embeddings: each identity's vector width equals the text encoder's hidden size;
-- optional extras under models/ (CLIPSeg, upscalers, evaluation models): reported, required only when a stage uses
-  them.
+- stages: the CLIPSeg model of a clipseg Face VCD stage, the upscaler file of a Tiled VCD stage;
+- optional extras under models/ (CLIPSeg, upscalers, evaluation models): reported as warnings when missing.
 """
 
 import json
@@ -313,20 +313,23 @@ def check_embeddings(report: Report, model: DictConfig, base: BaseShape) -> None
         report.add("model.embeddings_dir", folder, WARN, "no .pt/.safetensors identities in it")
 
 
-def check_extras(report: Report, models_dir: Path, required: set[str]) -> None:
-    """Models outside the `model:` block; only those in `required` fail when missing."""
+def hf_model_present(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and bool(weight_files(folder))
+
+
+def check_extras(report: Report, models_dir: Path) -> None:
+    """Models outside the `model:` block (training, Face VCD, evaluation, upscaling): reported, never required."""
     hf_folders = {
         "clipseg": (models_dir / "clipseg", "CLIPSeg (training masks, Face VCD)"),
         "eval-clip": (models_dir / "eval" / "clip-vit-large-patch14", "CLIP-I / CLIP-T evaluation"),
         "eval-dino": (models_dir / "eval" / "dino-vits16", "DINO evaluation"),
     }
     for name, (folder, use) in hf_folders.items():
-        if (folder / "config.json").is_file() and weight_files(folder):
+        if hf_model_present(folder):
             report.add(name, folder, OK, use)
         else:
-            status = FAIL if name in required else WARN
-            report.add(name, folder, status, f"missing (needed for {use}); bash download_checkpoint.sh --only "
-                                             f"{name.split('-')[0]}")
+            report.add(name, folder, WARN, f"missing (needed for {use}); bash download_checkpoint.sh --only "
+                                           f"{name.split('-')[0]}")
     upscalers = sorted((models_dir / "upscaler").glob("*.pth")) if (models_dir / "upscaler").is_dir() else []
     for path in upscalers:
         try:
@@ -335,8 +338,7 @@ def check_extras(report: Report, models_dir: Path, required: set[str]) -> None:
             report.add("upscaler", path, FAIL, str(err).removeprefix(f"{path}: "))
 
 
-def check_models(model: DictConfig, models_dir: Path | str = "models", required_extras: set[str] = frozenset(),
-                 extras: bool = True) -> Report:
+def check_models(model: DictConfig, models_dir: Path | str = "models", extras: bool = True) -> Report:
     """Check a `model:` config block (and, with `extras`, the optional models under `models_dir`)."""
     report = Report()
     base = check_base(report, model)
@@ -344,16 +346,22 @@ def check_models(model: DictConfig, models_dir: Path | str = "models", required_
     check_motion_loras(report, model, check_motion(report, model, base))
     check_embeddings(report, model, base)
     if extras:
-        check_extras(report, Path(models_dir), set(required_extras))
+        check_extras(report, Path(models_dir))
     return report
 
 
 def check_sample_config(cfg: DictConfig, models_dir: Path | str = "models") -> Report:
-    """Everything a sampling config needs: its `model:` block, CLIPSeg when a clipseg Face VCD stage runs, the
+    """Everything a sampling config needs: its `model:` block, the CLIPSeg model of a clipseg Face VCD stage, the
     upscaler file of a Tiled VCD stage, and the optional extras."""
     stages = set(cfg.get("stages") or [])
-    required = {"clipseg"} if "face" in stages and cfg.face.detector == "clipseg" else set()
-    report = check_models(cfg.model, models_dir, required)
+    report = check_models(cfg.model, models_dir)
+    if "face" in stages and cfg.face.detector == "clipseg":
+        folder = Path(str(cfg.face.clipseg_model))
+        if hf_model_present(folder):
+            report.add("face.clipseg_model", folder, OK, "CLIPSeg for Face VCD")
+        else:
+            report.add("face.clipseg_model", folder, FAIL, "no CLIPSeg model (config.json + weights); "
+                                                           "bash download_checkpoint.sh --only clipseg")
     if "tiled" in stages and cfg.tiled.upscaler != "lanczos":
         path = Path(str(cfg.tiled.upscaler))
         try:

@@ -140,3 +140,11 @@ def test_script_exit_status(tiny_bundle, tmp_path, capsys):
     assert run_script(["--models-dir", str(models), *overrides, f"model.motion_module={tmp_path / 'nope.ckpt'}"]) == 1
     assert "nope.ckpt" in capsys.readouterr().err
     assert run_script(["--config", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_face_stage_needs_its_clipseg_model(tiny_bundle, tmp_path, capsys):
+    overrides = [f"model.base={tiny_bundle['sd15']}", f"model.motion_module={tiny_bundle['motion_v2']}",
+                 f"model.embeddings_dir={tiny_bundle['embedding'].parent}", "stages=[t2v,face]"]
+    assert run_script(["--models-dir", str(tmp_path), *overrides, f"face.clipseg_model={tiny_bundle['clipseg']}"]) == 0
+    assert run_script(["--models-dir", str(tmp_path), *overrides, f"face.clipseg_model={tmp_path / 'none'}"]) == 1
+    assert "face.clipseg_model" in capsys.readouterr().err

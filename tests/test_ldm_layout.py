@@ -13,7 +13,6 @@ from diffusers.loaders.single_file_utils import (
 from safetensors import safe_open
 
 from magicme.tiny.ldm import TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX, ldm_state_dict, save_ldm_checkpoint
-from magicme.tiny.sd import save_tiny_sd
 
 
 def assert_same_tensors(loaded: dict, original: dict, what: str) -> None:
@@ -28,9 +27,8 @@ def persistent(state: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def tiny_sd(tmp_path_factory):
-    torch.manual_seed(3)
-    return save_tiny_sd(tmp_path_factory.mktemp("ldm") / "sd15")
+def tiny_sd(tiny_bundle):
+    return tiny_bundle["sd15"]
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
