@@ -5,7 +5,7 @@
 #   bash download_checkpoint.sh --only sd15,base,vae,motion,lora,embeddings   # what sampling needs
 #   bash download_checkpoint.sh --list               # the groups
 #   bash download_checkpoint.sh --dry-run [--only …] # the plan: every file, its source, destination and check
-#   bash download_checkpoint.sh --fp16               # SD1.5 in its fp16 variant (half the size)
+#   bash download_checkpoint.sh --fp16               # SD1.5 in its fp16 variant (half the size; a fresh download)
 #
 # Uses the Hugging Face CLI (`hf`, or the older `huggingface-cli`) when installed — it resumes and honours HF_TOKEN —
 # and curl otherwise (`curl -C -` resumes). A file already present is kept (re-fetched only if its known sha256
@@ -24,7 +24,7 @@ lifeifei lisa mona monroe musk obama scarlett taylor zuck"
 EMBEDDINGS_URL=https://raw.githubusercontent.com/Zhen-Dong/Magic-ComfyUI/HEAD/models/embeddings
 EMBEDDINGS_LFS_URL=https://media.githubusercontent.com/media/Zhen-Dong/Magic-ComfyUI/HEAD/models/embeddings
 
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; }
 
 describe() {
   case $1 in
