@@ -21,8 +21,8 @@ def denoising_steps(strength: float, steps: int) -> int:
 class MagicPipeline:
     """The loaded models plus the two operations every stage is made of."""
 
-    # Frames the VAE encodes/decodes at once: 4 instead of diffusers' 16 cuts the peak memory of a 16 × 512² video
-    # (the VAE decoder, not the UNet, sets the peak) at no measurable cost in speed.
+    # Frames the VAE encodes/decodes at once. 4 instead of diffusers' 16: the VAE decoder, not the UNet, sets the
+    # peak memory of a 16 × 512² video (H100, fp16: 12.4 → 5.3 GB for 4.53 → 4.70 s).
     vae_chunk = 4
 
     def __init__(self, t2v: AnimateDiffPipeline, motion_version: str, max_frames: int):
