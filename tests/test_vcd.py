@@ -231,7 +231,8 @@ def test_tile_layout_covers_the_axis_with_the_overlap(length, tile, overlap, exp
 @pytest.mark.parametrize("height, width, tile, overlap", [(1024, 1536, 512, 64), (128, 64, 64, 16), (96, 200, 64, 0)])
 def test_tile_weights_sum_to_one(height, width, tile, overlap):
     total = np.zeros((height, width))
-    for (y, x, h, w), weight in zip(tile_grid(height, width, tile, overlap), tile_weights(height, width, tile, overlap)):
+    tiles, weights = tile_grid(height, width, tile, overlap), tile_weights(height, width, tile, overlap)
+    for (y, x, h, w), weight in zip(tiles, weights):
         assert weight.shape == (h, w) and weight.min() >= 0
         total[y:y + h, x:x + w] += weight
     assert np.abs(total - 1).max() < 1e-6
@@ -390,7 +391,8 @@ def test_t2v_face_tiled_end_to_end_on_the_tiny_pipeline(tiny_pipeline):
     kwargs = {"steps": 2, "guidance_scale": 7.5, "gamma": 0.1}
     video = tiny_pipeline.text_to_video(prompt, "", generator, frames=2, height=64, width=64, progress=False,
                                         **kwargs)
-    face, info = run_face_stage(tiny_pipeline, video, prompt, "", generator, {**FACE, "crop_factor": 3.0, "size": 64}, **kwargs,
+    section = {**FACE, "crop_factor": 3.0, "size": 64}
+    face, info = run_face_stage(tiny_pipeline, video, prompt, "", generator, section, **kwargs,
                                 detector=fixed_detector([(24, 20, 40, 36)]))
     assert face.shape == video.shape and info["faces"] == 1 and info["crops"] == [[8, 4, 56, 52]]
     x0, y0, x1, y1 = info["regions"][0]

@@ -23,8 +23,8 @@ def run_tiled_stage(pipe, video: np.ndarray, prompt: str, negative_prompt: str, 
     upscaled = upscale_video(video, section.scale, section.upscaler, str(pipe.device))
     _, height, width, _ = upscaled.shape
     tiles = tile_grid(height, width, section.tile, section.overlap)
-    outputs = [pipe.video_to_video(np.ascontiguousarray(upscaled[:, y:y + h, x:x + w]), prompt, negative_prompt, generator,
-                                   strength=section.strength, progress=progress, **settings)
+    outputs = [pipe.video_to_video(np.ascontiguousarray(upscaled[:, y:y + h, x:x + w]), prompt, negative_prompt,
+                                   generator, strength=section.strength, progress=progress, **settings)
                for y, x, h, w in tiles]
     blended = blend_tiles(outputs, tiles, tile_weights(height, width, section.tile, section.overlap), height, width)
     info = {"upscaler": section.upscaler, "height": height, "width": width, "tiles": [list(t) for t in tiles]}
