@@ -19,8 +19,9 @@ from magicme.embeddings import find_embeddings, load_embedding_file, check_width
 from magicme.errors import ConfigError
 from magicme.models import CHECKPOINT_SUFFIXES, SCHEDULERS, is_hub_id, resolve_device
 from magicme.motion_module import inspect_motion_module, lora_targets, read_state_dict
+from magicme.vcd.stages import FaceConfig, TiledConfig, validate_face_config, validate_tiled_config
 
-STAGES = ("t2v",)
+STAGES = ("t2v", "face", "tiled")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 FORMATS = ("mp4", "gif")
 MAX_SEED = 2**32
@@ -57,7 +58,11 @@ class SampleConfig:
     height: int = 512
     fps: int = 8
     gamma: float = 0.1  # 3D noise prior correlation between neighbouring frames (paper: 0.1)
-    stages: list[str] = field(default_factory=lambda: ["t2v"])
+    stages: list[str] = field(default_factory=lambda: ["t2v"])  # t2v, then optionally face and/or tiled
+    face: FaceConfig = field(default_factory=FaceConfig)  # Face VCD settings (used when "face" is a stage)
+    tiled: TiledConfig = field(default_factory=TiledConfig)  # Tiled VCD settings (used when "tiled" is a stage)
+    input_video: Optional[str] = None  # re-render this video (MP4/GIF/frame folder) instead of text-to-video
+    input_strength: float = 0.6  # how much of the input video is re-noised and denoised with the ID prompt
     precision: str = "auto"  # auto = fp16 on GPU, fp32 on CPU
     device: str = "auto"  # auto = cuda, then mps, then cpu
     attention: str = "sdpa"  # or xformers
@@ -195,6 +200,14 @@ def validate_sample_config(cfg: DictConfig) -> tuple[list[dict], dict[str, Path]
     _check(len(cfg.stages) > 0 and cfg.stages[0] == "t2v", f"stages: must start with t2v, got {list(cfg.stages)}")
     for stage in cfg.stages:
         _choice("stages", stage, STAGES)
+    _check(len(set(cfg.stages)) == len(cfg.stages), f"stages: {list(cfg.stages)} repeats a stage")
+    if "face" in cfg.stages:
+        validate_face_config(cfg.face)
+    if "tiled" in cfg.stages:
+        validate_tiled_config(cfg.tiled)
+    if cfg.input_video is not None:
+        _check(Path(cfg.input_video).exists(), f"input_video: {cfg.input_video} not found")
+    _check(0.0 <= cfg.input_strength <= 1.0, f"input_strength: {cfg.input_strength} not in [0, 1]")
     _choice("precision", cfg.precision, PRECISIONS)
     _check(cfg.device == "auto" or cfg.device.split(":")[0] in ("cpu", "cuda", "mps"),
            f"device: {cfg.device!r} is not auto, cpu, cuda, cuda:N or mps")

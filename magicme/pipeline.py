@@ -21,6 +21,10 @@ def denoising_steps(strength: float, steps: int) -> int:
 class MagicPipeline:
     """The loaded models plus the two operations every stage is made of."""
 
+    # Frames the VAE encodes/decodes at once: 4 instead of diffusers' 16 cuts the peak memory of a 16 × 512² video
+    # (the VAE decoder, not the UNet, sets the peak) at no measurable cost in speed.
+    vae_chunk = 4
+
     def __init__(self, t2v: AnimateDiffPipeline, motion_version: str, max_frames: int):
         self.t2v = t2v
         self.v2v = AnimateDiffVideoToVideoPipeline(**t2v.components)
@@ -53,15 +57,16 @@ class MagicPipeline:
         out = self.t2v(
             prompt=to_pipeline_prompt(prompt), negative_prompt=to_pipeline_prompt(negative_prompt) or None,
             num_frames=frames, height=height, width=width, num_inference_steps=steps, guidance_scale=guidance_scale,
-            latents=latents, generator=generator, output_type="np",
+            latents=latents, generator=generator, output_type="np", decode_chunk_size=self.vae_chunk,
         )
         return np.asarray(out.frames[0], dtype=np.float32)
 
     @torch.no_grad()
-    def encode_video(self, video: np.ndarray, chunk: int = 16) -> torch.Tensor:
+    def encode_video(self, video: np.ndarray) -> torch.Tensor:
         """Clean latents (1, C, F, h, w) of a [0, 1] video: the VAE posterior mean, scaled for the UNet."""
         vae = self.t2v.vae
         pixels = torch.from_numpy(video).permute(0, 3, 1, 2).to(self.device, vae.dtype) * 2.0 - 1.0
+        chunk = self.vae_chunk
         latents = torch.cat([vae.encode(pixels[i:i + chunk]).latent_dist.mode() for i in range(0, len(pixels), chunk)])
         return (latents * vae.config.scaling_factor).permute(1, 0, 2, 3).unsqueeze(0).to(self.dtype)
 
@@ -89,5 +94,6 @@ class MagicPipeline:
             height=height, width=width, num_inference_steps=steps, guidance_scale=guidance_scale,
             # diffusers keeps int(strength · steps) steps; asking for (n + 0.5) / steps makes that exactly n.
             strength=min(1.0, (n + 0.5) / steps), latents=noisy, generator=generator, output_type="np",
+            decode_chunk_size=self.vae_chunk,
         )
         return np.asarray(out.frames[0], dtype=np.float32)

@@ -20,10 +20,12 @@ from tqdm.auto import tqdm
 
 from magicme.config import load_config, resolved_config, validate_sample_config
 from magicme.models import load_pipeline
+from magicme.vcd.stages import prepare_input_video, run_face_stage, run_tiled_stage
 from magicme.video_io import atomic_path, to_uint8, write_frames, write_video
 
 log = logging.getLogger("magicme")
 RANDOM_WEIGHTS_MARKER = "RANDOM_WEIGHTS.txt"  # written by the tiny-model builder
+REFINE_STAGES = {"face": run_face_stage, "tiled": run_tiled_stage}
 
 
 def slug(prompt: str, limit: int = 40) -> str:
@@ -80,6 +82,7 @@ def run_sampling(config_path: Path | str | None, overrides: list[str] | None = N
     """Render every sample of a config; returns the run folder."""
     cfg = load_config(config_path, overrides)
     samples, embeddings = validate_sample_config(cfg)
+    source = prepare_input_video(cfg.input_video, cfg.frames, cfg.height, cfg.width) if cfg.input_video else None
     if uses_random_weights(cfg.model):
         log.warning("these models are the tiny RANDOM-WEIGHT test bundle: the videos will be noise. "
                     "Run `bash download_checkpoint.sh` and use configs/sample/example.yaml for real videos.")
@@ -92,20 +95,36 @@ def run_sampling(config_path: Path | str | None, overrides: list[str] | None = N
     records, first_stage = [], []
     for index, sample in enumerate(tqdm(samples, desc="samples", disable=not progress)):
         generator = torch.Generator("cpu").manual_seed(sample["seed"])
-        start = time.perf_counter()
-        video = pipe.text_to_video(
-            sample["prompt"], sample["negative_prompt"], generator, gamma=sample["gamma"], frames=cfg.frames,
-            height=cfg.height, width=cfg.width, steps=cfg.steps, guidance_scale=cfg.guidance_scale, progress=progress,
-        )
-        seconds = time.perf_counter() - start
         name = f"{index:04d}-{slug(sample['prompt'])}-{sample['seed']}"
-        files = write_video(run_dir / name, video, cfg.fps, tuple(cfg.formats))
-        if cfg.save_frames:
-            files["frames"] = write_frames(run_dir / name, video)
-        records.append({"index": index, **sample, "stage": "t2v", "files": files, "frames": int(video.shape[0]),
-                        "height": int(video.shape[1]), "width": int(video.shape[2]), "fps": cfg.fps,
-                        "seconds": round(seconds, 3)})
-        write_jsonl(run_dir / "samples.jsonl", records)
-        first_stage.append(thumbnail(video))
+        run = {"steps": cfg.steps, "guidance_scale": cfg.guidance_scale, "gamma": sample["gamma"]}
+        video = None
+        for stage in cfg.stages:
+            start = time.perf_counter()
+            info = {}
+            if stage != "t2v":
+                video, info = REFINE_STAGES[stage](pipe, video, sample["prompt"], sample["negative_prompt"],
+                                                   generator, cfg[stage], run)
+            elif source is not None:
+                stage = "edit"
+                video = pipe.video_to_video(source, sample["prompt"], sample["negative_prompt"], generator,
+                                            gamma=sample["gamma"], strength=cfg.input_strength, steps=cfg.steps,
+                                            guidance_scale=cfg.guidance_scale, progress=progress)
+            else:
+                video = pipe.text_to_video(
+                    sample["prompt"], sample["negative_prompt"], generator, gamma=sample["gamma"], frames=cfg.frames,
+                    height=cfg.height, width=cfg.width, steps=cfg.steps, guidance_scale=cfg.guidance_scale,
+                    progress=progress,
+                )
+            seconds = time.perf_counter() - start
+            stem = name if stage in ("t2v", "edit") else f"{name}_{stage}"
+            files = write_video(run_dir / stem, video, cfg.fps, tuple(cfg.formats))
+            if cfg.save_frames:
+                files["frames"] = write_frames(run_dir / stem, video)
+            records.append({"index": index, **sample, "stage": stage, "files": files, "frames": int(video.shape[0]),
+                            "height": int(video.shape[1]), "width": int(video.shape[2]), "fps": cfg.fps,
+                            "seconds": round(seconds, 3), **info})
+            write_jsonl(run_dir / "samples.jsonl", records)
+            if stage in ("t2v", "edit"):
+                first_stage.append(thumbnail(video))
     write_grid(run_dir / "grid.gif", first_stage, cfg.fps)
     return run_dir

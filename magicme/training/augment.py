@@ -68,7 +68,7 @@ def apply_geometry(image: np.ndarray, geometry: Geometry, size: int, rotate_fill
     channels = image.shape[2]
     planes = []
     for c in range(channels):
-        plane = Image.fromarray(image[..., c].astype(np.float32), mode="F")
+        plane = Image.fromarray(image[..., c].astype(np.float32))
         if geometry.flip:
             plane = plane.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         if geometry.angle:

@@ -1,0 +1,133 @@
+"""`evaluate(...)`: score every video of one or more sample runs against an identity's photos and write the report.
+
+Per video: CLIP-I, DINO (frames × reference photos), CLIP-T (frames × prompt without ID tokens), temporal
+consistency (consecutive frames, CLIP) and dlib face identity. Per (run, stage): the mean over its videos.
+"""
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from tqdm import tqdm
+
+from magicme.embeddings import strip_id_tokens
+from magicme.errors import ConfigError
+from magicme.evaluation.faces import FaceEncoder, face_scores
+from magicme.evaluation.metrics import (
+    ClipEncoder, DinoEncoder, check_model_path, frame_indices, mean_similarity, temporal_consistency,
+)
+from magicme.evaluation.report import contact_sheet, write_reports
+from magicme.evaluation.runs import check_decoded, group_key, load_references, load_runs
+from magicme.video_io import read_video
+
+log = logging.getLogger(__name__)
+
+METRICS = ("clip_i", "clip_t", "dino", "temporal", "face_detected", "face_distance", "face_cosine", "face_match")
+
+
+@dataclass
+class EvalSettings:
+    clip: str = "models/eval/clip-vit-large-patch14"  # local copy of openai/clip-vit-large-patch14, or a Hub id
+    dino: str = "models/eval/dino-vits16"  # local copy of facebook/dino-vits16, or a Hub id
+    device: str = "auto"  # auto (cuda, mps, cpu), cpu, cuda, ...
+    frames_per_video: int = 0  # evenly spaced frames scored per video; 0 = all
+    faces: bool = True  # dlib face identity (needs the `faces` extra)
+    face_upsample: int = 1  # dlib HOG upsampling: 1 finds faces down to ~40 px in a 512² frame
+    batch_size: int = 32
+    contact_frames: int = 8  # frames per video on the report's contact sheet
+
+
+def load_settings(path: Path | str | None, overrides: dict | None = None) -> EvalSettings:
+    """Defaults ← YAML (configs/eval/*.yaml, keys as EvalSettings) ← command-line values that were given."""
+    schema = OmegaConf.structured(EvalSettings)
+    try:
+        layers = [schema]
+        if path is not None:
+            if not Path(path).is_file():
+                raise ConfigError(f"--config: {path} not found")
+            layers.append(OmegaConf.load(path))
+        layers.append(OmegaConf.create({k: v for k, v in (overrides or {}).items() if v is not None}))
+        merged = OmegaConf.merge(*layers)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "config"
+        raise ConfigError(f"{key}: {str(err).splitlines()[0]} (in {path or 'command line'})") from err
+    settings = EvalSettings(**OmegaConf.to_container(merged))
+    if settings.frames_per_video < 0 or settings.batch_size < 1 or settings.contact_frames < 1:
+        raise ConfigError("frames_per_video must be ≥ 0, batch_size and contact_frames ≥ 1")
+    return settings
+
+
+def nanmean(values: list[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def aggregate(videos: list[dict]) -> list[dict]:
+    """One row per (run, stage) in the order the rows first appear: mean of each metric over its videos, NaNs
+    (e.g. no face found) left out."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in videos:
+        groups.setdefault((row["run"], row["stage"]), []).append(row)
+    return [{"run": run, "stage": stage, "videos": len(rows), "frames": sum(r["frames"] for r in rows),
+             **{m: nanmean([r[m] for r in rows]) for m in METRICS}}
+            for (run, stage), rows in groups.items()]
+
+
+def evaluate(samples: list[Path | str], references: Path | str, out: Path | str | None = None,
+             settings: EvalSettings | None = None, progress: bool = True) -> Path:
+    """Score, then write metrics.json / metrics.csv / report.html into `out` (default `<first run>/eval/`)."""
+    from magicme.models import resolve_device  # imported here: it pulls in diffusers, not needed for input checks
+
+    settings = settings or EvalSettings()
+    videos = load_runs(samples)
+    reference_names, reference_images = load_references(references)
+    check_model_path("clip", settings.clip)
+    check_model_path("dino", settings.dino)
+    out = Path(out) if out is not None else Path(samples[0]) / "eval"
+    runs = list(dict.fromkeys(v.run for v in videos))
+    videos.sort(key=lambda v: (*group_key(v, runs), v.index))
+
+    device = resolve_device(settings.device)
+    clip = ClipEncoder(settings.clip, device, settings.batch_size)
+    dino = DinoEncoder(settings.dino, device, settings.batch_size)
+    faces = FaceEncoder(settings.face_upsample) if settings.faces else None
+    ref_clip, ref_dino = clip.images(reference_images), dino.images(reference_images)
+    ref_faces = [faces.describe(i) for i in reference_images] if faces else []
+    ref_faces = np.array([f for f in ref_faces if f is not None]).reshape(-1, 128)
+    if faces and len(ref_faces) == 0:
+        log.warning("no face found in any reference photo: face identity scores will be NaN")
+
+    rows, sheets = [], []
+    for video in tqdm(videos, desc="evaluating", unit="video", disable=not progress):
+        frames = read_video(video.path)
+        check_decoded(video, frames)
+        picked = [frames[i] for i in frame_indices(len(frames), settings.frames_per_video)]
+        eval_prompt = strip_id_tokens(video.prompt)
+        frame_clip = clip.images(picked)
+        row = {"run": video.run, "stage": video.stage, "index": video.index, "seed": video.seed,
+               "gamma": video.gamma, "prompt": video.prompt, "eval_prompt": eval_prompt,
+               "file": str(video.path), "frames": len(picked),
+               "clip_i": mean_similarity(frame_clip, ref_clip),
+               "clip_t": mean_similarity(frame_clip, clip.texts([eval_prompt])),
+               "dino": mean_similarity(dino.images(picked), ref_dino),
+               "temporal": temporal_consistency(frame_clip)}
+        if faces:
+            row.update({f"face_{k}": v for k, v in asdict(face_scores([faces.describe(f) for f in picked],
+                                                                       ref_faces)).items()})
+        else:
+            row.update({m: float("nan") for m in METRICS if m.startswith("face_")})
+        rows.append(row)
+        sheets.append(contact_sheet(frames, settings.contact_frames))
+
+    summary = {
+        "settings": asdict(settings), "device": str(device), "runs": [str(s) for s in samples],
+        "references": {"folder": str(references), "photos": reference_names, "faces_found": int(len(ref_faces))},
+        "groups": aggregate(rows), "videos": rows,
+    }
+    write_reports(out, summary, sheets, reference_images)
+    return out
+

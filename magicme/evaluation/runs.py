@@ -1,0 +1,119 @@
+"""What evaluation reads: sample run folders (their `samples.jsonl`, see docs/DESIGN.md) and reference photos.
+
+Everything is checked here, before any model loads, so a typo costs seconds, not a CLIP download.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from magicme.errors import ConfigError
+from magicme.video_io import IMAGE_SUFFIXES
+
+# Lossless frame folders first, then MP4 (what the paper's videos were), then GIF (palette-quantised).
+FILE_PREFERENCE = ("frames", "mp4", "gif")
+STAGE_ORDER = ("t2v", "edit", "face", "tiled")
+
+
+@dataclass(frozen=True)
+class VideoSample:
+    run: str  # the run folder's name, the label in tables and charts
+    stage: str  # t2v / edit / face / tiled
+    index: int
+    prompt: str
+    seed: int | None
+    gamma: float | None
+    path: Path
+    shape: tuple | None = None  # (frames, height, width) as samples.jsonl records it
+
+
+def run_labels(folders: list[Path]) -> list[str]:
+    """Folder names, or the paths as given where two runs share a name."""
+    names = [f.name for f in folders]
+    return [n if names.count(n) == 1 else str(f) for n, f in zip(names, folders)]
+
+
+def load_run(folder: Path, label: str) -> list[VideoSample]:
+    """The videos of one run folder, one per (sample, stage) record."""
+    if not folder.is_dir():
+        raise ConfigError(f"--samples: {folder} is not a folder; give a sample run folder (outputs/<config>-<time>/)")
+    listing = folder / "samples.jsonl"
+    if not listing.is_file():
+        raise ConfigError(f"--samples: {folder} has no samples.jsonl; give a run folder written by sample.py")
+    samples = []
+    for number, line in enumerate(listing.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{listing}, line {number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{where}: not valid JSON ({err.msg}); the file may be truncated") from err
+        missing = {"prompt", "stage", "files"} - set(record) if isinstance(record, dict) else {"prompt"}
+        if missing:
+            raise ConfigError(f"{where}: missing key(s) {sorted(missing)}; expected a record as sample.py writes it")
+        files = record["files"]
+        kind = next((k for k in FILE_PREFERENCE if isinstance(files, dict) and k in files), None)
+        if kind is None:
+            raise ConfigError(f"{where}: 'files' names no video ({', '.join(FILE_PREFERENCE)})")
+        path = folder / files[kind]
+        if not path.exists():
+            raise ConfigError(f"{where}: {path} is missing; the run folder is incomplete or was moved without its "
+                              f"videos")
+        shape = tuple(record.get(k) for k in ("frames", "height", "width"))
+        samples.append(VideoSample(label, str(record["stage"]), int(record.get("index", len(samples))),
+                                   str(record["prompt"]), record.get("seed"), record.get("gamma"), path,
+                                   None if None in shape else shape))
+    if not samples:
+        raise ConfigError(f"{listing}: no samples listed; the sampling run wrote nothing")
+    return samples
+
+
+def check_decoded(sample: VideoSample, video: np.ndarray) -> None:
+    """The decoded video must be the one samples.jsonl describes; a mismatch means files from another run.
+
+    GIFs are exempt from the frame count: Pillow merges identical consecutive frames when writing them.
+    """
+    if sample.shape is None:
+        return
+    expected, found = sample.shape, video.shape[:3]
+    if sample.path.suffix.lower() == ".gif":
+        expected, found = expected[1:], found[1:]
+    if tuple(expected) != tuple(found):
+        raise ConfigError(f"{sample.path}: samples.jsonl records (frames, height, width) = {tuple(expected)}, the "
+                          f"file holds {tuple(found)}; the run folder mixes files of different runs")
+
+
+def load_runs(folders: list[Path | str]) -> list[VideoSample]:
+    if not folders:
+        raise ConfigError("--samples: give at least one sample run folder")
+    folders = [Path(f) for f in folders]
+    return [s for folder, label in zip(folders, run_labels(folders)) for s in load_run(folder, label)]
+
+
+def load_references(folder: Path | str) -> tuple[list[str], list[np.ndarray]]:
+    """The identity's photos (names, float [0, 1] (H, W, 3) arrays), e.g. `dataset/<name>/`; sub-folders such as
+    cached masks are ignored."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"--references: {folder} is not a folder; give the identity's photo folder "
+                          f"(dataset/<name>)")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ConfigError(f"--references: {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    images = []
+    for path in files:
+        try:
+            images.append(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0)
+        except OSError as err:
+            raise ConfigError(f"--references: cannot read {path} ({err})") from err
+    return [p.name for p in files], images
+
+
+def group_key(sample: VideoSample, runs: list[str]) -> tuple[int, int, str]:
+    """Table order: runs as given, stages in pipeline order."""
+    stage = STAGE_ORDER.index(sample.stage) if sample.stage in STAGE_ORDER else len(STAGE_ORDER)
+    return runs.index(sample.run), stage, sample.stage

@@ -1,0 +1,144 @@
+"""Full-size speed and memory on a CUDA GPU, with random weights of the real shapes (no downloads).
+
+    python scripts/benchmark_gpu.py [--precision fp16|bf16] [--channels-last] [--compile] [--steps 25]
+
+Builds SD1.5 (UNet 320/640/1280/1280, CLIP-L text encoder, SD VAE) and a v2 motion module (mm_sd_v15_v2 shape) in
+memory and times, on 16 × 512² frames: T2V through magicme and through stock diffusers `AnimateDiffPipeline` on the
+same components; Face VCD on one face track (crop denoised at 512², strength 0.8); Tiled VCD (×2 Lanczos, 4 tiles of
+512 + 32 padding, strength 0.2). Prints a table, then `name=value` lines (seconds, peak GiB, ratios).
+The ID-token training step is timed by `scripts/benchmark_training.py --full-size`.
+"""
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from magicme.cli import quiet_libraries  # noqa: E402
+
+quiet_libraries()
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from diffusers import AnimateDiffPipeline, AutoencoderKL, MotionAdapter, UNet2DConditionModel, UNetMotionModel  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+from transformers import CLIPTextConfig, CLIPTextModel  # noqa: E402
+
+from magicme.models import make_scheduler  # noqa: E402
+from magicme.parity import apply_animatediff_numerics  # noqa: E402
+from magicme.pipeline import MagicPipeline  # noqa: E402
+from magicme.tiny.sd import save_tiny_tokenizer  # noqa: E402
+from magicme.vcd.stages import TiledConfig, refine_faces, run_tiled_stage  # noqa: E402
+
+SD15_UNET = dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8, layers_per_block=2,
+                 block_out_channels=(320, 640, 1280, 1280))
+SD15_VAE = dict(block_out_channels=(128, 256, 512, 512), latent_channels=4, layers_per_block=2, sample_size=512,
+                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+CLIP_L = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+              max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768)
+
+
+def build(dtype: torch.dtype, numerics: str) -> MagicPipeline:
+    # the benchmark's prompts are made of characters, so the tiny tokenizer's ids fit the 49408-token embedding
+    tokenizer = save_tiny_tokenizer(Path(tempfile.mkdtemp()) / "tokenizer")
+    with torch.device("cuda"):
+        unet2d = UNet2DConditionModel(**SD15_UNET)
+        adapter = MotionAdapter(motion_max_seq_length=32, use_motion_mid_block=True)
+        unet = UNetMotionModel.from_unet2d(unet2d, adapter)
+        vae = AutoencoderKL(**SD15_VAE)
+        text = CLIPTextModel(CLIPTextConfig(**CLIP_L, bos_token_id=tokenizer.bos_token_id,
+                                            eos_token_id=tokenizer.eos_token_id))
+    apply_animatediff_numerics(unet, "v2", numerics)
+    pipe = AnimateDiffPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, motion_adapter=None,
+                               scheduler=make_scheduler("ddim")).to("cuda", dtype)
+    return MagicPipeline(pipe, motion_version="v2", max_frames=32)
+
+
+def timed(fn) -> tuple[float, float]:
+    """Seconds and peak GiB of one call (after a synchronised start)."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return time.perf_counter() - start, torch.cuda.max_memory_allocated() / 2**30
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--precision", default="fp16", choices=["fp16", "bf16"])
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (first call compiles)")
+    parser.add_argument("--numerics", default="original", choices=["original", "diffusers"])
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("error: benchmark_gpu.py needs a CUDA GPU (full-size SD1.5 + motion module); on a CPU use "
+                 "scripts/benchmark_sampling.py and scripts/benchmark_vcd.py with the tiny models")
+    dtype = torch.float16 if args.precision == "fp16" else torch.bfloat16
+    magic = build(dtype, args.numerics)
+    unet = magic.t2v.unet
+    if args.channels_last:
+        unet.to(memory_format=torch.channels_last)
+    if args.compile:
+        magic.t2v.unet = magic.v2v.unet = torch.compile(unet)
+    stock = AnimateDiffPipeline(**magic.t2v.components)
+    for pipe in (magic.t2v, magic.v2v, stock):
+        pipe.set_progress_bar_config(disable=True)
+    prompt, negative = "a photo of a man walking on the street", "blurry, low quality"
+    common = dict(gamma=0.1, guidance_scale=7.5, progress=False)
+
+    def t2v():
+        return magic.text_to_video(prompt, negative, torch.Generator().manual_seed(0), frames=args.frames, height=512,
+                                   width=512, steps=args.steps, **common)
+
+    def t2v_stock():
+        stock(prompt=prompt, negative_prompt=negative, num_frames=args.frames, height=512, width=512,
+              num_inference_steps=args.steps, guidance_scale=7.5, generator=torch.Generator().manual_seed(0),
+              output_type="np")
+
+    video = t2v()  # warm-up (and compilation)
+    t2v_stock()
+    track = [[(224, 128, 288, 208)] * args.frames]  # one 64×80 face: a 240 px crop, denoised at 512²
+
+    def face():
+        refine_faces(video, track, lambda crop: magic.video_to_video(
+            crop, prompt, negative, torch.Generator().manual_seed(0), strength=0.8, steps=args.steps, **common),
+            crop_factor=3.0, size=512, feather=5)
+
+    tiled_cfg = OmegaConf.structured(TiledConfig())
+    run = {"steps": args.steps, "guidance_scale": 7.5, "gamma": 0.1}
+
+    def tiled():
+        run_tiled_stage(magic, video, prompt, negative, torch.Generator().manual_seed(0), tiled_cfg, run)
+
+    face()  # warm-up of the V2V path
+    results = {}
+    for name, fn in (("t2v", t2v), ("t2v_stock", t2v_stock), ("face", face), ("tiled", tiled), ("t2v_again", t2v)):
+        results[name] = timed(fn)
+    t2v_s = min(results["t2v"][0], results["t2v_again"][0])
+    print(f"{'stage':<10} {'seconds':>8} {'peak GiB':>9}")
+    for name, (seconds, peak) in results.items():
+        print(f"{name:<10} {seconds:>8.2f} {peak:>9.2f}")
+    print(f"device={torch.cuda.get_device_name()}")
+    print(f"setup=frames{args.frames}_512px_{args.steps}steps_{args.precision}_numerics-{args.numerics}"
+          f"{'_channels-last' if args.channels_last else ''}{'_compile' if args.compile else ''}")
+    print(f"t2v_seconds={t2v_s:.2f}")
+    print(f"t2v_peak_gb={results['t2v'][1]:.2f}")
+    print(f"t2v_stock_seconds={results['t2v_stock'][0]:.2f}")
+    print(f"t2v_overhead_ratio={t2v_s / results['t2v_stock'][0]:.3f}")
+    print(f"face_seconds={results['face'][0]:.2f}")
+    print(f"tiled_seconds={results['tiled'][0]:.2f}")
+    print(f"tiled_peak_gb={results['tiled'][1]:.2f}")
+    print(f"face_over_t2v={results['face'][0] / t2v_s:.2f}")
+    print(f"tiled_over_t2v={results['tiled'][0] / t2v_s:.2f}")
+    print(f"vcd_over_t2v={(t2v_s + results['face'][0] + results['tiled'][0]) / t2v_s:.2f}")
+    print(f"video_finite={bool(np.isfinite(video).all())}")
+
+
+if __name__ == "__main__":
+    main()

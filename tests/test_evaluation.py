@@ -1,0 +1,319 @@
+"""Evaluation: metric math (hand-computed), tiny real-format models end to end, dlib on a real photo, reports,
+and one clear ConfigError per bad input."""
+
+import csv
+import json
+import math
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+from magicme.errors import ConfigError
+from magicme.evaluation.evaluate import EvalSettings, evaluate, load_settings
+from magicme.evaluation.faces import FaceEncoder, face_scores
+from magicme.evaluation.metrics import (
+    ClipEncoder, DinoEncoder, cosine_matrix, frame_indices, mean_similarity, temporal_consistency,
+)
+from magicme.evaluation.report import COLUMNS
+from magicme.evaluation.runs import group_key, load_runs, run_labels
+from magicme.tiny.eval_models import save_tiny_clip, save_tiny_dino
+from magicme.video_io import write_frames, write_video
+
+skdata = pytest.importorskip("skimage.data")
+PROMPT = "a photo of embedding:altman man riding a horse"
+
+
+@pytest.fixture(scope="session")
+def astronaut() -> np.ndarray:
+    return skdata.astronaut().astype(np.float32) / 255.0
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("eval-models")
+    return {"clip": str(save_tiny_clip(root / "clip")), "dino": str(save_tiny_dino(root / "dino"))}
+
+
+@pytest.fixture(scope="session")
+def faces() -> FaceEncoder:
+    return FaceEncoder()
+
+
+@pytest.fixture(scope="session")
+def references(tmp_path_factory, astronaut) -> Path:
+    folder = tmp_path_factory.mktemp("refs")
+    Image.fromarray(skdata.astronaut()).save(folder / "astronaut.png")
+    (folder / "masks").mkdir()  # sub-folders (cached masks) are ignored
+    return folder
+
+
+def record(index: int, stage: str, files: dict, frames: int, prompt: str = PROMPT, seed: int = 42) -> dict:
+    return {"index": index, "prompt": prompt, "negative_prompt": "blurry", "seed": seed, "gamma": 0.1,
+            "stage": stage, "files": files, "frames": frames, "height": 512, "width": 512, "fps": 8, "seconds": 1.0}
+
+
+def write_run(folder: Path, records: list[dict]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory, astronaut) -> list[Path]:
+    """Run A: t2v = the reference photo 3× (lossless PNG frames); face = astronaut, mirror, grey, astronaut (MP4).
+    Run B: t2v = flat grey (GIF), no face anywhere."""
+    root = tmp_path_factory.mktemp("runs")
+    grey = np.full_like(astronaut, 0.5)
+    a = root / "gamma-0.1"
+    a.mkdir()
+    same = write_frames(a / "0000-a-photo-42", np.stack([astronaut] * 3))
+    mixed = write_video(a / "0000-a-photo-42_face", np.stack([astronaut, astronaut[:, ::-1], grey, astronaut]), 8)
+    write_run(a, [record(0, "t2v", {"frames": same}, 3), record(0, "face", mixed, 4)])
+    b = root / "gamma-0"
+    b.mkdir()
+    flat = write_video(b / "0000-a-photo-7", np.stack([grey] * 2), 8, formats=("gif",))
+    write_run(b, [record(0, "t2v", flat, 2, seed=7)])
+    return [a, b]
+
+
+@pytest.fixture(scope="session")
+def report(tmp_path_factory, runs, references, models) -> tuple[Path, list[str]]:
+    embedded = []
+    original = ClipEncoder.texts
+
+    def spy(self, texts):
+        embedded.extend(texts)
+        return original(self, texts)
+
+    ClipEncoder.texts = spy
+    try:
+        out = evaluate(runs, references, tmp_path_factory.mktemp("out") / "eval",
+                       EvalSettings(clip=models["clip"], dino=models["dino"], device="cpu"), progress=False)
+    finally:
+        ClipEncoder.texts = original
+    return out, embedded
+
+
+def videos_by(out: Path) -> dict[tuple[str, str], dict]:
+    data = json.loads((out / "metrics.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    return {(v["run"], v["stage"]): v for v in data["videos"]}
+
+
+# --- pure math ---------------------------------------------------------------------------------------------------
+
+def test_cosine_math_by_hand():
+    a = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 3.0]])
+    assert torch.allclose(cosine_matrix(a, a[:1]), torch.tensor([[1.0], [0.0], [2 ** -0.5]], dtype=torch.float64))
+    assert mean_similarity(a, a[:2]) == pytest.approx((1 + 0 + 0 + 1 + 2 * 2 ** -0.5) / 6)
+    assert temporal_consistency(a) == pytest.approx((0 + 2 ** -0.5) / 2)
+    assert math.isnan(temporal_consistency(a[:1]))
+
+
+def test_frame_indices():
+    assert frame_indices(16, 4) == [0, 5, 10, 15]
+    assert frame_indices(16, 1) == [0]
+    assert frame_indices(16, 0) == list(range(16))
+    assert frame_indices(3, 8) == [0, 1, 2]
+
+
+def test_face_scores_by_hand():
+    refs = np.array([[1.0, 0.0]])
+    scores = face_scores([None, np.array([1.2, 0.0]), np.array([0.3, 0.4])], refs)
+    assert scores.detected == pytest.approx(2 / 3)
+    assert scores.distance == pytest.approx((0.2 + math.sqrt(0.65)) / 2)
+    assert scores.cosine == pytest.approx((1.0 + 0.6) / 2)
+    assert scores.match == pytest.approx(0.5)  # 0.2 < 0.6 matches, 0.806 does not
+    none = face_scores([None, None], refs)
+    assert none.detected == 0 and math.isnan(none.distance) and math.isnan(none.match)
+    assert math.isnan(face_scores([np.array([1.0, 0.0])], np.zeros((0, 2))).distance)
+
+
+# --- tiny real-format models -------------------------------------------------------------------------------------
+
+def test_tiny_models_are_deterministic(tmp_path, models, astronaut):
+    again = ClipEncoder(str(save_tiny_clip(tmp_path / "clip")), torch.device("cpu"))
+    first = ClipEncoder(models["clip"], torch.device("cpu"))
+    assert torch.equal(again.images([astronaut]), first.images([astronaut]))
+    dino = DinoEncoder(models["dino"], torch.device("cpu"))
+    assert dino.images([astronaut, astronaut[:, ::-1]]).shape == (2, 32)
+
+
+def test_hub_style_legacy_processor_config_gives_the_same_embeddings(tmp_path, models, astronaut):
+    """openai/clip-vit-large-patch14 ships an old-style preprocessor_config.json (CLIPFeatureExtractor, int sizes)."""
+    legacy = tmp_path / "clip"
+    shutil.copytree(models["clip"], legacy)
+    (legacy / "processor_config.json").unlink()
+    (legacy / "preprocessor_config.json").write_text(json.dumps({
+        "feature_extractor_type": "CLIPFeatureExtractor", "size": 32, "crop_size": 32, "do_center_crop": True,
+        "do_resize": True, "do_normalize": True, "resample": 3, "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711]}))
+    cpu = torch.device("cpu")
+    frames = [astronaut, astronaut[100:300, 50:450]]
+    assert torch.allclose(ClipEncoder(str(legacy), cpu).images(frames), ClipEncoder(models["clip"], cpu).images(frames))
+
+
+def test_run_labels_and_table_order(runs):
+    assert run_labels([Path("a/run"), Path("b/run"), Path("c/other")]) == ["a/run", "b/run", "other"]
+    samples = load_runs([runs[1], runs[0]])
+    order = sorted(samples, key=lambda s: group_key(s, ["gamma-0", "gamma-0.1"]))
+    assert [(s.run, s.stage) for s in order] == [("gamma-0", "t2v"), ("gamma-0.1", "t2v"), ("gamma-0.1", "face")]
+
+
+def test_identical_frames_and_self_reference_score_one(report):
+    t2v = videos_by(report[0])[("gamma-0.1", "t2v")]
+    assert t2v["frames"] == 3
+    assert t2v["temporal"] == pytest.approx(1.0, abs=1e-6)
+    assert t2v["clip_i"] == pytest.approx(1.0, abs=1e-6)
+    assert t2v["dino"] == pytest.approx(1.0, abs=1e-6)
+    assert t2v["face_detected"] == 1.0 and t2v["face_match"] == 1.0
+    assert t2v["face_distance"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_clip_t_embeds_the_prompt_without_id_tokens(report, models, astronaut):
+    out, embedded = report
+    t2v = videos_by(out)[("gamma-0.1", "t2v")]
+    assert t2v["eval_prompt"] == "a photo of man riding a horse"
+    assert set(embedded) == {"a photo of man riding a horse"}
+    clip = ClipEncoder(models["clip"], torch.device("cpu"))
+    frames = clip.images([astronaut])
+    assert t2v["clip_t"] == pytest.approx(mean_similarity(frames, clip.texts(["a photo of man riding a horse"])),
+                                          abs=1e-6)
+    assert t2v["clip_t"] != pytest.approx(mean_similarity(frames, clip.texts([PROMPT])), abs=1e-6)
+
+
+# --- dlib face identity on real photos ---------------------------------------------------------------------------
+
+def test_astronaut_and_mirror_are_the_same_person(faces, astronaut):
+    photo, mirror = faces.describe(astronaut), faces.describe(np.ascontiguousarray(astronaut[:, ::-1]))
+    assert photo.shape == (128,)
+    assert np.linalg.norm(photo - mirror) < 0.6
+    assert faces.describe(np.full((512, 512, 3), 0.5, np.float32)) is None
+
+
+def test_face_metric_counts_frames_without_a_face(report):
+    videos = videos_by(report[0])
+    mixed = videos[("gamma-0.1", "face")]
+    assert mixed["face_detected"] == pytest.approx(0.75)  # the grey frame has no face
+    assert mixed["face_match"] == 1.0 and 0.0 < mixed["face_distance"] < 0.6
+    grey = videos[("gamma-0", "t2v")]
+    assert grey["face_detected"] == 0.0 and grey["face_distance"] is None  # NaN → null in JSON
+
+
+# --- reports -----------------------------------------------------------------------------------------------------
+
+class Collector(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags, self.images, self.tables, self.text = [], [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags.append(tag)
+        if tag == "img":
+            self.images.append(attrs["src"])
+        if tag == "table":
+            self.tables.append(attrs.get("id"))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def test_report_files(report):
+    out = report[0]
+    with (out / "metrics.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["level"], r["run"], r["stage"]) for r in rows] == [
+        ("video", "gamma-0.1", "t2v"), ("video", "gamma-0.1", "face"), ("video", "gamma-0", "t2v"),
+        ("aggregate", "gamma-0.1", "t2v"), ("aggregate", "gamma-0.1", "face"), ("aggregate", "gamma-0", "t2v")]
+    assert float(rows[3]["clip_i"]) == pytest.approx(float(rows[0]["clip_i"]))  # one video: mean = itself
+    parser = Collector()
+    parser.feed((out / "report.html").read_text(encoding="utf-8"))
+    assert parser.tables == ["summary", "videos"]
+    assert parser.tags.count("svg") == len(COLUMNS)
+    assert len(parser.images) == 1 + 3  # references + one contact sheet per video
+    assert all(src.startswith("data:image/png;base64,") for src in parser.images)
+    text = " ".join(parser.text)
+    assert "gamma-0.1" in text and "CLIP-I" in text and "Face match" in text
+    assert not list(out.glob(".*"))  # no temporary files left
+
+
+# --- bad input: one ConfigError each, before any model loads -----------------------------------------------------
+
+def test_bad_inputs(tmp_path, runs, references, models):
+    settings = EvalSettings(clip=models["clip"], dino=models["dino"], device="cpu")
+
+    def fails(match, samples=(runs[0],), refs=references, **changes):
+        with pytest.raises(ConfigError, match=match):
+            evaluate(list(samples), refs, tmp_path / "out", EvalSettings(**{**vars(settings), **changes}), False)
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    fails("no samples.jsonl", samples=[empty])
+    fails("give at least one", samples=[])
+    fails("not a folder", refs=tmp_path / "nobody")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("no photos")
+    fails("holds no images", refs=tmp_path / "notes")
+    missing = write_run(tmp_path / "missing", [record(0, "t2v", {"mp4": "0000-gone-42.mp4"}, 16)])
+    fails("0000-gone-42.mp4 is missing", samples=[missing])
+    odd = write_run(tmp_path / "odd", [record(0, "t2v", {"txt": "notes.txt"}, 16)])
+    fails("names no video", samples=[odd])
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "samples.jsonl").write_text('{"index": 0, "prompt": "x"')
+    fails("line 1: not valid JSON", samples=[broken])
+    listless = write_run(tmp_path / "listless", [])
+    fails("no samples listed", samples=[listless])
+    fails("clip: .* not a model folder", clip=str(tmp_path / "nothing"))
+    swapped = write_run(tmp_path / "swapped", [record(0, "t2v", {"mp4": "0000-a-photo-42_face.mp4"}, 16)])
+    (swapped / "0000-a-photo-42_face.mp4").write_bytes((runs[0] / "0000-a-photo-42_face.mp4").read_bytes())
+    fails(r"records \(frames, height, width\) = \(16, 512, 512\), the file holds \(4, 512, 512\)",
+          samples=[swapped])
+    assert not (tmp_path / "out").exists()
+
+
+def test_settings_file_and_cli(tmp_path, runs, references, models, capsys):
+    config = tmp_path / "eval.yaml"
+    config.write_text("frames_per_video: 2\nfaces: false\n")
+    settings = load_settings(config, {"clip": models["clip"], "device": None})
+    assert (settings.frames_per_video, settings.faces, settings.clip, settings.device) == (2, False, models["clip"],
+                                                                                          "auto")
+    config.write_text("frames_per_vido: 2\n")
+    with pytest.raises(ConfigError, match="frames_per_vido"):
+        load_settings(config)
+    from scripts.evaluate import main
+
+    assert main(["--samples", str(tmp_path), "--references", str(references), "--quiet"]) == 2
+    assert "error: --samples:" in capsys.readouterr().err
+    out = tmp_path / "cli"
+    assert main(["--samples", str(runs[1]), "--references", str(references), "--out", str(out), "--clip",
+                 models["clip"], "--dino", models["dino"], "--device", "cpu", "--frames-per-video", "1",
+                 "--no-faces", "--quiet"]) == 0
+    video = json.loads((out / "metrics.json").read_text())["videos"][0]
+    assert video["frames"] == 1 and video["face_detected"] is None
+
+
+# --- protocol ------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("word", ["man", "woman"])
+def test_protocol_gives_a_valid_sampling_config(tmp_path, word):
+    from magicme.config import expand_samples, load_config
+    from magicme.evaluation.protocol import protocol_config
+
+    repo = Path(__file__).resolve().parents[1]
+    config = protocol_config(repo / "configs/sample/example.yaml", repo / f"configs/eval/prompts_{word}.yaml",
+                             "altman")
+    path = tmp_path / "altman.yaml"
+    path.write_text(OmegaConf.to_yaml(config))
+    samples = expand_samples(load_config(path))
+    assert len(samples) == 100 and len({s["prompt"] for s in samples}) == 25
+    assert all(f"embedding:altman {word} " in s["prompt"] for s in samples)
+    assert sorted({s["seed"] for s in samples}) == [0, 1, 2, 3]
+    with pytest.raises(ConfigError, match="--name"):
+        protocol_config(repo / "configs/sample/example.yaml", repo / f"configs/eval/prompts_{word}.yaml", "a b")
