@@ -38,5 +38,5 @@ def resize_video(video: np.ndarray, height: int, width: int, device: str | torch
     rows = torch.from_numpy(lanczos_matrix(video.shape[1], height)).to(device, torch.float32)
     cols = torch.from_numpy(lanczos_matrix(video.shape[2], width)).to(device, torch.float32)
     frames = torch.from_numpy(np.ascontiguousarray(video, dtype=np.float32)).to(device)
-    out = torch.einsum("yh,fhwc,xw->fyxc", rows, frames, cols)
-    return out.clamp_(0.0, 1.0).cpu().numpy()
+    out = torch.einsum("yh,fhwc,xw->fyxc", rows, frames, cols).clamp_(0.0, 1.0)
+    return out.contiguous().cpu().numpy()  # einsum may return a permuted view; callers (dlib) need C order

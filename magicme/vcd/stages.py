@@ -103,7 +103,9 @@ def detect_faces_dlib(video: np.ndarray, min_face: int) -> list[list[Box]]:
     h, w = video.shape[1:3]
     found = []
     for frame in to_uint8(video):
-        boxes = [(max(0, r.left()), max(0, r.top()), min(w, r.right()), min(h, r.bottom())) for r in detector(frame, 1)]
+        # dlib reads the buffer as C-ordered rows: a strided view would silently give wrong detections
+        rects = detector(np.ascontiguousarray(frame), 1)
+        boxes = [(max(0, r.left()), max(0, r.top()), min(w, r.right()), min(h, r.bottom())) for r in rects]
         found.append([b for b in boxes if min(b[2] - b[0], b[3] - b[1]) >= min_face])
     return found
 
@@ -216,7 +218,8 @@ def run_tiled_stage(pipe, video: np.ndarray, prompt: str, negative_prompt: str, 
         )
 
     out = blend_tiles(big, cfg.tile, cfg.padding, denoise)
-    tiles = len(tile_windows(big.shape[1], cfg.tile, cfg.padding)) * len(tile_windows(big.shape[2], cfg.tile, cfg.padding))
+    rows, cols = (len(tile_windows(n, cfg.tile, cfg.padding)) for n in big.shape[1:3])
+    tiles = rows * cols
     return out, {"tiles": tiles}
 
 
