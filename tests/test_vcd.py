@@ -227,7 +227,8 @@ def test_stage_strength_zero_changes_nothing_and_s_runs_round_s_steps(tiny_pipel
 
 
 def test_dlib_detection_does_not_depend_on_memory_layout(astronaut_256):
-    # a strided view of the same pixels (dlib reads raw C-ordered rows; a view once gave empty detections)
-    strided = np.ascontiguousarray(astronaut_256.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)
-    assert not strided.flags["C_CONTIGUOUS"]
-    assert detect_faces_dlib(strided, 10) == detect_faces_dlib(astronaut_256, 10) == [[(88, 41, 132, 84)]] * 2
+    # the channel-planar layout torch.einsum once returned from resize_video: dlib then missed faces intermittently
+    planar = np.ascontiguousarray(astronaut_256.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
+    assert not planar.flags["C_CONTIGUOUS"]
+    for _ in range(3):
+        assert detect_faces_dlib(planar, 10) == [[(88, 41, 132, 84)]] * 2
