@@ -83,13 +83,17 @@ def make_scheduler(name: str):
     return SCHEDULERS[name]()
 
 
-def load_base(base: str, base_config: str | None, dtype: torch.dtype) -> BaseComponents:
-    """SD1.5-family tokenizer, text encoder, VAE and 2D UNet from a diffusers folder/Hub id or a single file."""
+def load_base(base: str, base_config: str | None, dtype: torch.dtype, vae: AutoencoderKL | None = None) -> BaseComponents:
+    """SD1.5-family tokenizer, text encoder, VAE and 2D UNet from a diffusers folder/Hub id or a single file.
+
+    A given `vae` replaces the base's own, which is then not loaded at all (so "noVAE" files work).
+    """
     path = Path(base)
     if path.is_file() and path.suffix in CHECKPOINT_SUFFIXES:
+        extra = {"vae": vae} if vae is not None else {}
         pipe = StableDiffusionPipeline.from_single_file(
             str(path), config=str(base_config), local_files_only=not is_hub_id(str(base_config)),
-            torch_dtype=dtype, safety_checker=None, requires_safety_checker=False,
+            torch_dtype=dtype, safety_checker=None, requires_safety_checker=False, **extra,
         )
         return BaseComponents(pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet)
     local = not is_hub_id(base)
@@ -97,7 +101,7 @@ def load_base(base: str, base_config: str | None, dtype: torch.dtype) -> BaseCom
     return BaseComponents(
         tokenizer=CLIPTokenizer.from_pretrained(base, subfolder="tokenizer", local_files_only=local),
         text_encoder=CLIPTextModel.from_pretrained(base, subfolder="text_encoder", **kwargs),
-        vae=AutoencoderKL.from_pretrained(base, subfolder="vae", **kwargs),
+        vae=vae if vae is not None else AutoencoderKL.from_pretrained(base, subfolder="vae", **kwargs),
         unet=UNet2DConditionModel.from_pretrained(base, subfolder="unet", **kwargs),
     )
 
@@ -119,9 +123,8 @@ def load_pipeline(model, embeddings: dict[str, Path] | None = None, device: str 
     embeddings the prompts use registered as tokens `<name>`."""
     device_ = resolve_device(device)
     dtype = resolve_dtype(precision, device_)
-    base = load_base(str(model.base), model.get("base_config"), dtype)
-    if model.get("vae"):
-        base.vae = load_vae(str(model.vae), model.get("base_config"), dtype)
+    vae = load_vae(str(model.vae), model.get("base_config"), dtype) if model.get("vae") else None
+    base = load_base(str(model.base), model.get("base_config"), dtype, vae=vae)
     adapter, info = load_motion_adapter(model.motion_module)
     unet = UNetMotionModel.from_unet2d(base.unet, adapter)
     if unet.dtype != dtype:

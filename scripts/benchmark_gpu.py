@@ -2,8 +2,8 @@
 
     python scripts/benchmark_gpu.py [--precision fp16|bf16] [--channels-last] [--compile] [--steps 25]
 
-Builds SD1.5 (UNet 320/640/1280/1280, CLIP-L text encoder, SD VAE) and a v2 motion module (mm_sd_v15_v2 shape) in
-memory and times, on 16 × 512² frames: T2V through magicme and through stock diffusers `AnimateDiffPipeline` on the
+Builds SD1.5 from configs/models/sd15 (UNet 320/640/1280/1280, CLIP-L text encoder, SD VAE) and a v2 motion module
+(mm_sd_v15_v2 shape) in memory and times, on 16 × 512² frames: T2V through magicme and through stock diffusers `AnimateDiffPipeline` on the
 same components; Face VCD on one face track (crop denoised at 512², strength 0.8); Tiled VCD (×2 Lanczos, 4 tiles of
 512 + 32 padding, strength 0.2). Prints a table, then `name=value` lines (seconds, peak GiB, ratios).
 The ID-token training step is timed by `scripts/benchmark_training.py --full-size`.
@@ -33,24 +33,20 @@ from magicme.pipeline import MagicPipeline  # noqa: E402
 from magicme.tiny.sd import save_tiny_tokenizer  # noqa: E402
 from magicme.vcd.stages import TiledConfig, refine_faces, run_tiled_stage  # noqa: E402
 
-SD15_UNET = dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8, layers_per_block=2,
-                 block_out_channels=(320, 640, 1280, 1280))
-SD15_VAE = dict(block_out_channels=(128, 256, 512, 512), latent_channels=4, layers_per_block=2, sample_size=512,
-                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
-CLIP_L = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-              max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768)
+SD15 = Path(__file__).resolve().parents[1] / "configs" / "models" / "sd15"  # SD1.5's own component configs
 
 
 def build(dtype: torch.dtype, numerics: str) -> MagicPipeline:
     # the benchmark's prompts are made of characters, so the tiny tokenizer's ids fit the 49408-token embedding
     tokenizer = save_tiny_tokenizer(Path(tempfile.mkdtemp()) / "tokenizer")
+    text_config = CLIPTextConfig.from_pretrained(SD15, subfolder="text_encoder", bos_token_id=tokenizer.bos_token_id,
+                                                 eos_token_id=tokenizer.eos_token_id)
     with torch.device("cuda"):
-        unet2d = UNet2DConditionModel(**SD15_UNET)
+        unet2d = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(SD15, subfolder="unet"))
         adapter = MotionAdapter(motion_max_seq_length=32, use_motion_mid_block=True)
         unet = UNetMotionModel.from_unet2d(unet2d, adapter)
-        vae = AutoencoderKL(**SD15_VAE)
-        text = CLIPTextModel(CLIPTextConfig(**CLIP_L, bos_token_id=tokenizer.bos_token_id,
-                                            eos_token_id=tokenizer.eos_token_id))
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(SD15, subfolder="vae"))
+        text = CLIPTextModel(text_config)
     apply_animatediff_numerics(unet, "v2", numerics)
     pipe = AnimateDiffPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, motion_adapter=None,
                                scheduler=make_scheduler("ddim")).to("cuda", dtype)

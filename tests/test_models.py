@@ -59,3 +59,28 @@ def test_load_pipeline_applies_original_animatediff_numerics(tiny_pipeline, tiny
     v1.animatediff_numerics = "diffusers"
     unet = load_pipeline(v1, device="cpu").t2v.unet
     assert type(unet.conv_norm_out) is torch.nn.GroupNorm
+
+
+def test_novae_single_file_loads_with_a_separate_vae(tiny_bundle, tmp_path):
+    from magicme.models import load_base
+    from magicme.tiny.ldm import save_ldm_checkpoint
+
+    base = load_base(str(tiny_bundle["sd15"]), None, torch.float32)
+    no_vae = save_ldm_checkpoint(base.unet, {}, base.text_encoder, tmp_path / "rv_noVAE.safetensors")
+    vae = load_vae(str(tiny_bundle["sd15"] / "vae"), None, torch.float32)
+    loaded = load_base(str(no_vae), str(tiny_bundle["sd15"]), torch.float32, vae=vae)
+    assert loaded.vae is vae
+    assert torch.equal(loaded.unet.state_dict()["conv_in.weight"], base.unet.state_dict()["conv_in.weight"])
+
+
+def test_written_files_are_not_private(tmp_path):
+    import os
+    import stat
+
+    from magicme.video_io import atomic_path
+
+    with atomic_path(tmp_path / "x.txt") as tmp:
+        tmp.write_text("hi")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "x.txt").stat().st_mode) == 0o666 & ~umask

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from omegaconf import OmegaConf
 from PIL import Image
 from skimage import data as skdata
 
@@ -15,6 +16,11 @@ import train
 from magicme.embeddings import load_embedding_file
 from magicme.training import trainer
 from magicme.training.augment import CLOSE_PREFIXES, FAR_PREFIXES, Geometry, apply_geometry, draw_geometry
+from magicme.training.config import TrainConfig
+from magicme.training.data import (
+    CANVAS_FILL, TrainImage, TrainingBatches, example_indices, load_training_images,
+)
+from magicme.training.tokens import IdentityEmbedding
 from magicme.training.loss import latent_mask, masked_mse
 
 
@@ -44,15 +50,50 @@ def test_caption_prefixes_and_their_frequencies():
     Geometry(flip=False, angle=4.0, scale=86, offset=(11, 3), prefix="close up "),
 ], ids=["flip", "rotate", "zoom-out", "zoom-in"])
 def test_mask_follows_every_augmentation_of_its_image(geometry):
-    image = np.zeros((64, 64, 3), dtype=np.float32)
-    image[10:40, 22:50] = (1.0, 0.0, 0.0)  # the "person": a red block, and its mask
-    mask = np.zeros((64, 64, 1), dtype=np.float32)
-    mask[10:40, 22:50] = 1.0
-    out_image = apply_geometry(image, geometry, 64, rotate_fill=0.0, canvas_fill=0.5)
-    out_mask = apply_geometry(mask, geometry, 64)[..., 0] >= 0.5
-    red = (out_image[..., 0] > 0.5) & (out_image[..., 1] < 0.25)
-    iou = (red & out_mask).sum() / (red | out_mask).sum()
-    assert out_image.shape == (64, 64, 3) and iou > 0.9
+    image = torch.zeros(4, 64, 64)
+    image[0, 10:40, 22:50] = 1.0  # the "person": a red block in RGB, and its mask in channel 3
+    image[3, 10:40, 22:50] = 1.0
+    out = apply_geometry(image, geometry, 64, torch.tensor(CANVAS_FILL))
+    red = (out[0] > 0.5) & (out[1] < 0.25)
+    mask = out[3] >= 0.5
+    iou = (red & mask).sum() / (red | mask).sum()
+    assert out.shape == (4, 64, 64) and iou > 0.95
+    if geometry.scale < 64:  # the canvas around a shrunk photo is mid-grey, and no person is there
+        assert torch.allclose(out[:3, 0, 0], torch.tensor(0.5)) and out[3, 0, 0] == 0
+
+
+def test_batches_are_a_function_of_the_step(tmp_path):
+    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), {"name": "x", "images_dir": ".", "resolution": 64,
+                                                             "batch_size": 3, "use_orig_img_rate": 0.5})
+    images = [TrainImage(Path(f"{i}.png"), np.full((90, 90, 3), i / 4, np.float32), np.ones((90, 90), np.float32))
+              for i in range(4)]
+    batches = TrainingBatches(images, cfg, "<x> man", "7/0", torch.device("cpu"))
+    first, again, other = batches(5), batches(5), batches(6)
+    assert torch.equal(first.pixels, again.pixels) and first.captions == again.captions
+    assert not torch.equal(first.pixels, other.pixels)
+    assert first.pixels.shape == (3, 3, 64, 64) and first.masks.shape == (3, 64, 64)
+    assert first.pixels.min() >= -1 and first.pixels.max() <= 1
+    # every photo appears once per epoch of the shuffled order
+    seen = [i for step in range(4) for i in example_indices(step, 3, 4, "7/0")]
+    assert all(sorted(seen[e * 4:(e + 1) * 4]) == [0, 1, 2, 3] for e in range(3))
+
+
+def test_every_training_example_keeps_its_mask_on_the_person():
+    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), {"name": "x", "images_dir": ".", "resolution": 128,
+                                                             "batch_size": 4, "use_orig_img_rate": 0.0})
+    side = 180
+    photo = np.zeros((side, side, 3), np.float32)
+    mask = np.zeros((side, side), np.float32)
+    photo[20:110, 30:90, 0] = mask[20:110, 30:90] = 1.0  # a red "person" on black, off-centre
+    batches = TrainingBatches([TrainImage(Path("p.png"), photo, mask)], cfg, "<x> man", "3/0", torch.device("cpu"))
+    prefixes = set()
+    for step in range(15):
+        batch = batches(step)
+        red = (batch.pixels[:, 0] > 0) & (batch.pixels[:, 1] < -0.5)
+        for r, m, caption in zip(red, batch.masks.bool(), batch.captions):
+            assert (r & m).sum() / (r | m).sum() > 0.85, caption
+            prefixes.add(caption.split("photo")[0])
+    assert len(prefixes) >= 3  # plain, zoomed-out and zoomed-in examples were all checked
 
 
 def test_masked_loss_is_the_formula_and_ignores_pixels_outside_the_mask():
@@ -144,6 +185,27 @@ def test_resume_is_bit_identical(tmp_path, tiny_bundle, photos):
     assert torch.equal(final_vectors(straight), final_vectors(resumed))
 
 
+def test_resume_refuses_a_mismatched_or_missing_checkpoint(tmp_path, tiny_bundle, photos, capsys):
+    config = write_train_config(tmp_path, tiny_bundle, photos, max_steps=2)
+    assert train.main(["--config", str(config), "--quiet"]) == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert train.main(["--config", str(config), "--quiet", "--resume", str(run_dir), "num_tokens=2"]) == 2
+    assert "cannot continue 'tinyperson2' with num_tokens=2" in capsys.readouterr().err
+    assert train.main(["--config", str(config), "--quiet", "--resume", str(tmp_path / "nope")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_gradient_checkpointing_trains_the_same_vectors(tmp_path, tiny_bundle, photos):
+    plain, checkpointed = tmp_path / "plain", tmp_path / "checkpointed"
+    plain.mkdir(), checkpointed.mkdir()
+    for folder, flag in ((plain, "false"), (checkpointed, "true")):
+        config = write_train_config(folder, tiny_bundle, photos, max_steps=2, checkpoint_every=1)
+        assert train.main(["--config", str(config), "--quiet", f"gradient_checkpointing={flag}"]) == 0
+    after_one = load_embedding_file(next((checkpointed / "runs").glob("*/checkpoints/tinyperson2-step-1.pt")))
+    assert not torch.equal(after_one, final_vectors(checkpointed))  # gradients reach the vectors
+    assert torch.allclose(final_vectors(plain), final_vectors(checkpointed), atol=1e-6)
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_bundle, photos, monkeypatch, capsys):
     real = trainer.masked_mse
     calls = []
@@ -171,6 +233,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_bundle
     ({"lr": 0}, "lr: 0.0 must be > 0"),
     ({"name": "Ann"}, "name: 'Ann' must be lower-case"),
     ({"validation.every": 2, "validation.prompts": ["no identity here"]}, "validation.prompts: 'no identity here'"),
+    ({"learning_rate": 0.1}, "learning_rate: Key 'learning_rate' not in 'TrainConfig'"),
+    ({"max_steps": "many"}, "max_steps: Value 'many' of type 'str' could not be converted to Integer"),
+    ({"mixed_precision": "fp8"}, "mixed_precision: 'fp8' not one of no, fp16, bf16"),
 ])
 def test_bad_inputs(tmp_path, tiny_bundle, photos, capsys, change, message):
     if change.get("images_dir") == "EMPTY":
@@ -187,10 +252,53 @@ def test_bad_inputs(tmp_path, tiny_bundle, photos, capsys, change, message):
     assert message in err and "Traceback" not in err
 
 
-def test_masks_are_cached(tmp_path, tiny_bundle, photos, monkeypatch):
-    config = write_train_config(tmp_path, tiny_bundle, photos, max_steps=1)
+def test_masks_are_cached_and_a_random_seed_is_recorded(tmp_path, tiny_bundle, photos, monkeypatch):
+    config = write_train_config(tmp_path, tiny_bundle, photos, max_steps=1, seed=-1)
     assert train.main(["--config", str(config), "--quiet"]) == 0
     assert len(list((tmp_path / "cache").glob("*.png"))) == 3
-    monkeypatch.setattr("magicme.segmentation.ClipSegSegmenter.probabilities",
-                        lambda *a: pytest.fail("mask recomputed although cached"))
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert 0 <= yaml.safe_load((run_dir / "config.yaml").read_text())["seed"] < 2**32
+    monkeypatch.setattr(trainer, "ClipSegSegmenter", lambda *a, **k: pytest.fail("CLIPSeg loaded although cached"))
     assert train.main(["--config", str(config), "--quiet"]) == 0
+
+
+def test_an_image_whose_mask_is_empty_is_skipped_with_a_warning(tmp_path, photos, caplog):
+    class Segmenter:  # finds nobody in the first photo, everybody in the others
+        calls = 0
+
+        def probabilities(self, images, prompt):
+            Segmenter.calls += 1
+            return np.full(images.shape[:3], 0.0 if Segmenter.calls == 1 else 1.0, dtype=np.float32)
+
+    paths = sorted(photos.iterdir())
+    with caplog.at_level("WARNING", logger="magicme.train"):
+        kept = load_training_images(paths, Segmenter, "model-id", "person", 0.5, tmp_path / "cache", 32,
+                                    overlay_dir=tmp_path / "masks")
+    assert [k.path for k in kept] == paths[1:] and all(k.mask.shape == (32, 32) for k in kept)
+    assert "01.png" in caplog.text and "empty" in caplog.text
+    assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == ["02.png", "03.png"]
+
+
+def test_identity_embedding_replaces_only_the_id_tokens():
+    base = torch.nn.Embedding(10, 3)
+    identity = IdentityEmbedding(base, [8, 9], torch.ones(2, 3))
+    ids = torch.tensor([[1, 8, 2, 9]])
+    out = identity(ids)
+    assert torch.equal(out[0, [0, 2]], base(ids)[0, [0, 2]]) and torch.equal(out[0, [1, 3]], torch.ones(2, 3))
+    out.sum().backward()
+    assert base.weight.grad is None and torch.equal(identity.vectors.grad, torch.ones(2, 3))
+
+
+def test_gradient_clipping_acts_on_the_id_vectors(tmp_path, tiny_bundle, photos, monkeypatch):
+    clipped = []
+    real = trainer.Accelerator.clip_grad_norm_
+
+    def spy(self, parameters, max_norm, *args, **kwargs):
+        parameters = list(parameters)
+        clipped.append([(tuple(p.shape), p.is_leaf, p.grad is not None) for p in parameters])
+        return real(self, parameters, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(trainer.Accelerator, "clip_grad_norm_", spy)
+    config = write_train_config(tmp_path, tiny_bundle, photos, max_steps=1, max_grad_norm=1e-6)
+    assert train.main(["--config", str(config), "--quiet"]) == 0
+    assert clipped == [[((4, 32), True, True)]]

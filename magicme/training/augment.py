@@ -8,11 +8,12 @@ rounded up to even. s < 0.6·size shrinks the picture onto a mid-grey canvas ("a
 s > size crops a window of the enlarged picture ("zoomed in " / "close up "); otherwise a plain resize.
 """
 
+import math
 import random
 from dataclasses import dataclass
 
-import numpy as np
-from PIL import Image
+import torch
+import torch.nn.functional as F
 
 FAR_PREFIXES = ("a far away ", "very small ")
 CLOSE_PREFIXES = ("zoomed in ", "close up ")
@@ -36,7 +37,10 @@ def draw_geometry(rng: random.Random, size: int, flip_p: float = 0.5, rotate_p: 
     angle = rng.gauss(0.0, rotate_sigma) if rotate else 0.0
     scale = size
     if zoom:
-        scale = rng.randint(size // 3, size) if rng.randrange(3) < 2 else rng.randint(int(1.2 * size), int(1.4 * size) - 1)
+        if rng.randrange(3) < 2:  # zoom out (or no zoom, above 0.6·size)
+            scale = rng.randint(size // 3, size)
+        else:  # zoom in
+            scale = rng.randint(int(1.2 * size), int(1.4 * size) - 1)
         scale += scale % 2
     prefix, offset = "", (0, 0)
     if scale < 0.6 * size:
@@ -50,38 +54,28 @@ def draw_geometry(rng: random.Random, size: int, flip_p: float = 0.5, rotate_p: 
     return Geometry(flip, angle, scale, offset, prefix)
 
 
-def square_crop(image: np.ndarray) -> np.ndarray:
-    """Centre square crop, as the original does before anything else."""
-    h, w = image.shape[:2]
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    return image[top:top + side, left:left + side]
+def apply_geometry(image: torch.Tensor, geometry: Geometry, size: int, canvas_fill: torch.Tensor) -> torch.Tensor:
+    """Apply one draw to a square (C, H, W) tensor → (C, size, size), on whatever device it lives.
 
-
-def apply_geometry(image: np.ndarray, geometry: Geometry, size: int, rotate_fill: float = 0.0,
-                   canvas_fill: float = 0.0) -> np.ndarray:
-    """Apply one draw to a square float image (H, W, C) → (size, size, C).
-
-    As in the original, corners uncovered by a rotation are black (0) and the canvas around a shrunk picture is
-    mid-grey (0.5, i.e. zero in the VAE's [-1, 1] range); masks use 0 for both: the person is not there.
+    Flip, rotation about the centre (uncovered corners become 0: black, as in the original), an antialiased bicubic
+    resize to `scale` (the original resized bicubic), then a paste onto a canvas of `canvas_fill` (C,) or a crop of
+    a window. The photo and its mask travel together as channels of one tensor, so they cannot drift apart.
     """
-    channels = image.shape[2]
-    planes = []
-    for c in range(channels):
-        plane = Image.fromarray(image[..., c].astype(np.float32))
-        if geometry.flip:
-            plane = plane.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        if geometry.angle:
-            plane = plane.rotate(geometry.angle, resample=Image.Resampling.BILINEAR, fillcolor=rotate_fill)
-        plane = plane.resize((geometry.scale, geometry.scale), Image.Resampling.BILINEAR)
-        planes.append(np.asarray(plane, dtype=np.float32))
-    scaled = np.stack(planes, axis=-1)
+    x = image[None].float()
+    if geometry.flip:
+        x = x.flip(-1)
+    if geometry.angle:
+        a = math.radians(geometry.angle)
+        theta = torch.tensor([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0]], device=x.device)
+        grid = F.affine_grid(theta[None], list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    x = F.interpolate(x, size=(geometry.scale, geometry.scale), mode="bicubic", antialias=True, align_corners=False)[0]
     r, c = geometry.offset
     if geometry.scale < size:
-        canvas = np.full((size, size, channels), canvas_fill, dtype=np.float32)
-        canvas[r:r + geometry.scale, c:c + geometry.scale] = scaled
+        canvas = canvas_fill.to(x)[:, None, None].repeat(1, size, size)
+        canvas[:, r:r + geometry.scale, c:c + geometry.scale] = x
         return canvas
-    return scaled[r:r + size, c:c + size]
+    return x[:, r:r + size, c:c + size]
 
 
 def caption_for(template: str, tokens: str, prefix: str) -> str:

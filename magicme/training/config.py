@@ -1,20 +1,22 @@
 """The training config (the original's `configs/ceo.yaml`, made explicit), checked before anything loads."""
 
+import importlib.util
+import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from magicme.config import ModelConfig, describe_omegaconf_error, validate_model
+from magicme.config import MAX_SEED, ModelConfig, describe_omegaconf_error, validate_model
 from magicme.errors import ConfigError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 MIXED_PRECISION = ("no", "fp16", "bf16")
-# The original's initialisation: CLIP token ids of rare BPE pieces (`ktn`, `pll</w>`, `ucd</w>`, `ucd</w>`).
-RARE_TOKEN_IDS = (42170, 47629, 43514, 43514)
+CLIP_VOCAB = 49408
 
 
 @dataclass
@@ -69,7 +71,7 @@ class TrainConfig:
     noise_offset: float = 0.1
     max_grad_norm: float = 1.0
     weight_decay: float = 0.01
-    seed: int = 42
+    seed: int = 42  # -1 draws a random seed, written to the run's config.yaml
     mixed_precision: str = "no"  # no | fp16 | bf16 (GPU)
     gradient_checkpointing: bool = False
     model: TrainModelConfig = field(default_factory=TrainModelConfig)
@@ -100,8 +102,8 @@ def image_files(images_dir: Path) -> list[Path]:
     return sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def validate_train_config(cfg: DictConfig) -> list[Path]:
-    """Check every key and file; returns the training images."""
+def validate_train_config(cfg: DictConfig, rng: random.Random | None = None) -> list[Path]:
+    """Check every key and file; returns the training images. A seed of -1 is drawn here and kept in `cfg`."""
     for key in ("name", "images_dir"):
         _check(not OmegaConf.is_missing(cfg, key), f"{key}: required; set it in the config or as {key}=...")
     _check(re.fullmatch(r"[a-z0-9_\-]+", cfg.name) is not None,
@@ -117,32 +119,58 @@ def validate_train_config(cfg: DictConfig) -> list[Path]:
     for key in ("use_orig_img_rate", "mask_threshold", "augment.flip_p", "augment.rotate_p"):
         value = OmegaConf.select(cfg, key)
         _check(0.0 <= value <= 1.0, f"{key}: {value} not in [0, 1]")
-    _check(cfg.resolution >= 64 and cfg.resolution % 8 == 0, f"resolution: {cfg.resolution} must be a multiple of 8 >= 64")
+    _check(cfg.resolution >= 64 and cfg.resolution % 8 == 0,
+           f"resolution: {cfg.resolution} must be a multiple of 8, at least 64")
     _check(cfg.lr > 0, f"lr: {cfg.lr} must be > 0")
     _check(cfg.batch_size >= 1, f"batch_size: {cfg.batch_size} must be >= 1")
     _check(cfg.max_steps >= 1, f"max_steps: {cfg.max_steps} must be >= 1")
     _check(cfg.checkpoint_every >= 1, f"checkpoint_every: {cfg.checkpoint_every} must be >= 1")
+    for key in ("noise_offset", "weight_decay", "augment.rotate_sigma"):
+        _check(OmegaConf.select(cfg, key) >= 0, f"{key}: {OmegaConf.select(cfg, key)} must be >= 0")
+    _check(cfg.max_grad_norm > 0, f"max_grad_norm: {cfg.max_grad_norm} must be > 0")
+    _check(-1 <= cfg.seed < MAX_SEED, f"seed: {cfg.seed} is not in [0, 2^32) or -1 (random)")
     _check(cfg.mixed_precision in MIXED_PRECISION, f"mixed_precision: {cfg.mixed_precision!r} not one of "
                                                    f"{', '.join(MIXED_PRECISION)}")
+    _check(cfg.mixed_precision != "fp16" or torch.cuda.is_available(),
+           "mixed_precision: fp16 needs a CUDA GPU; use no (or bf16) on a CPU")
     _check(cfg.log_with in (None, "tensorboard", "wandb"), f"log_with: {cfg.log_with!r} not tensorboard or wandb")
+    if cfg.log_with:
+        _check(importlib.util.find_spec(cfg.log_with) is not None,
+               f"log_with: {cfg.log_with} is not installed; pip install {cfg.log_with}, or set log_with: null")
     base = Path(cfg.model.base)
     _check(base.exists(), f"model.base: {base} not found; run download_checkpoint.sh --only sd15")
     if base.is_file():
         _check(Path(str(cfg.model.base_config), "tokenizer").is_dir(),
                f"model.base_config: {cfg.model.base_config} must be a diffusers SD1.5 folder for a single-file base")
+    if cfg.init == "rare":
+        encoder_config = Path(str(cfg.model.base_config if base.is_file() else base), "text_encoder", "config.json")
+        vocab = CLIP_VOCAB  # unknown before loading a Hub model; the loader checks again
+        if encoder_config.is_file():
+            vocab = OmegaConf.load(encoder_config).get("vocab_size", CLIP_VOCAB)
+        _check(vocab >= CLIP_VOCAB, f"init: the original's rare-token ids need the CLIP vocabulary ({CLIP_VOCAB} "
+                                    f"tokens); this text encoder has {vocab}; set init to a word such as the class word")
     _check(Path(cfg.model.clipseg, "config.json").is_file(),
            f"model.clipseg: no CLIPSeg model in {cfg.model.clipseg}; run download_checkpoint.sh --only clipseg")
+    _check(cfg.validation.every >= 0, f"validation.every: {cfg.validation.every} must be >= 0 (0 = never)")
     if cfg.validation.every > 0:
         _check(len(cfg.validation.prompts) > 0, "validation.prompts: give at least one prompt, or validation.every=0")
         for prompt in cfg.validation.prompts:
             _check("{id}" in prompt, f"validation.prompts: {prompt!r} needs {{id}} where the identity goes")
+        v = cfg.validation
         for key in ("width", "height"):
-            value = cfg.validation[key]
-            _check(value >= 8 and value % 8 == 0, f"validation.{key}: {value} must be a positive multiple of 8")
+            _check(v[key] >= 8 and v[key] % 8 == 0, f"validation.{key}: {v[key]} must be a positive multiple of 8")
+        _check(v.steps >= 1, f"validation.steps: {v.steps} must be at least 1")
+        _check(v.guidance_scale >= 0, f"validation.guidance_scale: {v.guidance_scale} must be >= 0")
+        _check(v.fps >= 1, f"validation.fps: {v.fps} must be at least 1")
+        _check(0.0 <= v.gamma < 1.0, f"validation.gamma: {v.gamma} not in [0, 1)")
+        _check(len(v.seeds) > 0 and all(0 <= seed < MAX_SEED for seed in v.seeds),
+               f"validation.seeds: {list(v.seeds)} must be one or more integers in [0, 2^32)")
         try:
             _, max_frames = validate_model(cfg.validation.model)
         except ConfigError as err:
             raise ConfigError(f"validation.{err}") from err
         _check(1 <= cfg.validation.frames <= max_frames,
                f"validation.frames: {cfg.validation.frames} not in [1, {max_frames}]")
+    if cfg.seed == -1:
+        cfg.seed = (rng or random.SystemRandom()).randrange(MAX_SEED)
     return images

@@ -2,12 +2,17 @@
 
 Masks come from CLIPSeg with the config's `mask_prompt`, once per image: they are cached on disk under a key made
 of the image's bytes, the prompt, the model and the threshold, so a second run (or a resumed one) reuses them.
+
+Every random draw of step k (which photos, their augmentation, the diffusion noise) comes from a generator seeded
+by (seed, k): a batch is a pure function of the step, so resuming at step k needs no generator state, and the
+same config always trains the same way.
 """
 
 import hashlib
 import logging
 import random
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -15,17 +20,29 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from magicme.errors import ConfigError
-from magicme.training.augment import apply_geometry, caption_for, draw_geometry, square_crop
+from magicme.training.augment import apply_geometry, caption_for, draw_geometry
 from magicme.video_io import atomic_path, to_uint8
 
 log = logging.getLogger("magicme.train")
+# canvas colour of a shrunk picture per channel (RGB mid-grey = 0 in the VAE's [-1, 1]; mask 0 = no person)
+CANVAS_FILL = (0.5, 0.5, 0.5, 0.0)
+
+
+def derive_seed(*keys) -> int:
+    """A 63-bit seed from (seed, purpose, step, …): independent streams without carrying generator states."""
+    return int.from_bytes(hashlib.sha256(":".join(map(str, keys)).encode()).digest()[:8], "big") >> 1
+
+
+def working_size(resolution: int) -> int:
+    """Side the photos are kept at: the largest zoom-in draws 1.4·resolution, so nothing finer is ever used."""
+    return int(1.4 * resolution) + 1
 
 
 @dataclass
 class TrainImage:
     path: Path
-    pixels: np.ndarray  # (H, W, 3) float32 in [0, 1], centre-cropped square
-    mask: np.ndarray  # (H, W) float32 in {0, 1}
+    pixels: np.ndarray  # (S, S, 3) float32 in [0, 1], centre-cropped square at working size
+    mask: np.ndarray  # (S, S) float32 in {0, 1}
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -36,34 +53,53 @@ def read_image(path: Path) -> np.ndarray:
         raise ConfigError(f"{path}: cannot read this image ({err}); remove or replace it") from err
 
 
+def square_crop(image: np.ndarray) -> np.ndarray:
+    """Centre square crop, as the original does before anything else."""
+    h, w = image.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    return image[top:top + side, left:left + side]
+
+
+def resize_square(image: np.ndarray, side: int, resample: Image.Resampling) -> np.ndarray:
+    """(S, S) or (S, S, C) float image → side × side, channel by channel (PIL float mode keeps full precision)."""
+    planes = image[..., None] if image.ndim == 2 else image
+    out = np.stack([np.asarray(Image.fromarray(planes[..., c]).resize((side, side), resample), dtype=np.float32)
+                    for c in range(planes.shape[-1])], axis=-1)
+    return out[..., 0] if image.ndim == 2 else out
+
+
 def mask_cache_key(path: Path, prompt: str, model_identity: str, threshold: float) -> str:
     digest = hashlib.sha256(path.read_bytes())
     digest.update(f"|{prompt}|{model_identity}|{threshold}".encode())
     return digest.hexdigest()[:32]
 
 
-def load_training_images(paths: list[Path], segmenter_factory, prompt: str, threshold: float, cache_dir: Path,
-                         overlay_dir: Path | None = None) -> list[TrainImage]:
+def load_training_images(paths: list[Path], segmenter_factory, model_id: str, prompt: str, threshold: float,
+                         cache_dir: Path, side: int, overlay_dir: Path | None = None) -> list[TrainImage]:
     """Read every photo, get its person mask (cached), skip images whose mask is empty, with a warning each.
 
-    `segmenter_factory()` returns a `ClipSegSegmenter`; it is only called if some mask is not cached yet.
+    `segmenter_factory()` returns a `ClipSegSegmenter`; it is called (the model loaded) only if some mask is not
+    cached yet. `model_id` is `magicme.segmentation.model_identity` of that model, part of the cache key. Photos and
+    masks are kept at `side` × `side` (`working_size`).
     """
-    pixels = {p: square_crop(read_image(p)) for p in paths}
     segmenter = None
     result = []
     for path in paths:
-        image = pixels[path]
-        segmenter = segmenter or segmenter_factory()
-        cache = cache_dir / f"{mask_cache_key(path, prompt, segmenter.identity, threshold)}.png"
+        image = square_crop(read_image(path))
+        cache = cache_dir / f"{mask_cache_key(path, prompt, model_id, threshold)}.png"
         if cache.is_file():
             mask = np.asarray(Image.open(cache), dtype=np.float32) / 255.0
         else:
+            segmenter = segmenter or segmenter_factory()
             mask = (segmenter.probabilities(image[None], prompt)[0] >= threshold).astype(np.float32)
             with atomic_path(cache) as tmp:
                 Image.fromarray(to_uint8(mask)).save(tmp, format="PNG")
         if mask.sum() == 0:
             log.warning("%s: the mask for %r is empty; skipping this image", path, prompt)
             continue
+        image = np.clip(resize_square(image, side, Image.Resampling.LANCZOS), 0.0, 1.0)
+        mask = (resize_square(mask, side, Image.Resampling.BILINEAR) >= 0.5).astype(np.float32)
         if overlay_dir is not None:
             save_overlay(overlay_dir / f"{path.stem}.png", image, mask)
         result.append(TrainImage(path, image, mask))
@@ -80,41 +116,55 @@ def save_overlay(path: Path, image: np.ndarray, mask: np.ndarray) -> None:
         Image.fromarray(to_uint8(shown)).save(tmp, format="PNG")
 
 
+def example_indices(step: int, batch_size: int, count: int, seed: int) -> list[int]:
+    """The photos of step `step`: its slots in an endless run of shuffled epochs, each a seeded permutation."""
+    indices = []
+    for slot in range(step * batch_size, (step + 1) * batch_size):
+        epoch, position = divmod(slot, count)
+        order = torch.randperm(count, generator=torch.Generator().manual_seed(derive_seed(seed, "order", epoch)))
+        indices.append(int(order[position]))
+    return indices
+
+
 @dataclass
-class Example:
-    pixels: np.ndarray  # (size, size, 3) in [0, 1]
-    mask: np.ndarray  # (size, size) in {0, 1}; all ones for a full-image loss
-    caption: str
+class Batch:
+    pixels: torch.Tensor  # (B, 3, size, size) in [-1, 1], the VAE's range
+    masks: torch.Tensor  # (B, size, size) in {0, 1}; all ones (within the picture) for a full-image loss
+    captions: list[str]
 
 
-def make_example(item: TrainImage, rng: random.Random, cfg, tokens: str) -> Example:
-    """One augmented (image, mask, caption), exactly as the original's dataset draws it."""
-    use_full_image = rng.random() < cfg.use_orig_img_rate
-    a = cfg.augment
-    geometry = draw_geometry(rng, cfg.resolution, a.flip_p, a.rotate_p, a.rotate_sigma, a.original_rotate_bug, a.zoom)
-    pixels = apply_geometry(item.pixels, geometry, cfg.resolution, rotate_fill=0.0, canvas_fill=0.5)
-    mask = np.ones_like(item.mask) if use_full_image else item.mask
-    mask = (apply_geometry(mask[..., None], geometry, cfg.resolution)[..., 0] >= 0.5).astype(np.float32)
-    return Example(np.clip(pixels, 0.0, 1.0), mask, caption_for(cfg.caption_template, tokens, geometry.prefix))
+class TrainingBatches:
+    """Augmented batches, drawn exactly as the original's dataset draws them, computed on `device`."""
+
+    def __init__(self, images: list[TrainImage], cfg, tokens: str, seed: int, device: torch.device):
+        stacked = np.stack([np.concatenate([im.pixels, im.mask[..., None]], axis=-1) for im in images])
+        self.images = torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous().to(device)  # (N, RGB+mask, S, S)
+        self.cfg, self.tokens, self.seed = cfg, tokens, seed
+        self.fill = torch.tensor(CANVAS_FILL, device=device)
+
+    def __call__(self, step: int) -> Batch:
+        cfg, a = self.cfg, self.cfg.augment
+        rng = random.Random(derive_seed(self.seed, "augment", step))
+        pixels, masks, captions = [], [], []
+        for i in example_indices(step, cfg.batch_size, len(self.images), self.seed):
+            source = self.images[i]
+            if rng.random() < cfg.use_orig_img_rate:  # full-image loss: the mask covers the whole photo
+                source = torch.cat([source[:3], torch.ones_like(source[3:])])
+            geometry = draw_geometry(rng, cfg.resolution, a.flip_p, a.rotate_p, a.rotate_sigma,
+                                     a.original_rotate_bug, a.zoom)
+            out = apply_geometry(source, geometry, cfg.resolution, self.fill)
+            pixels.append(out[:3].clamp(0.0, 1.0) * 2.0 - 1.0)
+            masks.append((out[3] >= 0.5).float())
+            captions.append(caption_for(cfg.caption_template, self.tokens, geometry.prefix))
+        return Batch(torch.stack(pixels), torch.stack(masks), captions)
 
 
-class BatchSampler:
-    """Shuffled epochs over the images, drawn from one seeded generator whose state is checkpointed."""
+def caption_ids(tokenizer):
+    """Token ids of a caption, cached: a run uses only a handful of distinct captions (five prefixes)."""
 
-    def __init__(self, count: int, seed: int):
-        self.count = count
-        self.generator = torch.Generator().manual_seed(seed)
-        self.queue: list[int] = []
+    @lru_cache(maxsize=64)
+    def encode(caption: str) -> torch.Tensor:
+        return tokenizer(caption, padding="max_length", truncation=True, max_length=tokenizer.model_max_length,
+                         return_tensors="pt").input_ids[0]
 
-    def next(self, batch_size: int) -> list[int]:
-        while len(self.queue) < batch_size:
-            self.queue += torch.randperm(self.count, generator=self.generator).tolist()
-        batch, self.queue = self.queue[:batch_size], self.queue[batch_size:]
-        return batch
-
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state(), "queue": list(self.queue)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
-        self.queue = list(state["queue"])
+    return lambda captions: torch.stack([encode(c) for c in captions])

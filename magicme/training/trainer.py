@@ -1,22 +1,25 @@
 """The ID-token training loop: one explicit accelerate loop, in the spirit of diffusers' textual_inversion example.
 
-Only the N new rows of the token-embedding matrix learn. Every other row is restored after each optimizer step, so
-it stays bit-identical; gradients of other rows are zeroed before clipping, so clipping acts on the ID tokens (the
-original clipped the UNet, which had no gradient). All randomness comes from three generators (augmentation, batch
-order, noise) whose states go into every checkpoint, so a resumed run continues exactly where it stopped.
+Only the N identity vectors learn (`magicme.training.tokens.IdentityEmbedding`); text encoder, UNet and VAE are
+frozen, so the vocabulary stays bit-identical and gradient clipping acts on the identity (the original clipped the
+UNet, which had no gradient). Every random draw of step k comes from generators seeded by (seed, k)
+(`magicme.training.data`), so a resumed run continues exactly where it stopped.
 """
 
+import contextlib
 import json
 import logging
 import random
 import shutil
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
 from diffusers import DDPMScheduler
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image, ImageDraw
@@ -25,10 +28,10 @@ from tqdm.auto import tqdm
 from magicme.embeddings import save_embedding
 from magicme.errors import ConfigError
 from magicme.models import SD15_BETAS, load_base
-from magicme.segmentation import ClipSegSegmenter
-from magicme.training.config import RARE_TOKEN_IDS
-from magicme.training.data import BatchSampler, load_training_images, make_example
+from magicme.segmentation import ClipSegSegmenter, model_identity
+from magicme.training.data import TrainingBatches, caption_ids, derive_seed, load_training_images, working_size
 from magicme.training.loss import latent_mask, masked_mse
+from magicme.training.tokens import add_identity_tokens, bake_identity, token_names
 from magicme.video_io import atomic_path
 
 log = logging.getLogger("magicme.train")
@@ -39,33 +42,54 @@ class TrainingDiverged(Exception):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-def token_names(name: str, count: int) -> list[str]:
-    """`<ann>`, `<ann>_1`, …: the names diffusers expands `<ann>` into when the embedding is loaded for sampling."""
-    return [f"<{name}>"] + [f"<{name}>_{i}" for i in range(1, count)]
+@dataclass
+class DiffusionLoss:
+    """The frozen half of a training step: VAE encoding, SD1.5's training noise schedule, the UNet and the masked
+    ε-loss. Only `text_encoder` (holding the identity vectors) carries gradients."""
+
+    vae: torch.nn.Module
+    unet: torch.nn.Module
+    scheduler: DDPMScheduler
+    noise_offset: float
+    dtype: torch.dtype
+
+    def __call__(self, text_encoder, pixels: torch.Tensor, masks: torch.Tensor, input_ids: torch.Tensor,
+                 generator: torch.Generator, autocast=contextlib.nullcontext) -> torch.Tensor:
+        device = pixels.device
+        with torch.no_grad():
+            posterior = self.vae.encode(pixels.to(self.dtype)).latent_dist
+            eps = torch.randn(posterior.mean.shape, generator=generator).to(device, self.dtype)
+            latents = (posterior.mean + posterior.std * eps) * self.vae.config.scaling_factor
+        b, c = latents.shape[:2]
+        noise = torch.randn(latents.shape, generator=generator)
+        # the original's noise offset: one extra random value per (sample, channel), shared by all pixels
+        noise = (noise + self.noise_offset * torch.randn((b, c, 1, 1), generator=generator)).to(device, self.dtype)
+        timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (b,), generator=generator).to(device)
+        noisy = self.scheduler.add_noise(latents, noise, timesteps)
+        with autocast():
+            hidden = text_encoder(input_ids.to(device))[0]
+            pred = self.unet(noisy, timesteps, hidden.to(self.dtype)).sample
+        return masked_mse(pred, noise, latent_mask(masks, latents.shape[-2:]))
 
 
-def add_identity_tokens(tokenizer, text_encoder, name: str, count: int, init: str) -> list[int]:
-    """Add the ID tokens and initialise their rows: from the original's rare tokens, or from a word's embedding."""
-    vocab_size = len(tokenizer)
-    tokens = token_names(name, count)
-    if tokenizer.add_tokens(tokens) != count:
-        raise ConfigError(f"name: tokens {tokens[0]}… already exist in the tokenizer; choose another name")
-    ids = tokenizer.convert_tokens_to_ids(tokens)
-    text_encoder.resize_token_embeddings(len(tokenizer))
-    weight = text_encoder.get_input_embeddings().weight
-    with torch.no_grad():
-        if init == "rare":
-            sources = [RARE_TOKEN_IDS[i % len(RARE_TOKEN_IDS)] for i in range(count)]
-            if max(sources) >= vocab_size:
-                raise ConfigError(f"init: the original's rare-token ids need the CLIP vocabulary (49408 tokens); this "
-                                  f"tokenizer has {vocab_size}; set init to a word such as the class word")
-            weight[ids] = weight[sources]
-        else:
-            word_ids = tokenizer(init, add_special_tokens=False).input_ids
-            if not word_ids:
-                raise ConfigError(f"init: {init!r} gives no tokens")
-            weight[ids] = weight[word_ids].mean(dim=0)
-    return ids
+def global_rng_state() -> dict:
+    """Library code may draw from the global generators (e.g. dropout); their states go into checkpoints too."""
+    name, keys, position, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": [name, keys.tolist(), position, has_gauss, gauss],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_global_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), position, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def make_run_dir(output_dir: str, name: str) -> Path:
@@ -81,7 +105,8 @@ def make_run_dir(output_dir: str, name: str) -> Path:
 def find_resume_state(resume: str, output_dir: str, name: str) -> Path:
     """`latest` = the newest state file of this identity's runs; a run folder = its newest; else the file itself."""
     if resume == "latest":
-        states = sorted(Path(output_dir).glob(f"{name}-*/checkpoints/state-step-*.pt"), key=lambda p: p.stat().st_mtime)
+        states = sorted(Path(output_dir).glob(f"{name}-*/checkpoints/state-step-*.pt"),
+                        key=lambda p: p.stat().st_mtime)
         if not states:
             raise ConfigError(f"--resume latest: no checkpoint of {name!r} under {output_dir}")
         return states[-1]
@@ -151,127 +176,103 @@ class Validator:
 
 def train(cfg: DictConfig, images: list[Path], resume: str | None = None, progress: bool = True) -> Path:
     """Train the ID tokens; returns the run folder holding `<name>.pt`."""
-    state = torch.load(find_resume_state(resume, cfg.output_dir, cfg.name), weights_only=True) if resume else None
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=cfg.log_with)
+    state_path = find_resume_state(resume, cfg.output_dir, cfg.name) if resume else None
+    state = torch.load(state_path, map_location="cpu", weights_only=True) if state_path else None
+    if state is not None and (state["name"] != cfg.name or len(state["vectors"]) != cfg.num_tokens):
+        raise ConfigError(f"--resume {state_path}: a checkpoint of {state['name']!r} with {len(state['vectors'])} "
+                          f"tokens cannot continue {cfg.name!r} with num_tokens={cfg.num_tokens}")
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=cfg.log_with, project_dir=cfg.output_dir)
+    main = accelerator.is_main_process
+    if state_path is not None:
+        run_dir = state_path.parent.parent
+        cfg.seed = int(state["seed"])  # a resumed run keeps drawing from its own streams
+    else:  # one run folder, made by the main process, for every process
+        holder = [str(make_run_dir(cfg.output_dir, cfg.name)) if main else None]
+        run_dir = Path(broadcast_object_list(holder)[0])
+    accelerator.project_configuration = ProjectConfiguration(project_dir=str(run_dir))  # tracker logs go here
+    stream = f"{cfg.seed}/{accelerator.process_index}"  # each process draws its own batches
+    set_seed(derive_seed(stream, "global") % 2**32)
     device, weight_dtype = accelerator.device, DTYPES[cfg.mixed_precision]
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # every step has the same shapes: tune convolutions once
 
     base = load_base(cfg.model.base, cfg.model.base_config, torch.float32)
-    tokenizer, text_encoder, vae, unet = base.tokenizer, base.text_encoder, base.vae, base.unet
-    ids = add_identity_tokens(tokenizer, text_encoder, cfg.name, cfg.num_tokens, cfg.init)
+    tokenizer, text_encoder = base.tokenizer, base.text_encoder
+    text_encoder.requires_grad_(False)
+    identity = add_identity_tokens(tokenizer, text_encoder, cfg.name, cfg.num_tokens, cfg.init)
     tokens = " ".join(token_names(cfg.name, cfg.num_tokens)) + f" {cfg.class_word}"
-    for module in (vae, unet, text_encoder):
-        module.requires_grad_(False)
-    embedding = text_encoder.get_input_embeddings()
-    embedding.weight.requires_grad_(True)
-    if cfg.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-        text_encoder.gradient_checkpointing_enable()
-    frozen = embedding.weight.detach().clone()
-    others = torch.ones(len(frozen), dtype=torch.bool)
-    others[ids] = False
-
-    optimizer = torch.optim.AdamW([embedding.weight], lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay,
+    if cfg.gradient_checkpointing:  # the UNet's activations are what fills memory; the text encoder's are small
+        base.unet.enable_gradient_checkpointing()
+    optimizer = torch.optim.AdamW([identity.vectors], lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay,
                                   eps=1e-8)
     text_encoder, optimizer = accelerator.prepare(text_encoder, optimizer)
-    vae.to(device, weight_dtype)
-    unet.to(device, weight_dtype)
-    frozen, others = frozen.to(device), others.to(device)
-    scheduler = DDPMScheduler(**SD15_BETAS)
-
-    seed = cfg.seed + accelerator.process_index
-    aug_rng = random.Random(seed)
-    noise_gen = torch.Generator().manual_seed(seed)
+    loss_fn = DiffusionLoss(base.vae.requires_grad_(False).to(device, weight_dtype),
+                            base.unet.requires_grad_(False).to(device, weight_dtype),
+                            DDPMScheduler(**SD15_BETAS), cfg.noise_offset, weight_dtype)
     step, losses = 0, []
     if state is not None:
-        run_dir = Path(state["run_dir"])
         with torch.no_grad():
-            embedding.weight[ids] = state["vectors"].to(device)
+            identity.vectors.copy_(state["vectors"])
         optimizer.load_state_dict(state["optimizer"])
-        aug_rng.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["aug_rng"]))
-        noise_gen.set_state(state["noise_gen"])
+        set_global_rng_state(state["rng"])
         step, losses = int(state["step"]), list(state["losses"])
         log.info("resuming %s at step %d", run_dir, step)
-    else:
-        run_dir = make_run_dir(cfg.output_dir, cfg.name)
+
     checkpoints = run_dir / "checkpoints"
-    file_log = logging.FileHandler(run_dir / "train.log")
+    if not main:  # one process reports progress
+        log.setLevel(logging.WARNING)
+    file_log = logging.FileHandler(run_dir / "train.log") if main else logging.NullHandler()
     file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(file_log)
     try:
-        if accelerator.is_main_process:
+        if main:
             with atomic_path(run_dir / "config.yaml") as tmp:
                 OmegaConf.save(cfg, tmp)
-        data = load_training_images(
-            images, lambda: ClipSegSegmenter(cfg.model.clipseg, device=device), cfg.mask_prompt, cfg.mask_threshold,
-            Path(cfg.mask_cache_dir), overlay_dir=run_dir / "masks",
-        )
-        sampler = BatchSampler(len(data), seed)
-        if state is not None:
-            sampler.load_state_dict(state["sampler"])
+        with accelerator.main_process_first():  # the main process computes the masks, the others read the cache
+            data = load_training_images(
+                images, lambda: ClipSegSegmenter(cfg.model.clipseg, device=device), model_identity(cfg.model.clipseg),
+                cfg.mask_prompt, cfg.mask_threshold, Path(cfg.mask_cache_dir), working_size(cfg.resolution),
+                overlay_dir=run_dir / "masks" if main else None,
+            )
+        batches = TrainingBatches(data, cfg, tokens, stream, device)
+        encode = caption_ids(tokenizer)
         log.info("training %s on %d images (%d skipped), %d steps", cfg.name, len(data), len(images) - len(data),
                  cfg.max_steps)
         if cfg.log_with:
             accelerator.init_trackers("magicme", config=OmegaConf.to_container(cfg, resolve=True))
         validator = Validator(cfg.validation, cfg.name, cfg.class_word)
-        bar = tqdm(total=cfg.max_steps, initial=step, desc=f"train {cfg.name}", disable=not progress)
+        bar = tqdm(total=cfg.max_steps, initial=step, desc=f"train {cfg.name}", disable=not (progress and main))
         text_encoder.train()
         while step < cfg.max_steps:
-            examples = [make_example(data[i], aug_rng, cfg, tokens) for i in sampler.next(cfg.batch_size)]
-            pixels = torch.from_numpy(np.stack([e.pixels for e in examples])).permute(0, 3, 1, 2) * 2.0 - 1.0
-            masks = torch.from_numpy(np.stack([e.mask for e in examples]))
-            input_ids = tokenizer([e.caption for e in examples], padding="max_length", truncation=True,
-                                  max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
-            with torch.no_grad():
-                posterior = vae.encode(pixels.to(device, weight_dtype)).latent_dist
-                latents = (posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=noise_gen)
-                           .to(device, weight_dtype)) * vae.config.scaling_factor
-            b, c = latents.shape[:2]
-            noise = torch.randn(latents.shape, generator=noise_gen)
-            noise = (noise + cfg.noise_offset * torch.randn((b, c, 1, 1), generator=noise_gen)).to(device, weight_dtype)
-            timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=noise_gen).to(device)
-            noisy = scheduler.add_noise(latents, noise, timesteps)
-            with accelerator.autocast():
-                hidden = text_encoder(input_ids.to(device))[0]
-                pred = unet(noisy, timesteps, hidden.to(weight_dtype)).sample
-            loss = masked_mse(pred, noise, latent_mask(masks.to(device), latents.shape[-2:]))
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"loss became {loss.item()} at step {step + 1}; the last good checkpoint is "
-                                       f"kept in {checkpoints} (lower lr, or use mixed_precision=no)")
+            batch = batches(step)
+            generator = torch.Generator().manual_seed(derive_seed(stream, "noise", step))
+            loss = loss_fn(text_encoder, batch.pixels, batch.masks, encode(batch.captions), generator,
+                           accelerator.autocast)
+            value = accelerator.gather(loss.detach()[None]).float()
+            if not torch.isfinite(value).all():
+                raise TrainingDiverged(f"loss became {value.sum().item()} at step {step + 1}; the last good "
+                                       f"checkpoint is kept in {checkpoints} (lower lr, or use mixed_precision=no)")
             accelerator.backward(loss)
-            weight = accelerator.unwrap_model(text_encoder).get_input_embeddings().weight
-            weight.grad[others] = 0
-            accelerator.clip_grad_norm_([weight], cfg.max_grad_norm)
+            accelerator.clip_grad_norm_([identity.vectors], cfg.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad()
-            with torch.no_grad():
-                weight[others] = frozen[others]
             step += 1
-            losses.append(loss.item())
+            losses.append(value.mean().item())
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
             accelerator.log({"loss": losses[-1], "lr": cfg.lr}, step=step)
-            if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
-                vectors = weight[ids].detach().float().cpu()
-                if accelerator.is_main_process:
-                    save_checkpoint(checkpoints, cfg.name, step, vectors, optimizer, aug_rng, sampler, noise_gen,
-                                    losses, run_dir)
-                    save_loss_curve(run_dir / "loss_curve.png", losses)
+            if main and (step % cfg.checkpoint_every == 0 or step == cfg.max_steps):
+                save_checkpoint(checkpoints, cfg.name, cfg.seed, step, identity.vectors, optimizer, losses)
+                save_loss_curve(run_dir / "loss_curve.png", losses)
                 log.info("step %d loss %.5f (mean of last %d: %.5f)", step, losses[-1], min(50, len(losses)),
                          float(np.mean(losses[-50:])))
-            if cfg.validation.every and step % cfg.validation.every == 0 and accelerator.is_main_process:
+            if main and cfg.validation.every and step % cfg.validation.every == 0:
                 start = time.perf_counter()
-                validator(weight[ids], run_dir / "samples" / f"step-{step}")
+                validator(identity.vectors, run_dir / "samples" / f"step-{step}")
                 log.info("validation videos for step %d in %.1f s", step, time.perf_counter() - start)
         bar.close()
-        if accelerator.is_main_process:
-            final = run_dir / f"{cfg.name}.pt"
-            shutil.copyfile(checkpoints / f"{cfg.name}-step-{step}.pt", final)
-            if cfg.copy_to_embeddings_dir:
-                Path(cfg.copy_to_embeddings_dir).mkdir(parents=True, exist_ok=True)
-                with atomic_path(Path(cfg.copy_to_embeddings_dir) / final.name) as tmp:
-                    shutil.copyfile(final, tmp)
-            (run_dir / "summary.json").write_text(json.dumps({"name": cfg.name, "steps": step, "final": final.name,
-                                                              "final_loss": losses[-1] if losses else None}))
+        bake_identity(accelerator.unwrap_model(text_encoder), identity)
+        if main:
+            finish(run_dir, cfg, step, losses)
         accelerator.end_training()
     finally:
         log.removeHandler(file_log)
@@ -279,13 +280,25 @@ def train(cfg: DictConfig, images: list[Path], resume: str | None = None, progre
     return run_dir
 
 
-def save_checkpoint(folder: Path, name: str, step: int, vectors: torch.Tensor, optimizer, aug_rng: random.Random,
-                    sampler: BatchSampler, noise_gen: torch.Generator, losses: list[float], run_dir: Path) -> None:
+def finish(run_dir: Path, cfg: DictConfig, step: int, losses: list[float]) -> None:
+    """`<name>.pt` beside the run (and in `copy_to_embeddings_dir` when set), and a one-line summary."""
+    final = run_dir / f"{cfg.name}.pt"
+    targets = [final] + ([Path(cfg.copy_to_embeddings_dir) / final.name] if cfg.copy_to_embeddings_dir else [])
+    for target in targets:
+        with atomic_path(target) as tmp:
+            shutil.copyfile(run_dir / "checkpoints" / f"{cfg.name}-step-{step}.pt", tmp)
+    with atomic_path(run_dir / "summary.json") as tmp:
+        tmp.write_text(json.dumps({"name": cfg.name, "steps": step, "final": final.name,
+                                   "final_loss": losses[-1] if losses else None}))
+
+
+def save_checkpoint(folder: Path, name: str, seed: int, step: int, vectors: torch.Tensor, optimizer,
+                    losses: list[float]) -> None:
     """The embedding (A1111 `.pt` and safetensors) and everything needed to resume, each written atomically."""
+    vectors = vectors.detach().float().cpu()
     save_embedding(folder / f"{name}-step-{step}.pt", vectors, name)
     save_embedding(folder / f"{name}-step-{step}.safetensors", vectors, name)
-    state = {"step": step, "vectors": vectors, "optimizer": optimizer.state_dict(), "aug_rng": aug_rng.getstate(),
-             "sampler": sampler.state_dict(), "noise_gen": noise_gen.get_state(), "losses": losses,
-             "run_dir": str(run_dir)}
+    state = {"name": name, "seed": seed, "step": step, "vectors": vectors, "optimizer": optimizer.state_dict(),
+             "rng": global_rng_state(), "losses": losses}
     with atomic_path(folder / f"state-step-{step}.pt") as tmp:
         torch.save(state, tmp)
