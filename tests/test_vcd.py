@@ -16,8 +16,8 @@ from magicme.pipeline import denoising_steps
 from magicme.vcd.geometry import crop_box, feather_mask, link_tracks, tile_weight, tile_windows, union_box
 from magicme.vcd.resize import lanczos_matrix
 from magicme.vcd.stages import (
-    FaceConfig, TiledConfig, blend_tiles, detect_faces_dlib, prepare_input_video, refine_faces, resize_video,
-    run_face_stage, run_tiled_stage,
+    FaceConfig, TiledConfig, blend_tiles, boxes_from_probabilities, detect_faces, detect_faces_dlib,
+    prepare_input_video, refine_faces, resize_video, run_face_stage, run_tiled_stage,
 )
 from magicme.video_io import write_video
 from tests.test_sampling import write_config
@@ -232,3 +232,19 @@ def test_dlib_detection_does_not_depend_on_memory_layout(astronaut_256):
     assert not planar.flags["C_CONTIGUOUS"]
     for _ in range(3):
         assert detect_faces_dlib(planar, 10) == [[(88, 41, 132, 84)]] * 2
+
+
+def test_clipseg_probabilities_become_one_box_per_region():
+    probs = np.zeros((2, 50, 60), np.float32)
+    probs[:, 5:20, 10:30] = 0.9
+    probs[:, 30:34, 40:44] = 0.9  # 4 px: below min_face
+    probs[1, 40:48, 0:12] = 0.6
+    probs[:, 0:3, 50:60] = 0.4  # below the threshold
+    assert boxes_from_probabilities(probs, 0.5, 5) == [[(10, 5, 30, 20)], [(10, 5, 30, 20), (0, 40, 12, 48)]]
+
+
+def test_clipseg_detector_runs_from_the_model_files(tiny_bundle):
+    face = OmegaConf.structured(FaceConfig(clipseg_model=str(tiny_bundle["clipseg"]), threshold=0.5))
+    video = np.random.default_rng(4).random((3, 64, 64, 3), dtype=np.float32)
+    found = detect_faces(video, face, "cpu")  # random weights: any boxes, but one list per frame, inside the frame
+    assert len(found) == 3 and all(0 <= b[0] < b[2] <= 64 and 0 <= b[1] < b[3] <= 64 for f in found for b in f)
