@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import torch
 
 from magicme.errors import ConfigError
 from magicme.pipeline import denoising_steps
@@ -138,7 +139,7 @@ def detect_faces(video: np.ndarray, face, device) -> list[list[Box]]:
 
 
 def refine_faces(video: np.ndarray, tracks: list[list[Box]], denoise, crop_factor: float, size: int,
-                 feather: int, device="cpu") -> np.ndarray:
+                 feather: int, device: str | torch.device = "cpu") -> np.ndarray:
     """Crop each track's box from all frames, `denoise` it at size × size, paste it back over the face only."""
     out = video.copy()
     h, w = video.shape[1:3]
@@ -183,7 +184,6 @@ def upscale(video: np.ndarray, scale: int, upscaler: str, device) -> np.ndarray:
     if upscaler == "lanczos":
         return resize_video(video, h * scale, w * scale, device)
     import spandrel
-    import torch
 
     model = spandrel.ModelLoader().load_from_file(upscaler).to(device).eval()
     with torch.no_grad():
