@@ -2,14 +2,23 @@
 end to end on the tiny bundle, bad inputs."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
 from skimage import data as skdata
 
 import sample
+from magicme.pipeline import denoising_steps
 from magicme.vcd.geometry import crop_box, feather_mask, link_tracks, tile_weight, tile_windows, union_box
-from magicme.vcd.stages import blend_tiles, detect_faces_dlib, prepare_input_video, refine_faces, resize_video
+from magicme.vcd.resize import lanczos_matrix
+from magicme.vcd.stages import (
+    FaceConfig, TiledConfig, blend_tiles, boxes_from_probabilities, detect_faces, detect_faces_dlib,
+    prepare_input_video, refine_faces, resize_video, run_face_stage, run_tiled_stage,
+)
 from magicme.video_io import write_video
 from tests.test_sampling import write_config
 
@@ -98,7 +107,8 @@ def test_t2v_face_tiled_end_to_end_then_edit_the_result(tmp_path, tiny_bundle):
     records = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in records] == ["t2v", "face", "tiled"]
     t2v, _, tiled = records
-    assert (tiled["frames"], tiled["height"], tiled["width"]) == (4, 96, 128) == (4, 2 * t2v["height"], 2 * t2v["width"])
+    assert (tiled["frames"], tiled["height"], tiled["width"]) == (4, 96, 128)
+    assert (tiled["height"], tiled["width"]) == (2 * t2v["height"], 2 * t2v["width"])
     assert tiled["files"]["mp4"].endswith("_tiled.mp4") and all(r["seconds"] > 0 for r in records)
 
     edit_out = tmp_path / "edit"
@@ -135,3 +145,106 @@ def test_corrupt_or_short_input_video_fails_before_anything_is_written(tmp_path,
                         f"input_video={tmp_path / 'short.mp4'}"]) == 2
     assert "has 2 frames; the config asks for 4" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def pillow_lanczos(video: np.ndarray, height: int, width: int) -> np.ndarray:
+    return np.stack([np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(f[..., c])).resize(
+        (width, height), Image.Resampling.LANCZOS)) for c in range(3)], axis=-1) for f in video])
+
+
+@pytest.mark.parametrize("size, new", [((64, 64), (128, 128)), ((120, 120), (64, 64)), ((40, 80), (33, 70)),
+                                       ((96, 100), (48, 41))])
+def test_lanczos_resize_matches_pillow(size, new):
+    photo = skdata.astronaut().astype(np.float32) / 255.0
+    video = np.stack([photo[:size[0], :size[1]], photo[200:200 + size[0], 150:150 + size[1]]])
+    resized = resize_video(video, *new)
+    assert np.abs(resized - np.clip(pillow_lanczos(video, *new), 0, 1)).max() < 1e-5
+    assert resized.flags["C_CONTIGUOUS"]
+    assert np.allclose(lanczos_matrix(size[1], new[1]).sum(axis=1), 1.0)
+
+
+def test_face_paste_is_exact_inside_the_face_and_outside_it():
+    video = np.random.default_rng(2).random((2, 96, 96, 3), dtype=np.float32) * 0.5
+    tracks = [[(40, 30, 57, 47)]]  # 17 px face × 48/17 = a 48 px crop = the stage size: no resampling
+    out = refine_faces(video, tracks, lambda crop: crop + 0.25, crop_factor=48 / 17, size=48, feather=5)
+    x0, y0, x1, y1 = tracks[0][0]
+    outside = np.ones((96, 96), bool)
+    outside[y0:y1, x0:x1] = False
+    assert np.array_equal(out[:, outside], video[:, outside])
+    core = (slice(None), slice(y0 + 5, y1 - 5), slice(x0 + 5, x1 - 5))
+    assert np.array_equal(out[core], video[core] + np.float32(0.25))
+    assert np.array_equal(refine_faces(video, tracks, identity, crop_factor=48 / 17, size=48, feather=5), video)
+
+
+class RecordingPipe:
+    """MagicPipeline's `video_to_video` interface with an identity denoiser; records the calls."""
+
+    device = torch.device("cpu")
+
+    def __init__(self):
+        self.calls = []
+
+    def video_to_video(self, video, prompt, negative_prompt, generator, **kwargs):
+        self.calls.append(kwargs)
+        return video.copy()
+
+
+RUN = {"steps": 8, "guidance_scale": 7.5, "gamma": 0.1}
+
+
+def test_face_stage_without_a_face_passes_through_and_says_so(caplog):
+    video = np.random.default_rng(3).random((2, 64, 64, 3), dtype=np.float32)
+    pipe = RecordingPipe()
+    with caplog.at_level(logging.WARNING, logger="magicme"):
+        out, info = run_face_stage(pipe, video, "p", "", torch.Generator(),
+                                   OmegaConf.structured(FaceConfig(detector="dlib")), RUN)
+    assert np.array_equal(out, video) and info == {"faces": 0, "passed_through": True} and pipe.calls == []
+    assert "no face found" in caplog.text
+
+
+@pytest.fixture(scope="module")
+def astronaut_256():
+    return resize_video(np.stack([skdata.astronaut().astype(np.float32) / 255.0] * 2), 256, 256)
+
+
+def test_stage_strength_zero_changes_nothing_and_s_runs_round_s_steps(tiny_pipeline, astronaut_256, monkeypatch):
+    calls = []
+    forward = tiny_pipeline.v2v.unet.forward
+    monkeypatch.setattr(tiny_pipeline.v2v.unet, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    face = OmegaConf.structured(FaceConfig(detector="dlib", size=64, strength=0.0))
+    out, info = run_face_stage(tiny_pipeline, astronaut_256, "p", "", torch.Generator(), face, RUN)
+    assert info == {"faces": 1, "passed_through": True}  # dlib finds the face at 256²: (88, 41)–(132, 84)
+    assert np.array_equal(out, astronaut_256) and calls == []
+    face.strength = 0.5
+    out, info = run_face_stage(tiny_pipeline, astronaut_256, "p", "", torch.Generator().manual_seed(0), face, RUN)
+    assert len(calls) == denoising_steps(0.5, 8) == 4 and not info["passed_through"]
+    assert not np.array_equal(out, astronaut_256)
+    calls.clear()
+    tiled = OmegaConf.structured(TiledConfig(tile=64, padding=8, strength=0.25))
+    small = resize_video(astronaut_256, 64, 64)
+    out, info = run_tiled_stage(tiny_pipeline, small, "p", "", torch.Generator().manual_seed(0), tiled, RUN)
+    assert out.shape == (2, 128, 128, 3) and len(calls) == info["tiles"] * denoising_steps(0.25, 8) == 4 * 2
+
+
+def test_dlib_detection_does_not_depend_on_memory_layout(astronaut_256):
+    # the channel-planar layout torch.einsum once returned from resize_video: dlib then missed faces intermittently
+    planar = np.ascontiguousarray(astronaut_256.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
+    assert not planar.flags["C_CONTIGUOUS"]
+    for _ in range(3):
+        assert detect_faces_dlib(planar, 10) == [[(88, 41, 132, 84)]] * 2
+
+
+def test_clipseg_probabilities_become_one_box_per_region():
+    probs = np.zeros((2, 50, 60), np.float32)
+    probs[:, 5:20, 10:30] = 0.9
+    probs[:, 30:34, 40:44] = 0.9  # 4 px: below min_face
+    probs[1, 40:48, 0:12] = 0.6
+    probs[:, 0:3, 50:60] = 0.4  # below the threshold
+    assert boxes_from_probabilities(probs, 0.5, 5) == [[(10, 5, 30, 20)], [(10, 5, 30, 20), (0, 40, 12, 48)]]
+
+
+def test_clipseg_detector_runs_from_the_model_files(tiny_bundle):
+    face = OmegaConf.structured(FaceConfig(clipseg_model=str(tiny_bundle["clipseg"]), threshold=0.5))
+    video = np.random.default_rng(4).random((3, 64, 64, 3), dtype=np.float32)
+    found = detect_faces(video, face, "cpu")  # random weights: any boxes, but one list per frame, inside the frame
+    assert len(found) == 3 and all(0 <= b[0] < b[2] <= 64 and 0 <= b[1] < b[3] <= 64 for f in found for b in f)

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-from PIL import Image
+import torch
 
 from magicme.errors import ConfigError
+from magicme.pipeline import denoising_steps
 from magicme.vcd.geometry import Box, crop_box, feather_mask, link_tracks, tile_weight, tile_windows, union_box
+from magicme.vcd.resize import resize_video
 from magicme.video_io import read_video, to_uint8
 
 log = logging.getLogger("magicme")
@@ -94,16 +96,6 @@ def validate_tiled_config(tiled) -> None:
     _check(tiled.gamma is None or 0.0 <= tiled.gamma < 1.0, f"tiled.gamma: {tiled.gamma} not in [0, 1)")
 
 
-def resize_video(video: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Lanczos resize of every frame (per channel in float, so no 8-bit rounding between stages)."""
-    if video.shape[1:3] == (height, width):
-        return video.copy()
-    frames = [np.stack([np.asarray(Image.fromarray(f[..., c]).resize((width, height),
-                                                                                Image.Resampling.LANCZOS))
-                        for c in range(3)], axis=-1) for f in video.astype(np.float32)]
-    return np.clip(np.stack(frames), 0.0, 1.0)
-
-
 def detect_faces_dlib(video: np.ndarray, min_face: int) -> list[list[Box]]:
     """dlib's HOG frontal-face detector on every frame (one upsampling, for faces down to ~40 px)."""
     import dlib
@@ -112,7 +104,9 @@ def detect_faces_dlib(video: np.ndarray, min_face: int) -> list[list[Box]]:
     h, w = video.shape[1:3]
     found = []
     for frame in to_uint8(video):
-        boxes = [(max(0, r.left()), max(0, r.top()), min(w, r.right()), min(h, r.bottom())) for r in detector(frame, 1)]
+        # dlib reads the buffer as C-ordered rows: a strided view would silently give wrong detections
+        rects = detector(np.ascontiguousarray(frame), 1)
+        boxes = [(max(0, r.left()), max(0, r.top()), min(w, r.right()), min(h, r.bottom())) for r in rects]
         found.append([b for b in boxes if min(b[2] - b[0], b[3] - b[1]) >= min_face])
     return found
 
@@ -145,18 +139,20 @@ def detect_faces(video: np.ndarray, face, device) -> list[list[Box]]:
 
 
 def refine_faces(video: np.ndarray, tracks: list[list[Box]], denoise, crop_factor: float, size: int,
-                 feather: int) -> np.ndarray:
+                 feather: int, device: str | torch.device = "cpu") -> np.ndarray:
     """Crop each track's box from all frames, `denoise` it at size × size, paste it back over the face only."""
     out = video.copy()
     h, w = video.shape[1:3]
     for track in tracks:
         face = union_box(track)
         x0, y0, x1, y1 = crop_box(face, crop_factor, h, w)
-        crop = resize_video(out[:, y0:y1, x0:x1], size, size)
-        refined = resize_video(denoise(crop), y1 - y0, x1 - x0)
+        crop = resize_video(out[:, y0:y1, x0:x1], size, size, device)
+        refined = resize_video(denoise(crop), y1 - y0, x1 - x0, device)
         local_face = (face[0] - x0, face[1] - y0, face[2] - x0, face[3] - y0)
         mask = feather_mask(y1 - y0, x1 - x0, local_face, feather)[None, ..., None]
-        out[:, y0:y1, x0:x1] = out[:, y0:y1, x0:x1] * (1.0 - mask) + refined * mask
+        under = out[:, y0:y1, x0:x1]
+        # exactly the input where the mask is 0 and exactly the refined crop where it is 1 (no float round-off)
+        out[:, y0:y1, x0:x1] = np.where(mask == 1.0, refined, under + mask * (refined - under))
     return out
 
 
@@ -165,7 +161,11 @@ def run_face_stage(pipe, video: np.ndarray, prompt: str, negative_prompt: str, g
     tracks = link_tracks(detect_faces(video, cfg, pipe.device))
     if not tracks:
         log.warning("face stage: no face found; the video passes through unchanged")
-        return video.copy(), {"faces": 0}
+        return video.copy(), {"faces": 0, "passed_through": True}
+
+    if denoising_steps(cfg.strength, _or(cfg.steps, run["steps"])) == 0:
+        # nothing to denoise: skip the crop's resampling round trip too, so the video comes back unchanged
+        return video.copy(), {"faces": len(tracks), "passed_through": True}
 
     def denoise(crop: np.ndarray) -> np.ndarray:
         return pipe.video_to_video(
@@ -174,23 +174,22 @@ def run_face_stage(pipe, video: np.ndarray, prompt: str, negative_prompt: str, g
             progress=False,
         )
 
-    refined = refine_faces(video, tracks, denoise, cfg.crop_factor, cfg.size, cfg.feather)
-    return refined, {"faces": len(tracks), "boxes": [list(union_box(t)) for t in tracks]}
+    refined = refine_faces(video, tracks, denoise, cfg.crop_factor, cfg.size, cfg.feather, pipe.device)
+    return refined, {"faces": len(tracks), "passed_through": False, "boxes": [list(union_box(t)) for t in tracks]}
 
 
 def upscale(video: np.ndarray, scale: int, upscaler: str, device) -> np.ndarray:
     """×`scale`: Lanczos, or an ESRGAN-family model through spandrel (its output resized to exactly ×scale)."""
     h, w = video.shape[1:3]
     if upscaler == "lanczos":
-        return resize_video(video, h * scale, w * scale)
+        return resize_video(video, h * scale, w * scale, device)
     import spandrel
-    import torch
 
     model = spandrel.ModelLoader().load_from_file(upscaler).to(device).eval()
     with torch.no_grad():
         frames = [model(torch.from_numpy(f).permute(2, 0, 1)[None].to(device)).clamp(0, 1)[0].permute(1, 2, 0)
                   .cpu().numpy() for f in video]
-    return resize_video(np.stack(frames), h * scale, w * scale)
+    return resize_video(np.stack(frames), h * scale, w * scale, device)
 
 
 def blend_tiles(video: np.ndarray, tile: int, padding: int, denoise, ramp: int | None = None) -> np.ndarray:
@@ -219,7 +218,8 @@ def run_tiled_stage(pipe, video: np.ndarray, prompt: str, negative_prompt: str, 
         )
 
     out = blend_tiles(big, cfg.tile, cfg.padding, denoise)
-    tiles = len(tile_windows(big.shape[1], cfg.tile, cfg.padding)) * len(tile_windows(big.shape[2], cfg.tile, cfg.padding))
+    rows, cols = (len(tile_windows(n, cfg.tile, cfg.padding)) for n in big.shape[1:3])
+    tiles = rows * cols
     return out, {"tiles": tiles}
 
 
