@@ -104,7 +104,7 @@ def main() -> None:
     def face():
         refine_faces(video, track, lambda crop: magic.video_to_video(
             crop, prompt, negative, torch.Generator().manual_seed(0), strength=0.8, steps=args.steps, **common),
-            crop_factor=3.0, size=512, feather=5)
+            crop_factor=3.0, size=512, feather=5, device=magic.device)
 
     tiled_cfg = OmegaConf.structured(TiledConfig())
     run = {"steps": args.steps, "guidance_scale": 7.5, "gamma": 0.1}
