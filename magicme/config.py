@@ -46,9 +46,10 @@ class ModelConfig:
 
 
 @dataclass
-class SampleConfig:
+class VideoSettings:
+    """How each video is rendered: shared by sampling configs and by training's validation videos."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
-    prompts: list[Any] = field(default_factory=list)  # strings, or {prompt, negative_prompt, seeds, gamma}
     negative_prompt: str = ""
     seeds: list[int] = field(default_factory=lambda: [42])  # -1 draws a random seed, saved in config.yaml
     steps: int = 25
@@ -58,6 +59,11 @@ class SampleConfig:
     height: int = 512
     fps: int = 8
     gamma: float = 0.1  # 3D noise prior correlation between neighbouring frames (paper: 0.1)
+
+
+@dataclass
+class SampleConfig(VideoSettings):
+    prompts: list[Any] = field(default_factory=list)  # strings, or {prompt, negative_prompt, seeds, gamma}
     stages: list[str] = field(default_factory=lambda: ["t2v"])  # t2v, then optionally face and/or tiled
     face: FaceConfig = field(default_factory=FaceConfig)  # Face VCD settings (used when "face" is a stage)
     tiled: TiledConfig = field(default_factory=TiledConfig)  # Tiled VCD settings (used when "tiled" is a stage)

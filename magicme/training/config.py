@@ -11,7 +11,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from magicme.config import MAX_SEED, ModelConfig, describe_omegaconf_error, validate_model
+from magicme.config import MAX_SEED, VideoSettings, describe_omegaconf_error, validate_model
 from magicme.errors import ConfigError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -36,19 +36,12 @@ class TrainModelConfig:
 
 
 @dataclass
-class ValidationConfig:
-    every: int = 200  # steps between validation videos; 0 = never
-    model: ModelConfig = field(default_factory=ModelConfig)  # inference base + motion module (RV5.1 + mm v2)
-    prompts: list[str] = field(default_factory=lambda: ["a photo of {id} walking on the street"])
+class ValidationConfig(VideoSettings):
+    """Validation videos: rendered like a sampling config, on an inference base + motion module (RV5.1 + mm v2)."""
+
     negative_prompt: str = "worst quality, low quality, blurry"
-    seeds: list[int] = field(default_factory=lambda: [42])
-    steps: int = 25
-    guidance_scale: float = 7.5
-    frames: int = 16
-    width: int = 512
-    height: int = 512
-    fps: int = 8
-    gamma: float = 0.1
+    every: int = 200  # steps between validation videos; 0 = never
+    prompts: list[str] = field(default_factory=lambda: ["a photo of {id} walking on the street"])
 
 
 @dataclass
