@@ -6,6 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from magicme.errors import ConfigError
+from magicme.video_io import atomic_path
 
 
 def load_checkpoint(path: Path | str, what: str = "checkpoint"):
@@ -22,3 +23,12 @@ def load_checkpoint(path: Path | str, what: str = "checkpoint"):
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch/safetensors raise many types for corrupt or unsafe files
         raise ConfigError(f"{path}: not a readable {what} ({type(err).__name__}: {err})") from err
+
+
+def save_torch(obj, path: Path | str) -> Path:
+    """`torch.save` atomically and reproducibly: written through a file object, the archive's inner folder is
+    always "archive" (given a path, torch names it after the temporary file, so equal objects gave unequal bytes)."""
+    path = Path(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(obj, handle)
+    return path

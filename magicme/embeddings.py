@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 import torch
-from magicme.checkpoint_io import load_checkpoint
+from magicme.checkpoint_io import load_checkpoint, save_torch
 from magicme.errors import ConfigError
 
 EMBEDDING_SUFFIXES = (".pt", ".safetensors", ".bin")
@@ -117,8 +117,8 @@ def save_embedding(path: Path | str, vectors: torch.Tensor, name: str) -> None:
 
     path = Path(path)
     tensor = vectors.detach().to("cpu", torch.float32).contiguous()
+    if path.suffix != ".safetensors":
+        save_torch({"string_to_param": {"*": tensor}, "name": name}, path)
+        return
     with atomic_path(path) as tmp:
-        if path.suffix == ".safetensors":
-            save_file({f"<{name}>": tensor}, str(tmp))
-        else:
-            torch.save({"string_to_param": {"*": tensor}, "name": name}, tmp)
+        save_file({f"<{name}>": tensor}, str(tmp))

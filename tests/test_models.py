@@ -84,3 +84,18 @@ def test_written_files_are_not_private(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE((tmp_path / "x.txt").stat().st_mode) == 0o666 & ~umask
+
+
+def test_tiny_bundle_is_deterministic(tmp_path):
+    import hashlib
+
+    from magicme.tiny.sd import build_tiny_bundle
+
+    def digest(root):
+        return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(root.rglob("*")) if p.is_file()}
+
+    build_tiny_bundle(tmp_path / "a", seed=0)
+    build_tiny_bundle(tmp_path / "b", seed=0)
+    a, b = digest(tmp_path / "a"), digest(tmp_path / "b")
+    assert a == b and any(k.endswith(".ckpt") for k in a) and any(k.endswith(".safetensors") for k in a)

@@ -132,5 +132,6 @@ def save_ldm_checkpoint(unet, vae, text_encoder, path: Path | str, dtype: torch.
         if path.suffix == ".safetensors":
             save_file(state, str(tmp))
         else:
-            torch.save({"state_dict": state}, tmp)
+            with open(tmp, "wb") as handle:  # a file object keeps the archive's inner name fixed (see save_torch)
+                torch.save({"state_dict": state}, handle)
     return path

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from diffusers import MotionAdapter
 
-from magicme.video_io import atomic_path
+from magicme.checkpoint_io import save_torch
 
 _BLOCK_RENAMES = (  # diffusers name -> original AnimateDiff name, inside a transformer block
     ("attn1", "attention_blocks.0"), ("attn2", "attention_blocks.1"),
@@ -43,10 +43,7 @@ def original_state_dict(adapter: MotionAdapter) -> dict[str, torch.Tensor]:
 
 
 def save_original_motion_module(adapter: MotionAdapter, path: Path | str) -> Path:
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(original_state_dict(adapter), tmp)
-    return path
+    return save_torch(original_state_dict(adapter), path)
 
 
 def save_original_motion_lora(adapter: MotionAdapter, path: Path | str, rank: int = 4, seed: int = 0) -> Path:
@@ -61,7 +58,4 @@ def save_original_motion_lora(adapter: MotionAdapter, path: Path | str, rank: in
                 out_dim, in_dim = weight.shape
                 state[f"{prefix}.processor.{name}_lora.down.weight"] = torch.randn(rank, in_dim, generator=generator)
                 state[f"{prefix}.processor.{name}_lora.up.weight"] = torch.randn(out_dim, rank, generator=generator) * 0.1
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-    return path
+    return save_torch(state, path)

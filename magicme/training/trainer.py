@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
+from magicme.checkpoint_io import save_torch
 from magicme.embeddings import save_embedding
 from magicme.errors import ConfigError
 from magicme.models import SD15_BETAS, load_base
@@ -300,5 +301,4 @@ def save_checkpoint(folder: Path, name: str, seed: int, step: int, vectors: torc
     save_embedding(folder / f"{name}-step-{step}.safetensors", vectors, name)
     state = {"name": name, "seed": seed, "step": step, "vectors": vectors, "optimizer": optimizer.state_dict(),
              "rng": global_rng_state(), "losses": losses}
-    with atomic_path(folder / f"state-step-{step}.pt") as tmp:
-        torch.save(state, tmp)
+    save_torch(state, folder / f"state-step-{step}.pt")
