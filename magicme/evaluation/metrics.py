@@ -62,6 +62,11 @@ def _load_kwargs(value: str) -> dict:
     return {} if is_hub_id(value) else {"local_files_only": True}
 
 
+def _batched(images: list[np.ndarray], size: int, embed) -> torch.Tensor:
+    """Embed images `size` at a time (bounded memory for long videos); float32 on the CPU."""
+    return torch.cat([embed(images[start:start + size]).float().cpu() for start in range(0, len(images), size)])
+
+
 def _pixels(processor, images: list[np.ndarray]) -> torch.Tensor:
     """Frames/photos as float [0, 1] (H, W, 3) → the model's normalised pixel batch (its own resize and crop)."""
     return processor(images=[to_uint8(i) for i in images], return_tensors="pt")["pixel_values"]
@@ -79,11 +84,8 @@ class ClipEncoder:
 
     @torch.no_grad()
     def images(self, images: list[np.ndarray]) -> torch.Tensor:
-        out = []
-        for start in range(0, len(images), self.batch_size):
-            pixels = _pixels(self.processor, images[start:start + self.batch_size]).to(self.device)
-            out.append(self.model.get_image_features(pixel_values=pixels).pooler_output.float().cpu())
-        return torch.cat(out)
+        return _batched(images, self.batch_size, lambda batch: self.model.get_image_features(
+            pixel_values=_pixels(self.processor, batch).to(self.device)).pooler_output)
 
     @torch.no_grad()
     def texts(self, texts: list[str]) -> torch.Tensor:
@@ -103,8 +105,5 @@ class DinoEncoder:
 
     @torch.no_grad()
     def images(self, images: list[np.ndarray]) -> torch.Tensor:
-        out = []
-        for start in range(0, len(images), self.batch_size):
-            pixels = _pixels(self.processor, images[start:start + self.batch_size]).to(self.device)
-            out.append(self.model(pixel_values=pixels).last_hidden_state[:, 0].float().cpu())
-        return torch.cat(out)
+        return _batched(images, self.batch_size, lambda batch: self.model(
+            pixel_values=_pixels(self.processor, batch).to(self.device)).last_hidden_state[:, 0])
