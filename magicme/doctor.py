@@ -23,6 +23,7 @@ import torch
 from diffusers.loaders.single_file_utils import convert_animatediff_checkpoint_to_diffusers
 from omegaconf import DictConfig
 
+from magicme.checkpoint_io import load_checkpoint
 from magicme.embeddings import find_embeddings, load_embedding_file
 from magicme.errors import ConfigError
 from magicme.motion_module import inspect_motion_module, lora_targets
@@ -76,17 +77,15 @@ def tensor_shapes(path: Path | str) -> dict[str, tuple[int, ...]]:
     """Shapes of the tensors in a `.safetensors` file or a `.ckpt`/`.pt`/`.pth`/`.bin` pickle (tensors only,
     `weights_only`, memory-mapped where the file allows); a `{"state_dict": ...}` wrapper is unwrapped."""
     path = Path(path)
-    if not path.is_file():
+    if path.suffix != ".safetensors":
+        state = load_checkpoint(path)
+    elif not path.is_file():
         raise ConfigError(f"{path}: file not found")
-    try:
-        if path.suffix == ".safetensors":
-            return safetensors_shapes(path)
+    else:
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # legacy (non-zip) pickles cannot be memory-mapped
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt, truncated or code-carrying files raise many types
-        raise ConfigError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from err
+            return safetensors_shapes(path)
+        except Exception as err:  # a truncated or corrupt header raises many types
+            raise ConfigError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from err
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
