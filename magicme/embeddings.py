@@ -20,6 +20,9 @@ _NAME = r"[A-Za-z0-9_\-]+"
 # `embedding:NAME` with an optional file suffix, as ComfyUI accepts; `<NAME>` as diffusers' placeholder tokens.
 _COMFY_RE = re.compile(rf"embedding:({_NAME})(?:\.(?:pt|safetensors|bin))?")
 _ANGLE_RE = re.compile(rf"<({_NAME})>")
+# The one placeholder for "the identity" in prompt templates (training captions, validation prompts, the evaluation
+# protocol): it stands for the identity reference plus its class word, e.g. `embedding:ann woman`.
+ID_PLACEHOLDER = "{id}"
 
 
 def referenced_names(prompt: str) -> list[str]:
@@ -36,6 +39,11 @@ def token_for(name: str) -> str:
 def to_pipeline_prompt(prompt: str) -> str:
     """Rewrite `embedding:NAME` and `<NAME>` as the placeholder token the loaded embedding is registered under."""
     return _ANGLE_RE.sub(lambda m: token_for(m.group(1)), _COMFY_RE.sub(lambda m: token_for(m.group(1)), prompt))
+
+
+def fill_identity(template: str, identity: str) -> str:
+    """`a photo of {id} walking` + `embedding:ann woman` → `a photo of embedding:ann woman walking`."""
+    return template.replace(ID_PLACEHOLDER, identity)
 
 
 def strip_id_tokens(prompt: str) -> str:

@@ -1,0 +1,97 @@
+"""Output folders: one way to create a timestamped run folder, checked before any model loads, and a lock so two
+processes never write into one run folder."""
+
+import os
+from datetime import datetime
+from pathlib import Path
+
+from magicme.errors import ConfigError
+
+LOCK_NAME = ".lock"
+
+
+def check_output_dir(output_dir: Path | str, key: str = "output_dir") -> Path:
+    """`output_dir` must be a folder we can write in, or creatable; checked before loading anything."""
+    folder = Path(output_dir)
+    existing = next((p for p in [folder, *folder.parents] if p.exists()), Path("."))
+    if existing.is_file() or (existing.exists() and not existing.is_dir()):
+        raise ConfigError(f"{key}: {existing} is a file, not a folder; choose another {key}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}: {existing} is not writable; choose another {key} or fix its permissions")
+    return folder
+
+
+def make_run_dir(output_dir: Path | str, stem: str, key: str = "output_dir") -> Path:
+    """A new `<output_dir>/<stem>-<YYYYmmdd-HHMMSS>[-N]/` folder; never an existing one."""
+    base = check_output_dir(output_dir, key) / f"{stem}-{datetime.now():%Y%m%d-%H%M%S}"
+    base.parent.mkdir(parents=True, exist_ok=True)
+    run_dir, n = base, 1
+    while True:
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            run_dir, n = base.with_name(f"{base.name}-{n}"), n + 1
+
+
+class RunLock:
+    """An exclusive lock file in a run folder, held while a process writes there.
+
+    Holding it is `O_CREAT | O_EXCL` on `<run>/.lock` holding the owner's pid; a lock left by a process that no
+    longer exists (killed) is taken over, so a crash never blocks a resume.
+    """
+
+    def __init__(self, run_dir: Path | str):
+        self.path = Path(run_dir) / LOCK_NAME
+
+    def acquire(self) -> "RunLock":
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is not None and _alive(owner):
+                    raise ConfigError(f"{self.path.parent}: another process (pid {owner}) is writing this run; "
+                                      "wait for it to finish or stop it") from None
+                self.path.unlink(missing_ok=True)  # stale: its owner died
+                continue
+            with os.fdopen(fd, "w") as handle:
+                handle.write(str(os.getpid()))
+            return self
+        raise ConfigError(f"{self.path}: cannot take the run lock; remove this file if no process uses the run")
+
+    def release(self) -> None:
+        if self._owner() == os.getpid():
+            self.path.unlink(missing_ok=True)
+
+    def _owner(self) -> int | None:
+        try:
+            return int(self.path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temp_files(folder: Path | str) -> int:
+    """Delete the `.name.XXXX.suffix` temp files an interrupted atomic write left (see video_io.atomic_path)."""
+    removed = 0
+    for path in Path(folder).rglob(".*"):
+        if path.is_file() and path.name != LOCK_NAME and path.name.count(".") >= 2:
+            path.unlink()
+            removed += 1
+    return removed
