@@ -2,7 +2,7 @@
 
     python sample.py --config configs/sample/example.yaml [key=value ...]
 
-Overrides use OmegaConf dot-list syntax, e.g. `steps=4 gamma=0.2 model.scheduler=euler output_dir=outputs/try`.
+Overrides use OmegaConf dot-list syntax, e.g. `steps=4 gamma=0.2 model.scheduler.name=euler output_dir=outputs/try`.
 Every key is described in configs/sample/example.yaml and the README.
 """
 
@@ -10,11 +10,8 @@ import argparse
 import sys
 
 from magicme.cli import quiet_libraries
-
-quiet_libraries()  # before diffusers/transformers are imported, so their verbosity settings take effect
-
-from magicme.errors import ConfigError  # noqa: E402
-from magicme.sampling import run_sampling  # noqa: E402
+from magicme.errors import ConfigError
+from magicme.schema import check_settings, load_sample_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,8 +20,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=4 seeds=[1,2]")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    quiet_libraries()  # before diffusers/transformers are imported, so their verbosity settings take effect
     try:
-        run_dir = run_sampling(args.config, args.overrides, progress=not args.quiet)
+        cfg = load_sample_config(args.config, args.overrides)
+        check_settings(cfg)  # typos and ranges, before the model libraries take seconds to import
+        from magicme.sampling import run_sampling
+
+        run_dir = run_sampling(args.config, cfg=cfg, progress=not args.quiet)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -6,6 +6,8 @@ list instead of a mapping, a broken override such as `seeds=[1,2`, an unknown ke
 such as `${nope}` that does not resolve — becomes one `ConfigError` naming the key or the file.
 """
 
+import copy
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,21 +61,31 @@ def parse_overrides(overrides: list[str] | None) -> DictConfig:
     return layer
 
 
-def load_structured(schema: type, path: Path | str | None, overrides: list[str] | dict | None = None,
-                    flag: str = "--config") -> DictConfig:
-    """Defaults of the `schema` dataclass ← YAML file ← overrides, type-checked, interpolations resolved now."""
-    where = str(path) if path is not None else "command line"
-    layers: list[Any] = [OmegaConf.structured(schema)]
+def load_structured(schema: type | DictConfig, path: Path | str | None, overrides: list[str] | dict | None = None,
+                    flag: str = "--config", normalise: Callable[[DictConfig], None] | None = None) -> DictConfig:
+    """Defaults of `schema` (a dataclass, or a structured DictConfig) ← YAML file ← overrides, type-checked,
+    interpolations resolved now. `normalise(layer)` may rewrite a user layer in place before it is merged (e.g. a
+    shorthand string for a block)."""
+    def fresh() -> DictConfig:
+        return copy.deepcopy(schema) if isinstance(schema, DictConfig) else OmegaConf.structured(schema)
+
+    layers: list[tuple[str, DictConfig]] = []
     if path is not None:
-        layers.append(read_yaml_mapping(path, flag))
+        layers.append((str(path), read_yaml_mapping(path, flag)))
     if isinstance(overrides, dict):
-        layers.append(OmegaConf.create({k: v for k, v in overrides.items() if v is not None}))
+        layers.append(("command line", OmegaConf.create({k: v for k, v in overrides.items() if v is not None})))
     else:
-        layers.append(parse_overrides(overrides))
+        layers.append(("command line", parse_overrides(overrides)))
+    cfg, where = fresh(), "config"
     try:
-        cfg = OmegaConf.merge(*layers)
+        for where, layer in layers:  # one layer at a time, so an error names the file or the command line
+            if normalise is not None:
+                normalise(layer)
+            cfg = OmegaConf.merge(cfg, layer)
+        where = " + ".join(w for w, _ in layers)
         # resolve `${...}` interpolations now, so a broken one is reported here, not when some key is first read
         resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-        return OmegaConf.merge(OmegaConf.structured(schema), resolved)
+        return OmegaConf.merge(fresh(), resolved)
     except OmegaConfBaseException as err:
         raise ConfigError(describe_omegaconf_error(err, where)) from err
+

@@ -4,63 +4,36 @@ Files: the A1111/ComfyUI textual-inversion `.pt` (`{"string_to_param": {"*": Ten
 published Magic-Me characters and of our `train.py`) and safetensors `{token: Tensor[N, D]}`. Stock diffusers
 mis-reads the single-key A1111 dict, so we unwrap the tensor ourselves and hand it to `load_textual_inversion`.
 
-Prompts name an identity as `embedding:altman` (ComfyUI syntax, as in the original README) or `<altman>`; both
-become the token `<altman>`, which diffusers expands to `<altman> <altman>_1 … <altman>_{N-1}`.
+How prompts name an identity (`embedding:altman`, `<altman>`) is in `magicme/prompts.py`.
 """
 
-import re
 from pathlib import Path
 
 import torch
 from magicme.checkpoint_io import load_checkpoint, save_torch
 from magicme.errors import ConfigError
+from magicme.prompts import referenced_names, token_for
 
 EMBEDDING_SUFFIXES = (".pt", ".safetensors", ".bin")
-_NAME = r"[A-Za-z0-9_\-]+"
-# `embedding:NAME` with an optional file suffix, as ComfyUI accepts; `<NAME>` as diffusers' placeholder tokens.
-_COMFY_RE = re.compile(rf"embedding:({_NAME})(?:\.(?:pt|safetensors|bin))?")
-_ANGLE_RE = re.compile(rf"<({_NAME})>")
-# The one placeholder for "the identity" in prompt templates (training captions, validation prompts, the evaluation
-# protocol): it stands for the identity reference plus its class word, e.g. `embedding:ann woman`.
-ID_PLACEHOLDER = "{id}"
-
-
-def referenced_names(prompt: str) -> list[str]:
-    """Names of the identities a prompt uses, in order of first appearance."""
-    names = [m.group(1) for m in _COMFY_RE.finditer(prompt)] + [m.group(1) for m in _ANGLE_RE.finditer(prompt)]
-    return list(dict.fromkeys(names))
-
-
-def token_for(name: str) -> str:
-    """The placeholder token of an identity; lower case because CLIP's tokenizer lower-cases prompts first."""
-    return f"<{name.lower()}>"
-
-
-def to_pipeline_prompt(prompt: str) -> str:
-    """Rewrite `embedding:NAME` and `<NAME>` as the placeholder token the loaded embedding is registered under."""
-    return _ANGLE_RE.sub(lambda m: token_for(m.group(1)), _COMFY_RE.sub(lambda m: token_for(m.group(1)), prompt))
-
-
-def fill_identity(template: str, identity: str) -> str:
-    """`a photo of {id} walking` + `embedding:ann woman` → `a photo of embedding:ann woman walking`."""
-    return template.replace(ID_PLACEHOLDER, identity)
-
-
-def strip_id_tokens(prompt: str) -> str:
-    """Remove identity references, keeping the class word: `a photo of embedding:altman man` → `a photo of man`.
-
-    CLIP-T scores text alignment against this prompt, since a CLIP model has never seen the ID tokens.
-    """
-    stripped = _ANGLE_RE.sub("", _COMFY_RE.sub("", prompt))
-    return re.sub(r"\s+", " ", stripped).strip()
 
 
 def find_embeddings(embeddings_dir: Path | str | None) -> dict[str, Path]:
-    """Every embedding file in `embeddings_dir`, by file stem (`altman.pt` → `altman`)."""
+    """Every embedding file in `embeddings_dir`, by file stem (`altman.pt` → `altman`).
+
+    Two files for one token (`Ann.pt` and `ann.pt`, or `ann.pt` and `ann.safetensors`) are an error: the token
+    `<ann>` is lower case, so which file a prompt used would depend on the order of a directory listing.
+    """
     if embeddings_dir is None:
         return {}
     folder = Path(embeddings_dir)
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix in EMBEDDING_SUFFIXES and p.is_file()}
+    found: dict[str, Path] = {}
+    for path in sorted(p for p in folder.iterdir() if p.suffix in EMBEDDING_SUFFIXES and p.is_file()):
+        clash = next((other for name, other in found.items() if token_for(name) == token_for(path.stem)), None)
+        if clash is not None:
+            raise ConfigError(f"{path}: identity {path.stem!r} clashes with {clash.name} (the same token "
+                              f"{token_for(path.stem)}); rename or remove one of the two files")
+        found[path.stem] = path
+    return found
 
 
 def resolve_names(prompts: list[str], available: dict[str, Path], where: str = "prompts") -> dict[str, Path]:

@@ -3,19 +3,38 @@
 Both pipelines share one set of components (one UNet in memory). diffusers accepts initial `latents`, so the prior
 needs no fork of the denoising loop: T2V gets prior noise (scaled by the scheduler's `init_noise_sigma` inside the
 pipeline); V2V gets clean latents of the input video noised with prior noise to the first kept timestep.
+
+Any other keyword argument the diffusers pipeline's `__call__` accepts (`prompt_embeds`, `callback_on_step_end`,
+`ip_adapter_image`, `cross_attention_kwargs`, …) passes straight through, so new conditioning needs no change here.
 """
+
+import inspect
 
 import numpy as np
 import torch
 from diffusers import AnimateDiffPipeline, AnimateDiffVideoToVideoPipeline
 
-from magicme.embeddings import to_pipeline_prompt
+from magicme.prompts import to_pipeline_prompt
+from magicme.steps import denoising_steps
 from magicme.noise_prior import noise_latents, sample_noise_prior
 
 
-def denoising_steps(strength: float, steps: int) -> int:
-    """How many of `steps` a partial denoise at `strength` runs: round(strength · steps)."""
-    return min(steps, max(0, round(strength * steps)))
+def passthrough(pipeline, kwargs: dict, ours: dict) -> dict:
+    """`ours` updated with the caller's `kwargs`, after checking the diffusers pipeline accepts each of them.
+
+    The prior's `latents` stay ours: overriding them would silently drop the 3D noise prior.
+    """
+    accepted = set(inspect.signature(type(pipeline).__call__).parameters) - {"self", "latents"}
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise TypeError(f"{type(pipeline).__name__} does not accept {', '.join(unknown)}; "
+                        f"it accepts {', '.join(sorted(accepted))}")
+    merged = {**ours, **kwargs}
+    if merged.get("prompt_embeds") is not None:  # embeddings given: the prompt strings must not be encoded too
+        merged["prompt"] = None
+    if merged.get("negative_prompt_embeds") is not None:
+        merged["negative_prompt"] = None
+    return merged
 
 
 class MagicPipeline:
@@ -25,11 +44,12 @@ class MagicPipeline:
     # peak memory of a 16 × 512² video (H100, fp16: 12.4 → 5.3 GB for 4.53 → 4.70 s).
     vae_chunk = 4
 
-    def __init__(self, t2v: AnimateDiffPipeline, motion_version: str, max_frames: int):
+    def __init__(self, t2v: AnimateDiffPipeline, motion_version: str, max_frames: int, family: str = "sd15"):
         self.t2v = t2v
         self.v2v = AnimateDiffVideoToVideoPipeline(**t2v.components)
         self.motion_version = motion_version
         self.max_frames = max_frames
+        self.family = family
 
     @property
     def device(self) -> torch.device:
@@ -43,22 +63,27 @@ class MagicPipeline:
     def vae_scale_factor(self) -> int:
         return self.t2v.vae_scale_factor
 
+    def prompt_tokens(self, prompt: str) -> int:
+        """Tokens of a prompt as the text encoder sees it (identity tokens expanded), without BOS/EOS."""
+        return len(self.t2v.tokenizer(to_pipeline_prompt(prompt), add_special_tokens=False).input_ids)
+
     def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int, int]:
         s = self.vae_scale_factor
         return (1, self.t2v.unet.config.in_channels, frames, height // s, width // s)
 
     def text_to_video(self, prompt: str, negative_prompt: str, generator: torch.Generator, *, gamma: float,
                       frames: int, height: int, width: int, steps: int, guidance_scale: float,
-                      progress: bool = True) -> np.ndarray:
-        """A (frames, height, width, 3) video in [0, 1] from prior noise drawn with `generator`."""
+                      progress: bool = True, **pipeline_kwargs) -> np.ndarray:
+        """A (frames, height, width, 3) video in [0, 1] from prior noise drawn with `generator`; other keyword
+        arguments go to `AnimateDiffPipeline.__call__`."""
         latents = sample_noise_prior(self.latent_shape(frames, height, width), gamma, generator,
                                      device=self.device, dtype=self.dtype)
         self.t2v.set_progress_bar_config(disable=not progress, leave=False)
-        out = self.t2v(
+        out = self.t2v(**passthrough(self.t2v, pipeline_kwargs, dict(
             prompt=to_pipeline_prompt(prompt), negative_prompt=to_pipeline_prompt(negative_prompt) or None,
             num_frames=frames, height=height, width=width, num_inference_steps=steps, guidance_scale=guidance_scale,
             latents=latents, generator=generator, output_type="np", decode_chunk_size=self.vae_chunk,
-        )
+        )))
         return np.asarray(out.frames[0], dtype=np.float32)
 
     @torch.no_grad()
@@ -72,11 +97,11 @@ class MagicPipeline:
 
     def video_to_video(self, video: np.ndarray, prompt: str, negative_prompt: str, generator: torch.Generator, *,
                        gamma: float, strength: float, steps: int, guidance_scale: float,
-                       progress: bool = True) -> np.ndarray:
+                       progress: bool = True, **pipeline_kwargs) -> np.ndarray:
         """Partially noise `video` (strength s → round(s·steps) steps) with the prior and denoise it with `prompt`.
 
         Strength 0 returns the input unchanged (no VAE round trip); strength 1 is T2V guided only by the video's
-        frame count and size.
+        frame count and size. Other keyword arguments go to `AnimateDiffVideoToVideoPipeline.__call__`.
         """
         frames, height, width, _ = video.shape
         n = denoising_steps(strength, steps)
@@ -89,11 +114,11 @@ class MagicPipeline:
         noise = sample_noise_prior(tuple(clean.shape), gamma, generator, device=self.device, dtype=self.dtype)
         noisy = noise_latents(clean, noise, scheduler, first_t)
         self.v2v.set_progress_bar_config(disable=not progress, leave=False)
-        out = self.v2v(
+        out = self.v2v(**passthrough(self.v2v, pipeline_kwargs, dict(
             prompt=to_pipeline_prompt(prompt), negative_prompt=to_pipeline_prompt(negative_prompt) or None,
             height=height, width=width, num_inference_steps=steps, guidance_scale=guidance_scale,
             # diffusers keeps int(strength · steps) steps; asking for (n + 0.5) / steps makes that exactly n.
             strength=min(1.0, (n + 0.5) / steps), latents=noisy, generator=generator, output_type="np",
             decode_chunk_size=self.vae_chunk,
-        )
+        )))
         return np.asarray(out.frames[0], dtype=np.float32)

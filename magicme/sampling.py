@@ -1,15 +1,15 @@
-"""A sampling run: validate the config, load the models once, render every prompt × seed, record everything.
+"""A sampling run: check the config, load the models once, put every sample through the configured stages, record
+everything.
 
 Outputs go to `<output_dir>/<config-stem>-<timestamp>/` (layout in docs/DESIGN.md). The folder is created only
-after the config is valid and the models have loaded, so a bad config leaves nothing behind.
+after the config is valid, the stages' inputs are read and the models have loaded, so a bad config leaves nothing
+behind.
 """
 
 import json
 import logging
 import math
-import re
 import time
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -18,29 +18,15 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from tqdm.auto import tqdm
 
-from magicme.config import load_config, resolved_config, validate_sample_config
-from magicme.models import load_pipeline
-from magicme.vcd.stages import prepare_input_video, run_face_stage, run_tiled_stage
+from magicme.families import get_family
+from magicme.rundir import make_run_dir
+from magicme.schema import check_sample_config, load_sample_config, resolved_config
+from magicme.stages import STAGES, Sample, Stage
 from magicme.video_io import atomic_path, to_uint8, write_frames, write_video
 
 log = logging.getLogger("magicme")
 RANDOM_WEIGHTS_MARKER = "RANDOM_WEIGHTS.txt"  # written by the tiny-model builder
-REFINE_STAGES = {"face": run_face_stage, "tiled": run_tiled_stage}
-
-
-def slug(prompt: str, limit: int = 40) -> str:
-    """File-name-safe words of a prompt: `a photo of embedding:ann woman, smiling` → `a-photo-of-ann-woman-smiling`."""
-    words = re.findall(r"[a-z0-9]+", prompt.lower().replace("embedding:", ""))
-    return "-".join(words)[:limit].strip("-") or "prompt"
-
-
-def make_run_dir(output_dir: str, stem: str) -> Path:
-    base = Path(output_dir) / f"{stem}-{datetime.now():%Y%m%d-%H%M%S}"
-    run_dir, n = base, 1
-    while run_dir.exists():
-        run_dir, n = base.with_name(f"{base.name}-{n}"), n + 1
-    run_dir.mkdir(parents=True)
-    return run_dir
+CLIP_TOKENS = 75  # what CLIP reads of a prompt, without its BOS/EOS tokens
 
 
 def uses_random_weights(model: DictConfig) -> bool:
@@ -78,53 +64,53 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
-def run_sampling(config_path: Path | str | None, overrides: list[str] | None = None, progress: bool = True) -> Path:
-    """Render every sample of a config; returns the run folder."""
-    cfg = load_config(config_path, overrides)
-    samples, embeddings = validate_sample_config(cfg)
-    source = prepare_input_video(cfg.input_video, cfg.frames, cfg.height, cfg.width) if cfg.input_video else None
+def warn_long_prompts(pipe, samples: list[Sample]) -> None:
+    """CLIP reads 75 tokens of a prompt; say loudly which prompts lose words, instead of cutting them silently."""
+    for text in dict.fromkeys(t for s in samples for t in (s.prompt, s.negative_prompt)):
+        count = pipe.prompt_tokens(text)
+        if count > CLIP_TOKENS:
+            log.warning("prompt of %d tokens: CLIP reads the first %d, the last %d are dropped: %r", count,
+                        CLIP_TOKENS, count - CLIP_TOKENS, text)
+
+
+def run_sampling(config_path: Path | str | None, overrides: list[str] | None = None, progress: bool = True,
+                 cfg: DictConfig | None = None) -> Path:
+    """Render every sample of a config (or of an already loaded `cfg`); returns the run folder."""
+    cfg = cfg if cfg is not None else load_sample_config(config_path, overrides)
+    samples, embeddings = check_sample_config(cfg)
+    stages: list[Stage] = [STAGES[name](cfg, progress) for name in cfg.stages]
+    for stage in stages:
+        stage.prepare()
     if uses_random_weights(cfg.model):
         log.warning("these models are the tiny RANDOM-WEIGHT test bundle: the videos will be noise. "
                     "Run `bash download_checkpoint.sh` and use configs/sample/example.yaml for real videos.")
-    pipe = load_pipeline(cfg.model, embeddings, device=cfg.device, precision=cfg.precision, attention=cfg.attention,
-                         vae_slicing=cfg.vae_slicing, cpu_offload=cfg.cpu_offload)
-    stem = Path(config_path).stem if config_path else "sample"
-    run_dir = make_run_dir(cfg.output_dir, stem)
+    pipe = get_family(cfg.model.family).load(cfg.model, embeddings, device=cfg.device, precision=cfg.precision,
+                                             attention=cfg.attention, vae_slicing=cfg.vae_slicing,
+                                             cpu_offload=cfg.cpu_offload)
+    for stage in stages:
+        stage.setup(pipe)
+    warn_long_prompts(pipe, samples)
+    run_dir = make_run_dir(cfg.output_dir, Path(config_path).stem if config_path else "sample")
     with atomic_path(run_dir / "config.yaml") as tmp:
         OmegaConf.save(resolved_config(cfg, samples), tmp)
-    records, first_stage = [], []
-    for index, sample in enumerate(tqdm(samples, desc="samples", disable=not progress)):
-        generator = torch.Generator("cpu").manual_seed(sample["seed"])
-        name = f"{index:04d}-{slug(sample['prompt'])}-{sample['seed']}"
-        run = {"steps": cfg.steps, "guidance_scale": cfg.guidance_scale, "gamma": sample["gamma"]}
+    records, first_videos = [], []
+    for sample in tqdm(samples, desc="samples", disable=not progress):
+        generator = torch.Generator("cpu").manual_seed(sample.seed)
         video = None
-        for stage in cfg.stages:
+        for stage in stages:
             start = time.perf_counter()
-            info = {}
-            if stage != "t2v":
-                video, info = REFINE_STAGES[stage](pipe, video, sample["prompt"], sample["negative_prompt"],
-                                                   generator, cfg[stage], run)
-            elif source is not None:
-                stage = "edit"
-                video = pipe.video_to_video(source, sample["prompt"], sample["negative_prompt"], generator,
-                                            gamma=sample["gamma"], strength=cfg.input_strength, steps=cfg.steps,
-                                            guidance_scale=cfg.guidance_scale, progress=progress)
-            else:
-                video = pipe.text_to_video(
-                    sample["prompt"], sample["negative_prompt"], generator, gamma=sample["gamma"], frames=cfg.frames,
-                    height=cfg.height, width=cfg.width, steps=cfg.steps, guidance_scale=cfg.guidance_scale,
-                    progress=progress,
-                )
+            video, info = stage(pipe, video, sample, generator)
             seconds = time.perf_counter() - start
-            stem = name if stage in ("t2v", "edit") else f"{name}_{stage}"
+            stem = stage.output_stem(sample)
             files = write_video(run_dir / stem, video, cfg.fps, tuple(cfg.formats))
             if cfg.save_frames:
                 files["frames"] = write_frames(run_dir / stem, video)
-            records.append({"index": index, **sample, "stage": stage, "files": files, "frames": int(video.shape[0]),
-                            "height": int(video.shape[1]), "width": int(video.shape[2]), "fps": cfg.fps,
-                            "seconds": round(seconds, 3), **info})
+            records.append({"index": sample.index, "prompt": sample.prompt, "negative_prompt": sample.negative_prompt,
+                            "seed": sample.seed, "gamma": sample.gamma, "stage": stage.name, "files": files,
+                            "frames": int(video.shape[0]), "height": int(video.shape[1]),
+                            "width": int(video.shape[2]), "fps": cfg.fps, "seconds": round(seconds, 3), **info})
             write_jsonl(run_dir / "samples.jsonl", records)
-            if stage in ("t2v", "edit"):
-                first_stage.append(thumbnail(video))
-    write_grid(run_dir / "grid.gif", first_stage, cfg.fps)
+            if stage.first:
+                first_videos.append(thumbnail(video))
+    write_grid(run_dir / "grid.gif", first_videos, cfg.fps)
     return run_dir

@@ -18,9 +18,9 @@ def tiny_bundle(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def tiny_model_cfg(tiny_bundle):
-    from omegaconf import OmegaConf
+    from magicme.schema import model_config
 
-    return OmegaConf.create({
+    return model_config({
         "base": str(tiny_bundle["sd15"]), "base_config": None, "vae": None,
         "motion_module": str(tiny_bundle["motion_v2"]), "motion_loras": [],
         "embeddings_dir": str(tiny_bundle["embedding"].parent), "scheduler": "ddim",
@@ -31,6 +31,6 @@ def tiny_model_cfg(tiny_bundle):
 @pytest.fixture(scope="session")
 def tiny_pipeline(tiny_bundle, tiny_model_cfg):
     from magicme.embeddings import find_embeddings
-    from magicme.models import load_pipeline
+    from magicme.families.sd15 import load
 
-    return load_pipeline(tiny_model_cfg, find_embeddings(tiny_bundle["embedding"].parent), device="cpu")
+    return load(tiny_model_cfg, find_embeddings(tiny_bundle["embedding"].parent), device="cpu")

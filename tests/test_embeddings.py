@@ -3,9 +3,9 @@ import torch
 from safetensors.torch import save_file
 
 from magicme.embeddings import (
-    find_embeddings, load_embedding_file, load_into_pipeline, referenced_names, resolve_names, save_embedding,
-    strip_id_tokens, to_pipeline_prompt,
+    find_embeddings, load_embedding_file, load_into_pipeline, resolve_names, save_embedding,
 )
+from magicme.prompts import malformed_references, referenced_names, strip_id_tokens, to_pipeline_prompt
 from magicme.errors import ConfigError
 
 
@@ -15,6 +15,24 @@ def test_prompt_syntax():
     assert to_pipeline_prompt(prompt) == "a photo of <altman> man and <lisa> woman, <altman> again"
     assert strip_id_tokens("a photo of embedding:altman man in superman costume") == "a photo of man in superman costume"
     assert strip_id_tokens("<altman> man, smiling") == "man, smiling"
+
+
+@pytest.mark.parametrize("prompt, bad", [
+    ("a photo of embedding:ann man", []), ("embedding:ann.pt, walking", []), ("(embedding:ann:1.2) man", []),
+    ("photo of embedding:ann.jpg man", ["embedding:ann.jpg"]), ("embedding: man", ["embedding:"]),
+    ("embedding:änn man", ["embedding:änn"]),
+])
+def test_malformed_identity_references_are_found(prompt, bad):
+    assert malformed_references(prompt) == bad
+
+
+def test_identity_files_that_share_a_token_are_an_error(tmp_path):
+    save_embedding(tmp_path / "Ann.pt", torch.randn(2, 8), "Ann")
+    save_embedding(tmp_path / "bob.pt", torch.randn(2, 8), "bob")
+    assert set(find_embeddings(tmp_path)) == {"Ann", "bob"}
+    save_embedding(tmp_path / "ann.safetensors", torch.randn(2, 8), "ann")
+    with pytest.raises(ConfigError, match="clashes with Ann.pt"):
+        find_embeddings(tmp_path)
 
 
 def test_a1111_pt_and_safetensors_and_diffusers_bin(tmp_path):

@@ -16,11 +16,11 @@ import torch
 from accelerate import init_empty_weights
 from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
 from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
-from omegaconf import OmegaConf
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from magicme.doctor import check_models
-from magicme.models import load_base, load_pipeline
+from magicme.families.sd15 import load, load_base
+from magicme.inspector import inspect_model
+from magicme.schema import model_config
 from magicme.motion_module import load_motion_adapter
 from magicme.tiny.ldm import ldm_state_dict, save_ldm_checkpoint
 from magicme.tiny.motion import save_original_motion_module
@@ -112,16 +112,15 @@ def test_full_size_v2_motion_module_loads_without_missing_keys(fullsize):
 
 
 def test_doctor_and_pipeline_on_full_size_files(fullsize):
-    model = OmegaConf.create({"base": str(fullsize["base"]), "base_config": str(fullsize["config"]), "vae": None,
-                              "motion_module": str(fullsize["motion"]), "motion_loras": [], "embeddings_dir": None,
-                              "scheduler": "ddim", "animatediff_numerics": "original"})
+    model = model_config({"base": str(fullsize["base"]), "base_config": str(fullsize["config"]),
+                          "motion_module": str(fullsize["motion"]), "embeddings_dir": None})
     start = time.perf_counter()
-    report = check_models(model)
-    print(f"\ndoctor: {time.perf_counter() - start:.1f} s")
+    report = inspect_model(model)
+    print(f"\ninspector: {time.perf_counter() - start:.1f} s")
     assert report.ok, report.table()
     start = time.perf_counter()
-    pipe = load_pipeline(model, device="cpu", precision="fp16")
-    print(f"load_pipeline (full size, fp16, CPU): {time.perf_counter() - start:.1f} s")
+    pipe = load(model, device="cpu", precision="fp16")
+    print(f"load (full size, fp16, CPU): {time.perf_counter() - start:.1f} s")
     assert pipe.motion_version == "v2" and pipe.max_frames == 32
     unet = pipe.t2v.unet
     assert not any(p.is_meta for p in unet.parameters())

@@ -17,7 +17,8 @@ from skimage import data as skdata
 import sample
 import train
 from magicme.embeddings import find_embeddings
-from magicme.models import load_base, load_pipeline
+from magicme.families.sd15 import load, load_base
+from magicme.schema import model_config
 from magicme.tiny.ldm import save_ldm_checkpoint
 
 
@@ -60,11 +61,8 @@ def model_block(tiny_bundle, real_layout) -> dict:
 
 
 def test_load_pipeline_offline(tiny_bundle, real_layout, no_network):
-    from omegaconf import OmegaConf
-
-    model = OmegaConf.create({**model_block(tiny_bundle, real_layout), "scheduler": "ddim",
-                              "animatediff_numerics": "original"})
-    pipe = load_pipeline(model, find_embeddings(model.embeddings_dir), device="cpu")
+    model = model_config(model_block(tiny_bundle, real_layout))
+    pipe = load(model, find_embeddings(model.embeddings_dir), device="cpu")
     video = pipe.text_to_video("a photo of <tinyperson> man", "", torch.Generator().manual_seed(0), gamma=0.1,
                                frames=2, height=32, width=32, steps=1, guidance_scale=7.5, progress=False)
     assert video.shape == (2, 32, 32, 3)

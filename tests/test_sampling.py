@@ -10,7 +10,7 @@ import yaml
 
 import sample
 from magicme.embeddings import save_embedding
-from magicme.pipeline import denoising_steps
+from magicme.steps import denoising_steps
 from magicme.video_io import read_video
 
 
@@ -101,15 +101,23 @@ BAD_CONFIGS = [
     ({"steps": 0}, "steps: 0 must be at least 1"),
     ({"width": 60}, "width: 60 must be a positive multiple of 8"),
     ({"gamma": 1.0}, "gamma: 1.0 not in [0, 1)"),
-    ({"frames": 40}, "frames: 40 not in [1, 32]"),
+    ({"frames": 40}, "frames: 40 is more than the motion module's 32 frames"),
     ({"stages": ["t2v", "sharpen"]}, "stages: 'sharpen' is not one of"),
-    ({"model.scheduler": "heun"}, "model.scheduler: 'heun' is not one of"),
+    ({"model.scheduler": "heun"}, "model.scheduler.name: 'heun' is neither a preset"),
+    ({"model.scheduler": {"name": "euler", "kwargs": {"spacing": "trailing"}}},
+     "model.scheduler.kwargs: EulerDiscreteScheduler has no setting spacing"),
+    ({"model.family": "sdxl"}, "model.family: 'sdxl' is not one of sd15"),
     ({"model.motion_module": "nowhere/mm.ckpt"}, "model.motion_module: nowhere/mm.ckpt not found"),
     ({"model.base": "models/missing-base"}, "model.base: models/missing-base not found"),
     ({"prompts": []}, "prompts: no prompts given"),
     ({"prompts": ["a photo of embedding:nobody man"]}, "unknown identity 'nobody'"),
     ({"prompts": [{"prompt": "x", "seed": 3}]}, "prompts[0]: unknown key(s) ['seed']"),
-    ({"seeds": [-5]}, "prompts[0].seeds: -5 is not an integer"),
+    ({"seeds": [-5]}, "seeds: [-5] must be one or more integers in [0, 2^32) or -1"),
+    ({"prompts": [{"prompt": "x", "seeds": [-5]}]}, "prompts[0].seeds: [-5] must be one or more integers"),
+    ({"prompts": [{"prompt": "x", "gamma": 1.5}]}, "prompts[0].gamma: 1.5 not a number in [0, 1)"),
+    ({"prompts": ["a photo of embedding:ann.jpg man"]}, "prompts[0].prompt: 'embedding:ann.jpg' is not an identity"),
+    ({"device": "cuda"}, "device: cuda asked for, but this machine has no usable CUDA GPU"),
+    ({"device": "tpu"}, "device: 'tpu' is not auto, cpu, cuda, cuda:N or mps"),
     ({"model.motion_loras": [{"path": "nope.ckpt", "strength": 0.5}]}, "model.motion_loras[0].path: nope.ckpt not found"),
     ({"precision": "fp8"}, "precision: 'fp8' is not one of"),
     ({"model.motion_module": "MM_V3"}, "model.motion_loras[0].path: "),
@@ -139,7 +147,7 @@ def test_embedding_width_mismatch_caught_before_loading(tmp_path, tiny_bundle, c
 
 def test_missing_config_file_and_bad_override(tmp_path, tiny_bundle, capsys):
     assert sample.main(["--config", str(tmp_path / "nope.yaml")]) == 2
-    assert "nope.yaml: config file not found" in capsys.readouterr().err
+    assert "--config: " in capsys.readouterr().err
     config = write_config(tmp_path, tiny_bundle)
     assert sample.main(["--config", str(config), "guidance_scale=loud"]) == 2
     assert "guidance_scale" in capsys.readouterr().err

@@ -12,13 +12,16 @@ from PIL import Image
 from skimage import data as skdata
 
 import sample
-from magicme.pipeline import denoising_steps
+from magicme.faces import ClipSegFaces, DlibFaces, boxes_from_probabilities
+from magicme.schema import load_sample_config
+from magicme.stages import STAGES, Sample
+from magicme.stages.edit import prepare_input_video
+from magicme.stages.face import refine_faces
+from magicme.stages.tiled import blend_tiles
+from magicme.steps import denoising_steps
 from magicme.vcd.geometry import crop_box, feather_mask, link_tracks, tile_weight, tile_windows, union_box
 from magicme.vcd.resize import lanczos_matrix
-from magicme.vcd.stages import (
-    FaceConfig, TiledConfig, blend_tiles, boxes_from_probabilities, detect_faces, detect_faces_dlib,
-    prepare_input_video, refine_faces, resize_video, run_face_stage, run_tiled_stage,
-)
+from magicme.vcd.resize import resize_video
 from magicme.video_io import write_video
 from tests.test_sampling import write_config
 
@@ -80,7 +83,7 @@ def test_tiles_cover_the_frame_and_blend_back_exactly_without_seams():
 def test_dlib_finds_the_astronaut_and_the_crop_box_contains_the_face():
     frame = skdata.astronaut().astype(np.float32) / 255.0
     video = np.stack([frame, np.roll(frame, 3, axis=1), np.roll(frame, 6, axis=1)])
-    tracks = link_tracks(detect_faces_dlib(video, min_face=10))
+    tracks = link_tracks(DlibFaces(min_face=10).boxes(video))
     face_track = max(tracks, key=len)
     face = union_box(face_track)
     assert len(face_track) == 3
@@ -120,7 +123,7 @@ def test_t2v_face_tiled_end_to_end_then_edit_the_result(tmp_path, tiny_bundle):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["stages=[t2v,sharpen]"], "stages: 'sharpen' is not one of t2v, face, tiled"),
+    (["stages=[t2v,sharpen]"], "stages: 'sharpen' is not one of t2v, edit, face, tiled"),
     (["stages=[t2v,face]", "face.detector=yolo"], "face.detector: 'yolo' is not one of clipseg, dlib"),
     (["stages=[t2v,face]", "face.size=60", "face.detector=dlib"], "face.size: 60 must be a positive multiple of 8"),
     (["stages=[t2v,face]", "face.clipseg_model=nowhere"], "face.clipseg_model: no CLIPSeg model in nowhere"),
@@ -189,15 +192,21 @@ class RecordingPipe:
         return video.copy()
 
 
-RUN = {"steps": 8, "guidance_scale": 7.5, "gamma": 0.1}
+SAMPLE = Sample(index=0, prompt="p", negative_prompt="", seed=0, gamma=0.1)
+
+
+def make_stage(name: str, pipe, *overrides: str):
+    """A stage as a run builds it: from a sampling config (steps 8), set up on `pipe`."""
+    stage = STAGES[name](load_sample_config(None, ["steps=8", "guidance_scale=7.5", "gamma=0.1", *overrides]))
+    stage.setup(pipe)
+    return stage
 
 
 def test_face_stage_without_a_face_passes_through_and_says_so(caplog):
     video = np.random.default_rng(3).random((2, 64, 64, 3), dtype=np.float32)
     pipe = RecordingPipe()
     with caplog.at_level(logging.WARNING, logger="magicme"):
-        out, info = run_face_stage(pipe, video, "p", "", torch.Generator(),
-                                   OmegaConf.structured(FaceConfig(detector="dlib")), RUN)
+        out, info = make_stage("face", pipe, "face.detector=dlib")(pipe, video, SAMPLE, torch.Generator())
     assert np.array_equal(out, video) and info == {"faces": 0, "passed_through": True} and pipe.calls == []
     assert "no face found" in caplog.text
 
@@ -211,18 +220,18 @@ def test_stage_strength_zero_changes_nothing_and_s_runs_round_s_steps(tiny_pipel
     calls = []
     forward = tiny_pipeline.v2v.unet.forward
     monkeypatch.setattr(tiny_pipeline.v2v.unet, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
-    face = OmegaConf.structured(FaceConfig(detector="dlib", size=64, strength=0.0))
-    out, info = run_face_stage(tiny_pipeline, astronaut_256, "p", "", torch.Generator(), face, RUN)
+    face = make_stage("face", tiny_pipeline, "face.detector=dlib", "face.size=64", "face.strength=0")
+    out, info = face(tiny_pipeline, astronaut_256, SAMPLE, torch.Generator())
     assert info == {"faces": 1, "passed_through": True}  # dlib finds the face at 256²: (88, 41)–(132, 84)
     assert np.array_equal(out, astronaut_256) and calls == []
-    face.strength = 0.5
-    out, info = run_face_stage(tiny_pipeline, astronaut_256, "p", "", torch.Generator().manual_seed(0), face, RUN)
+    face.settings.strength = 0.5
+    out, info = face(tiny_pipeline, astronaut_256, SAMPLE, torch.Generator().manual_seed(0))
     assert len(calls) == denoising_steps(0.5, 8) == 4 and not info["passed_through"]
     assert not np.array_equal(out, astronaut_256)
     calls.clear()
-    tiled = OmegaConf.structured(TiledConfig(tile=64, padding=8, strength=0.25))
+    tiled = make_stage("tiled", tiny_pipeline, "tiled.tile=64", "tiled.padding=8", "tiled.strength=0.25")
     small = resize_video(astronaut_256, 64, 64)
-    out, info = run_tiled_stage(tiny_pipeline, small, "p", "", torch.Generator().manual_seed(0), tiled, RUN)
+    out, info = tiled(tiny_pipeline, small, SAMPLE, torch.Generator().manual_seed(0))
     assert out.shape == (2, 128, 128, 3) and len(calls) == info["tiles"] * denoising_steps(0.25, 8) == 4 * 2
 
 
@@ -231,7 +240,7 @@ def test_dlib_detection_does_not_depend_on_memory_layout(astronaut_256):
     planar = np.ascontiguousarray(astronaut_256.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
     assert not planar.flags["C_CONTIGUOUS"]
     for _ in range(3):
-        assert detect_faces_dlib(planar, 10) == [[(88, 41, 132, 84)]] * 2
+        assert DlibFaces(min_face=10).boxes(planar) == [[(88, 41, 132, 84)]] * 2
 
 
 def test_clipseg_probabilities_become_one_box_per_region():
@@ -244,7 +253,7 @@ def test_clipseg_probabilities_become_one_box_per_region():
 
 
 def test_clipseg_detector_runs_from_the_model_files(tiny_bundle):
-    face = OmegaConf.structured(FaceConfig(clipseg_model=str(tiny_bundle["clipseg"]), threshold=0.5))
+    detector = ClipSegFaces(str(tiny_bundle["clipseg"]), "face", threshold=0.5, min_face=10)
     video = np.random.default_rng(4).random((3, 64, 64, 3), dtype=np.float32)
-    found = detect_faces(video, face, "cpu")  # random weights: any boxes, but one list per frame, inside the frame
+    found = detector.boxes(video)  # random weights: any boxes, but one list per frame, inside the frame
     assert len(found) == 3 and all(0 <= b[0] < b[2] <= 64 and 0 <= b[1] < b[3] <= 64 for f in found for b in f)

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from tqdm import tqdm
 
-from magicme.embeddings import strip_id_tokens
+from magicme.prompts import strip_id_tokens
 from magicme.errors import ConfigError
 from magicme.evaluation.faces import FaceEncoder, face_scores
 from magicme.evaluation.metrics import (

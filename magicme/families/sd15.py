@@ -1,47 +1,47 @@
-"""Loading every model a run needs, from the formats users actually have on disk.
+"""The SD1.5 model family: SD1.5-architecture bases (SD1.5, Realistic Vision, …) + AnimateDiff SD1.5 motion modules.
+
+A family answers two questions (see magicme/families/__init__.py): `check(model)` — do the files of a `model:`
+block fit together, read from headers only, before anything loads — and `load(model, ...)` — build the pipeline.
 
 Base model: a diffusers folder (`stable-diffusion-v1-5`) or a single-file `.safetensors`/`.ckpt` checkpoint
 (Realistic Vision and other community models), whose component configs and tokenizer come from `base_config`, a
 local diffusers folder, so nothing is looked up on the Hub. A Hub id is fetched only when the user writes one.
 """
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
+import diffusers
 import torch
-from diffusers import (
-    AnimateDiffPipeline,
-    AutoencoderKL,
-    DDIMScheduler,
-    DPMSolverMultistepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    StableDiffusionPipeline,
-    UNet2DConditionModel,
-    UNetMotionModel,
-)
+from diffusers import AnimateDiffPipeline, AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel, UNetMotionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from magicme.devices import resolve_device, resolve_dtype
 from magicme.embeddings import load_into_pipeline
 from magicme.errors import ConfigError
+from magicme.inspector import ModelInfo, inspect_model, is_hub_id
 from magicme.motion_module import load_motion_adapter, merge_motion_lora
 from magicme.parity import apply_animatediff_numerics
 from magicme.pipeline import MagicPipeline
 
+NAME = "sd15"
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 # SD1.5's training schedule, shared by every sampler so that they all denoise the model the base was trained for.
 SD15_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "linear", "num_train_timesteps": 1000}
-SCHEDULERS = {
+# Named presets: a diffusers scheduler class and its settings. `model.scheduler.name` may also be any diffusers
+# scheduler class name, and `model.scheduler.kwargs` override a preset's settings (e.g. timestep_spacing: trailing).
+SCHEDULER_PRESETS = {
     # AnimateDiff's DDIM: steps_offset 1 with "leading" spacing is what its diffusers-0.11 DDIM computed.
-    "ddim": lambda: DDIMScheduler(**SD15_BETAS, steps_offset=1, clip_sample=False, set_alpha_to_one=False,
-                                  timestep_spacing="leading"),
-    "euler": lambda: EulerDiscreteScheduler(**SD15_BETAS, steps_offset=1, timestep_spacing="leading"),
-    "euler_a": lambda: EulerAncestralDiscreteScheduler(**SD15_BETAS, steps_offset=1, timestep_spacing="leading"),
-    "dpmpp_2m": lambda: DPMSolverMultistepScheduler(**SD15_BETAS, steps_offset=1, algorithm_type="dpmsolver++",
-                                                    solver_order=2),
+    "ddim": ("DDIMScheduler", {"steps_offset": 1, "clip_sample": False, "set_alpha_to_one": False,
+                               "timestep_spacing": "leading"}),
+    "euler": ("EulerDiscreteScheduler", {"steps_offset": 1, "timestep_spacing": "leading"}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {"steps_offset": 1, "timestep_spacing": "leading"}),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"steps_offset": 1, "algorithm_type": "dpmsolver++",
+                                                 "solver_order": 2}),
     # The Magic-Me ComfyUI graph samples with dpmpp_2m + karras sigmas.
-    "dpmpp_2m_karras": lambda: DPMSolverMultistepScheduler(**SD15_BETAS, steps_offset=1, algorithm_type="dpmsolver++",
-                                                           solver_order=2, use_karras_sigmas=True),
+    "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", {"steps_offset": 1, "algorithm_type": "dpmsolver++",
+                                                        "solver_order": 2, "use_karras_sigmas": True}),
 }
 
 
@@ -53,34 +53,35 @@ class BaseComponents:
     unet: UNet2DConditionModel
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    """`auto` picks CUDA, then Apple MPS, then CPU."""
-    if device != "auto":
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+def scheduler_spec(scheduler) -> tuple[type, dict]:
+    """The diffusers class and constructor arguments of a `model.scheduler` block `{name, kwargs}`."""
+    name, kwargs = scheduler.name, dict(scheduler.get("kwargs") or {})
+    class_name, preset = SCHEDULER_PRESETS.get(name, (name, {}))
+    cls = getattr(diffusers, class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
+        raise ConfigError(f"model.scheduler.name: {name!r} is neither a preset ({', '.join(SCHEDULER_PRESETS)}) nor "
+                          f"a diffusers scheduler class (e.g. EulerDiscreteScheduler, LCMScheduler)")
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise ConfigError(f"model.scheduler.kwargs: {class_name} has no setting {', '.join(unknown)}; it takes "
+                          f"{', '.join(sorted(accepted))}")
+    return cls, {**SD15_BETAS, **preset, **kwargs}
 
 
-def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """`auto` is fp16 on a GPU (what SD1.5 and AnimateDiff were run in) and fp32 on CPU (fp16 is slow there)."""
-    if precision == "auto":
-        return torch.float32 if device.type == "cpu" else torch.float16
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+def make_scheduler(scheduler):
+    """A fresh scheduler from a `{name, kwargs}` block."""
+    cls, kwargs = scheduler_spec(scheduler)
+    return cls(**kwargs)
 
 
-def is_hub_id(value: str) -> bool:
-    """`org/name` that is not a local path: fetched from the Hugging Face Hub only because the user wrote it."""
-    parts = value.split("/")
-    return len(parts) == 2 and all(parts) and not Path(value).exists() and not value.startswith((".", "~", "models/"))
-
-
-def make_scheduler(name: str):
-    if name not in SCHEDULERS:
-        raise ConfigError(f"model.scheduler: unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
-    return SCHEDULERS[name]()
+def check(model) -> ModelInfo:
+    """Everything about a `model:` block that can be known before loading: the scheduler, and every file read
+    from its headers (magicme/inspector.py). Raises `ConfigError` on the first problem."""
+    scheduler_spec(model.scheduler)
+    report = inspect_model(model)
+    report.raise_first()
+    return report.info
 
 
 def load_base(base: str, base_config: str | None, dtype: torch.dtype, vae: AutoencoderKL | None = None) -> BaseComponents:
@@ -117,9 +118,9 @@ def load_vae(vae: str, base_config: str | None, dtype: torch.dtype) -> Autoencod
     return AutoencoderKL.from_pretrained(vae, local_files_only=not is_hub_id(vae), torch_dtype=dtype)
 
 
-def load_pipeline(model, embeddings: dict[str, Path] | None = None, device: str = "auto", precision: str = "auto",
-                  attention: str = "sdpa", vae_slicing: bool = False, cpu_offload: bool = False) -> MagicPipeline:
-    """Build the T2V/V2V pipeline from a validated `model:` config block (see magicme/config.py), with the ID
+def load(model, embeddings: dict[str, Path] | None = None, device: str = "auto", precision: str = "auto",
+         attention: str = "sdpa", vae_slicing: bool = False, cpu_offload: bool = False) -> MagicPipeline:
+    """Build the T2V/V2V pipeline from a checked `model:` config block (magicme/schema.py), with the ID
     embeddings the prompts use registered as tokens `<name>`."""
     device_ = resolve_device(device)
     dtype = resolve_dtype(precision, device_)
@@ -129,12 +130,12 @@ def load_pipeline(model, embeddings: dict[str, Path] | None = None, device: str 
     unet = UNetMotionModel.from_unet2d(base.unet, adapter)
     if unet.dtype != dtype:
         unet.to(dtype)
-    apply_animatediff_numerics(unet, info.version, model.get("animatediff_numerics", "original"))
-    for lora in model.get("motion_loras") or []:
+    apply_animatediff_numerics(unet, info.version, model.animatediff_numerics)
+    for lora in model.motion_loras:
         merge_motion_lora(unet, lora.path, float(lora.strength))
     pipe = AnimateDiffPipeline(
         vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer, unet=unet, motion_adapter=None,
-        scheduler=make_scheduler(model.get("scheduler", "ddim")),
+        scheduler=make_scheduler(model.scheduler),
     )
     load_into_pipeline(pipe, embeddings or {})
     if attention == "xformers":
@@ -145,4 +146,4 @@ def load_pipeline(model, embeddings: dict[str, Path] | None = None, device: str 
         pipe.enable_model_cpu_offload(device=device_)
     else:
         pipe.to(device_)
-    return MagicPipeline(pipe, motion_version=info.version, max_frames=info.max_seq_length)
+    return MagicPipeline(pipe, motion_version=info.version, max_frames=info.max_seq_length, family=NAME)

@@ -1,0 +1,284 @@
+"""The sampling config: its schema, loading with `key=value` overrides, and every check before a model loads.
+
+A config is a YAML file (configs/sample/example.yaml lists every key) merged over the defaults below; overrides
+(OmegaConf dot-list, e.g. `steps=4 model.scheduler.name=euler`) come last. Each stage plug-in adds its own block
+(`face:`, `tiled:`) from its `Config` dataclass (magicme/stages/). This module imports neither torch nor
+diffusers, so a typo is reported in a fraction of a second.
+
+`check_sample_config` then checks, in order of cost: every value and range, the stages' settings, the output folder,
+the prompts' identity references; the device; every model file from its headers (magicme/inspector.py) and the
+identities' vectors; last, what needs the family's libraries (the scheduler). The first problem raises one
+`ConfigError` naming the key or file. Relative paths are relative to the directory you run from.
+"""
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from magicme.configfile import load_structured
+from magicme.errors import ConfigError
+from magicme.prompts import malformed_references, referenced_names
+from magicme.rundir import check_output_dir
+from magicme.families import FAMILIES
+from magicme.stages import STAGES, Sample, installed
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+NUMERICS = ("original", "diffusers")
+FORMATS = ("mp4", "gif")
+MAX_SEED = 2**32
+PROMPT_KEYS = ("prompt", "negative_prompt", "seeds", "gamma")
+
+
+@dataclass
+class MotionLoraConfig:
+    path: str = "???"
+    strength: float = 1.0
+
+
+@dataclass
+class SchedulerConfig:
+    name: str = "ddim"  # a preset (ddim, euler, euler_a, dpmpp_2m, dpmpp_2m_karras) or a diffusers scheduler class
+    kwargs: dict[str, Any] = field(default_factory=dict)  # constructor settings over the preset's
+
+
+@dataclass
+class ModelConfig:
+    family: str = "sd15"  # model family (magicme/families/)
+    base: str = "models/stable-diffusion-v1-5"  # diffusers folder, single .safetensors/.ckpt file, or Hub id
+    base_config: Optional[str] = "models/stable-diffusion-v1-5"  # configs + tokenizer for a single-file base
+    vae: Optional[str] = None  # separate VAE: folder or single file (needed for "noVAE" checkpoints)
+    motion_module: str = "models/motion_module/mm_sd_v15_v2.ckpt"
+    motion_loras: list[MotionLoraConfig] = field(default_factory=list)
+    embeddings_dir: Optional[str] = "models/embeddings"
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)  # `scheduler: euler` is short for {name: euler}
+    animatediff_numerics: str = "original"  # "original": as AnimateDiff computed; "diffusers": stock diffusers
+
+
+@dataclass
+class VideoSettings:
+    """How each video is rendered: shared by sampling configs and by training's validation videos."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    negative_prompt: str = ""
+    seeds: list[int] = field(default_factory=lambda: [42])  # -1 draws a random seed, saved in config.yaml
+    steps: int = 25
+    guidance_scale: float = 7.5
+    frames: int = 16
+    width: int = 512
+    height: int = 512
+    fps: int = 8
+    gamma: float = 0.1  # 3D noise prior correlation between neighbouring frames (paper: 0.1)
+
+
+@dataclass
+class SampleConfig(VideoSettings):
+    prompts: list[Any] = field(default_factory=list)  # strings, or {prompt, negative_prompt, seeds, gamma}
+    stages: list[str] = field(default_factory=lambda: ["t2v"])  # a first stage (t2v/edit), then refinements
+    input_video: Optional[str] = None  # re-render this video (MP4/GIF/frame folder): the edit stage replaces t2v
+    input_strength: float = 0.6  # how much of the input video is re-noised and denoised with the ID prompt
+    precision: str = "auto"  # auto = fp16 on GPU, fp32 on CPU
+    device: str = "auto"  # auto = cuda, then mps, then cpu
+    attention: str = "sdpa"  # or xformers
+    vae_slicing: bool = False
+    cpu_offload: bool = False
+    formats: list[str] = field(default_factory=lambda: list(FORMATS))
+    save_frames: bool = False
+    output_dir: str = "outputs"
+
+
+def sample_schema() -> DictConfig:
+    """SampleConfig plus one block per registered stage that has settings (`face:`, `tiled:`, …)."""
+    schema = OmegaConf.structured(SampleConfig)
+    OmegaConf.set_struct(schema, False)
+    for name, stage in STAGES.items():
+        if stage.Config is not None:
+            schema[name] = OmegaConf.structured(stage.Config)
+    OmegaConf.set_struct(schema, True)
+    return schema
+
+
+def normalise_shorthands(layer: DictConfig) -> None:
+    """`model.scheduler: euler` (the short form, and what older configs say) → `{name: euler}`."""
+    model = layer.get("model")
+    if isinstance(model, DictConfig) and isinstance(model.get("scheduler"), str):
+        model.scheduler = {"name": model.scheduler}
+
+
+def load_sample_config(path: Path | str | None, overrides: list[str] | None = None) -> DictConfig:
+    """Defaults ← YAML file ← `key=value` overrides, type-checked against the schema; a clip in `input_video`
+    makes the first stage `edit` (re-render the clip) instead of `t2v`."""
+    cfg = load_structured(sample_schema(), path, overrides, normalise=normalise_shorthands)
+    if cfg.input_video is not None and list(cfg.stages[:1]) == ["t2v"]:
+        cfg.stages[0] = "edit"
+    return cfg
+
+
+def model_config(model: dict | DictConfig) -> DictConfig:
+    """A `model:` block with the schema's defaults and types, as the loaders expect it (tests, scripts)."""
+    layer = OmegaConf.create({"model": model})
+    normalise_shorthands(layer)
+    return OmegaConf.merge(OmegaConf.structured(ModelConfig), layer.model)
+
+
+def _first(problems: list[str]) -> None:
+    if problems:
+        raise ConfigError(problems[0])
+
+
+def video_problems(v: DictConfig, prefix: str = "", random_seeds: bool = True) -> list[str]:
+    """Range checks of the settings in VideoSettings (sampling configs and training's `validation:` block)."""
+    lowest_seed = -1 if random_seeds else 0
+    checks = [
+        (v.model.family in FAMILIES, f"{prefix}model.family: {v.model.family!r} is not one of {', '.join(FAMILIES)}"),
+        (v.steps >= 1, f"{prefix}steps: {v.steps} must be at least 1"),
+        (v.guidance_scale >= 0, f"{prefix}guidance_scale: {v.guidance_scale} must be >= 0"),
+        (v.frames >= 1, f"{prefix}frames: {v.frames} must be at least 1"),
+        (v.width >= 8 and v.width % 8 == 0, f"{prefix}width: {v.width} must be a positive multiple of 8"),
+        (v.height >= 8 and v.height % 8 == 0, f"{prefix}height: {v.height} must be a positive multiple of 8"),
+        (v.fps >= 1, f"{prefix}fps: {v.fps} must be at least 1"),
+        (0.0 <= v.gamma < 1.0, f"{prefix}gamma: {v.gamma} not in [0, 1)"),
+        (len(v.seeds) > 0 and all(lowest_seed <= s < MAX_SEED for s in v.seeds),
+         f"{prefix}seeds: {list(v.seeds)} must be one or more integers in [0, 2^32)"
+         + (" or -1 (random)" if random_seeds else "")),
+        (v.model.animatediff_numerics in NUMERICS,
+         f"{prefix}model.animatediff_numerics: {v.model.animatediff_numerics!r} is not one of {', '.join(NUMERICS)}"),
+    ]
+    for i, lora in enumerate(v.model.motion_loras):
+        checks.append((0.0 <= lora.strength <= 2.0,
+                       f"{prefix}model.motion_loras[{i}].strength: {lora.strength} not in [0, 2]"))
+    return [message for ok, message in checks if not ok]
+
+
+def stage_problems(cfg: DictConfig) -> list[str]:
+    """The stage list is known, starts with a first stage, has no repeats; then each stage checks its settings."""
+    stages = list(cfg.stages)
+    unknown = [s for s in stages if s not in STAGES]
+    if not stages:
+        return ["stages: empty; start with t2v (or edit with input_video), e.g. stages: [t2v, face]"]
+    if unknown:
+        return [f"stages: {unknown[0]!r} is not one of {', '.join(STAGES)}"]
+    if not STAGES[stages[0]].first or any(STAGES[s].first for s in stages[1:]):
+        firsts = [name for name, stage in STAGES.items() if stage.first]
+        return [f"stages: {stages} must start with exactly one of {', '.join(firsts)} and continue with "
+                f"refinements ({', '.join(n for n in STAGES if n not in firsts)})"]
+    if len(set(stages)) != len(stages):
+        return [f"stages: {stages} repeats a stage"]
+    return [problem for name in stages for problem in STAGES[name].check(cfg)]
+
+
+def run_problems(cfg: DictConfig) -> list[str]:
+    """Device, precision, attention, outputs: the run-wide keys."""
+    kind, _, index = cfg.device.partition(":")
+    checks = [
+        (cfg.precision in PRECISIONS, f"precision: {cfg.precision!r} is not one of {', '.join(PRECISIONS)}"),
+        (cfg.device == "auto" or (kind in ("cpu", "cuda", "mps") and (index == "" or index.isdigit())),
+         f"device: {cfg.device!r} is not auto, cpu, cuda, cuda:N or mps"),
+        (cfg.attention in ("sdpa", "xformers"), f"attention: {cfg.attention!r} is not one of sdpa, xformers"),
+        (len(cfg.formats) > 0 and all(f in FORMATS for f in cfg.formats),
+         f"formats: {list(cfg.formats)} must be one or more of {', '.join(FORMATS)}"),
+    ]
+    return [message for ok, message in checks if not ok]
+
+
+def expand_samples(cfg: DictConfig, rng: random.Random | None = None) -> list[Sample]:
+    """One Sample per (prompt, seed) with its negative prompt and γ; `-1` seeds are drawn now and kept."""
+    rng = rng or random.SystemRandom()
+    if len(cfg.prompts) == 0:
+        raise ConfigError("prompts: no prompts given; add a list of prompts to the config")
+    samples = []
+    for i, entry in enumerate(cfg.prompts):
+        if isinstance(entry, str):
+            entry = {"prompt": entry}
+        if not isinstance(entry, (dict, DictConfig)):
+            raise ConfigError(f"prompts[{i}]: expected a string or a mapping with 'prompt'")
+        unknown = set(entry) - set(PROMPT_KEYS)
+        if unknown:
+            raise ConfigError(f"prompts[{i}]: unknown key(s) {sorted(unknown)}; allowed: {', '.join(PROMPT_KEYS)}")
+        prompt, negative = entry.get("prompt"), entry.get("negative_prompt", cfg.negative_prompt)
+        if not (isinstance(prompt, str) and prompt.strip()):
+            raise ConfigError(f"prompts[{i}].prompt: must be a non-empty string")
+        if not isinstance(negative, str):
+            raise ConfigError(f"prompts[{i}].negative_prompt: must be a string")
+        seeds = entry.get("seeds", cfg.seeds)
+        seeds = list(seeds) if isinstance(seeds, (list, tuple)) or OmegaConf.is_list(seeds) else [seeds]
+        if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and -1 <= s < MAX_SEED for s in seeds):
+            raise ConfigError(f"prompts[{i}].seeds: {seeds!r} must be one or more integers in [0, 2^32) or -1 (random)")
+        gamma = entry.get("gamma", cfg.gamma)
+        if not (isinstance(gamma, (int, float)) and not isinstance(gamma, bool) and 0.0 <= gamma < 1.0):
+            raise ConfigError(f"prompts[{i}].gamma: {gamma!r} not a number in [0, 1)")
+        for key, text in (("prompt", prompt), ("negative_prompt", negative)):
+            bad = malformed_references(text)
+            if bad:
+                raise ConfigError(f"prompts[{i}].{key}: {bad[0]!r} is not an identity name (letters, digits, _ "
+                                  f"and - only); write embedding:NAME or <NAME> with a file stem from "
+                                  f"model.embeddings_dir")
+        for seed in seeds:
+            samples.append(Sample(len(samples), prompt, negative, rng.randrange(MAX_SEED) if seed == -1 else seed,
+                                  float(gamma)))
+    return samples
+
+
+def check_model(model: DictConfig, frames: int | None, prompts: list[str], prefix: str = ""):
+    """The `model:` block's files (headers only), the frame count against the motion module and the identities
+    the prompts use; returns (ModelInfo, {identity name: file})."""
+    from magicme.inspector import inspect_embeddings, inspect_model
+
+    report = inspect_model(model)
+    if prefix:
+        for check in report.checks:
+            check.item = prefix + check.item
+    report.raise_first()
+    info = report.info
+    limit = info.motion.max_seq_length if info.motion is not None else None
+    if frames is not None and limit is not None and frames > limit:
+        raise ConfigError(f"{prefix}frames: {frames} is more than the motion module's {limit} frames; lower it")
+    names = list(dict.fromkeys(n for p in prompts for n in referenced_names(p)))
+    embeddings = {}
+    if names:
+        folder = model.embeddings_dir
+        if folder is None or not Path(folder).is_dir():
+            raise ConfigError(f"{prefix}model.embeddings_dir: {folder} is not a folder, but the prompts use "
+                              f"identities ({', '.join(names)}); set it to the folder of their .pt files")
+        embeddings = inspect_embeddings(folder, names, info.text_width, report)
+        report.raise_first()
+    return info, embeddings
+
+
+def check_settings(cfg: DictConfig) -> list[Sample]:
+    """The checks that need no file header and no heavy library (a fraction of a second); returns the samples."""
+    _first(video_problems(cfg) + stage_problems(cfg) + run_problems(cfg))
+    check_output_dir(cfg.output_dir)
+    return expand_samples(cfg)
+
+
+def check_sample_config(cfg: DictConfig) -> tuple[list[Sample], dict[str, Path]]:
+    """Everything that can be checked without loading a model, cheapest first; returns the samples (seeds
+    resolved) and the identity files their prompts use."""
+    samples = check_settings(cfg)
+    from magicme.devices import device_problem, resolve_device
+
+    _first([p for p in [device_problem(cfg.device)] if p])
+    if cfg.cpu_offload and resolve_device(cfg.device).type == "cpu":
+        raise ConfigError("cpu_offload: only meaningful with a GPU; set cpu_offload=false on a CPU")
+    if cfg.attention == "xformers" and not installed("xformers"):
+        raise ConfigError("attention: xformers is not installed; pip install xformers or use sdpa")
+    prompts = [s.prompt for s in samples] + [s.negative_prompt for s in samples]
+    _, embeddings = check_model(cfg.model, cfg.frames, prompts)
+    from magicme.families import get_family
+
+    get_family(cfg.model.family).check(cfg.model)
+    return samples, embeddings
+
+
+def resolved_config(cfg: DictConfig, samples: list[Sample]) -> DictConfig:
+    """The config to save next to the outputs: every prompt with the seeds actually used, so re-running it
+    reproduces the run exactly."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved["prompts"] = [{"prompt": s.prompt, "negative_prompt": s.negative_prompt, "seeds": [s.seed],
+                            "gamma": s.gamma} for s in samples]
+    resolved["seeds"] = sorted({s.seed for s in samples})
+    return OmegaConf.create(resolved)
+

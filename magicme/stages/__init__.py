@@ -1,0 +1,122 @@
+"""Stages: what a sample goes through, in the order `stages:` lists them.
+
+A first stage makes the video (`t2v` from text, `edit` from `input_video`); later stages refine it (`face`,
+`tiled`). Every stage's video is saved. A stage is a subclass of `Stage` in its own module, registered with
+`@register_stage`; the built-in ones are imported from BUILTIN_STAGES below. Adding a stage = one module + one
+line there (or `register_stage` from your own code: the schema, the checks and the sampling loop pick it up).
+
+What a stage declares:
+- `name`: its name in `stages:` and, when it has settings, the config block holding them (`face:`);
+- `Config`: a dataclass of its settings (its defaults are the block's defaults), or None;
+- `first`: True when it makes the video (the first entry of `stages:`) rather than refining one;
+- `check(cfg)`: the problems of its settings, run before any model loads (files exist, ranges, installed extras);
+- `prepare()`: read its inputs once per run, before any model loads (a bad input video fails fast);
+- `setup(pipe)`: load its helper models once per run, after the pipeline (a detector, an upscaler);
+- `__call__(pipe, video, sample, generator) -> (video, info)`: do the work; `info` goes into samples.jsonl.
+
+Stage modules are imported when a config is read, so they import only light modules at the top and the heavy ones
+(torch, transformers, dlib) inside `prepare`/`setup`/`__call__`.
+"""
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from magicme.prompts import slug
+
+BUILTIN_STAGES = (
+    "magicme.stages.t2v",
+    "magicme.stages.edit",
+    "magicme.stages.face",
+    "magicme.stages.tiled",
+)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One video to render: a prompt × seed, with the settings that may differ per prompt."""
+
+    index: int
+    prompt: str
+    negative_prompt: str
+    seed: int
+    gamma: float
+
+    @property
+    def name(self) -> str:
+        """File stem of its first-stage video: `NNNN-<prompt-slug>-<seed>`."""
+        return f"{self.index:04d}-{slug(self.prompt)}-{self.seed}"
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The run-wide settings a stage falls back on when its own block leaves them unset."""
+
+    steps: int
+    guidance_scale: float
+    frames: int
+    width: int
+    height: int
+    fps: int
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> "RunSettings":
+        return cls(cfg.steps, cfg.guidance_scale, cfg.frames, cfg.width, cfg.height, cfg.fps)
+
+
+class Stage:
+    """Base class of every stage plug-in (see the module docstring)."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type | None] = None
+    first: ClassVar[bool] = False
+
+    def __init__(self, cfg: DictConfig, progress: bool = False):
+        self.settings: Any = OmegaConf.to_object(cfg[self.name]) if self.Config is not None else None
+        self.run = RunSettings.from_config(cfg)
+        self.progress = progress  # per-step progress bars of a first stage
+
+    @classmethod
+    def check(cls, cfg: DictConfig) -> list[str]:
+        """Problems with this stage's settings in `cfg`, each `<key>: <what>; <what to do>`."""
+        return []
+
+    def prepare(self) -> None:
+        """Read the stage's inputs, once per run, before any model loads."""
+
+    def setup(self, pipe) -> None:
+        """Load the stage's helper models, once per run, after the pipeline has loaded."""
+
+    def __call__(self, pipe, video: np.ndarray | None, sample: Sample, generator) -> tuple[np.ndarray, dict]:
+        raise NotImplementedError
+
+    def output_stem(self, sample: Sample) -> str:
+        """First stages write `<sample>`, later ones `<sample>_<stage>`."""
+        return sample.name if self.first else f"{sample.name}_{self.name}"
+
+
+STAGES: dict[str, type[Stage]] = {}
+
+
+def register_stage(cls: type[Stage]) -> type[Stage]:
+    """Make a stage available under `cls.name` (a class decorator)."""
+    STAGES[cls.name] = cls
+    return cls
+
+
+def installed(module: str) -> bool:
+    """Whether an optional package is importable, without importing it."""
+    return importlib.util.find_spec(module) is not None
+
+
+def or_default(value, default):
+    """A stage setting left `null` falls back to the run's (or the sample's) value."""
+    return default if value is None else value
+
+
+for _module in BUILTIN_STAGES:
+    importlib.import_module(_module)

@@ -1,0 +1,64 @@
+"""ID video editing: re-render `input_video` with the identity (partial 3D-prior noise at `input_strength`).
+
+Its settings are the top-level `input_video` / `input_strength` keys (a config with `input_video` set starts with
+this stage instead of `t2v`; see magicme/schema.py).
+"""
+
+from pathlib import Path
+
+import numpy as np
+
+from magicme.errors import ConfigError
+from magicme.stages import Stage, register_stage
+
+
+@register_stage
+class EditVideo(Stage):
+    name = "edit"
+    first = True
+
+    @classmethod
+    def check(cls, cfg):
+        problems = []
+        if cfg.input_video is None:
+            problems.append("input_video: the edit stage needs a clip to re-render; set input_video (MP4/GIF/frame "
+                            "folder) or use the t2v stage")
+        elif not Path(cfg.input_video).exists():
+            problems.append(f"input_video: {cfg.input_video} not found; give an MP4/GIF file or a folder of frames")
+        if not 0.0 <= cfg.input_strength <= 1.0:
+            problems.append(f"input_strength: {cfg.input_strength} not in [0, 1]")
+        return problems
+
+    def __init__(self, cfg, progress: bool = False):
+        super().__init__(cfg, progress)
+        self.path, self.strength = str(cfg.input_video), cfg.input_strength
+        self.source = None
+
+    def prepare(self) -> None:
+        """Read and fit the input clip once, before any model time is spent on samples."""
+        self.source = prepare_input_video(self.path, self.run.frames, self.run.height, self.run.width)
+
+    def __call__(self, pipe, video, sample, generator):
+        r = self.run
+        video = pipe.video_to_video(self.source, sample.prompt, sample.negative_prompt, generator,
+                                    gamma=sample.gamma, strength=self.strength, steps=r.steps,
+                                    guidance_scale=r.guidance_scale, progress=self.progress)
+        return video, {}
+
+
+def prepare_input_video(path: str, frames: int, height: int, width: int) -> np.ndarray:
+    """The first `frames` frames of an input video, resized to cover height × width and centre-cropped."""
+    from magicme.vcd.resize import resize_video
+    from magicme.video_io import read_video
+
+    video = read_video(path)
+    if len(video) < frames:
+        raise ConfigError(f"input_video: {path} has {len(video)} frames; the config asks for {frames} "
+                          "(lower `frames`)")
+    video = video[:frames]
+    h, w = video.shape[1:3]
+    scale = max(height / h, width / w)
+    rh, rw = max(height, round(h * scale)), max(width, round(w * scale))
+    video = resize_video(video, rh, rw)
+    top, left = (rh - height) // 2, (rw - width) // 2
+    return video[:, top:top + height, left:left + width]

@@ -1,0 +1,116 @@
+"""Face VCD: find the face in every frame, crop one square box (`crop_factor` × the face) for all frames, upscale
+the crop to `size`, re-noise it with the 3D prior at `strength` and denoise it with the sample's ID prompt, then
+paste it back with a feathered mask over the face only."""
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from magicme.faces import DETECTORS
+from magicme.stages import Stage, installed, or_default, register_stage
+from magicme.steps import denoising_steps
+from magicme.vcd.geometry import Box, crop_box, feather_mask, link_tracks, union_box
+
+log = logging.getLogger("magicme")
+
+
+@dataclass
+class FaceConfig:
+    detector: str = "clipseg"  # clipseg (prompt-to-segmentation, the model training uses) or dlib (HOG, offline)
+    clipseg_model: str = "models/clipseg"
+    prompt: str = "face"  # CLIPSeg prompt
+    threshold: float = 0.5  # CLIPSeg probability that counts as face
+    min_face: int = 10  # ignore detections smaller than this (px); the ComfyUI graph's drop_size
+    crop_factor: float = 3.0  # crop box = crop_factor × the face box (ComfyUI graph: 3)
+    size: int = 512  # the crop is denoised at size × size (guide size 512)
+    strength: float = 0.8  # denoise 0.8
+    feather: int = 5  # px of the paste mask's soft edge
+    steps: Optional[int] = None  # None = the run's steps
+    guidance_scale: Optional[float] = None  # None = the run's
+    gamma: Optional[float] = None  # None = the sample's γ
+
+
+@register_stage
+class FaceStage(Stage):
+    name = "face"
+    Config = FaceConfig
+
+    @classmethod
+    def check(cls, cfg):
+        face, problems = cfg.face, []
+        if face.detector not in DETECTORS:
+            problems.append(f"face.detector: {face.detector!r} is not one of {', '.join(DETECTORS)}")
+        elif face.detector == "clipseg" and not Path(face.clipseg_model, "config.json").is_file():
+            problems.append(f"face.clipseg_model: no CLIPSeg model in {face.clipseg_model}; run "
+                            "download_checkpoint.sh --only clipseg, or use face.detector=dlib")
+        elif face.detector == "dlib" and not installed("dlib"):
+            problems.append("face.detector: dlib is not installed; pip install dlib-bin, or use face.detector=clipseg")
+        checks = [
+            (0.0 < face.threshold < 1.0, f"face.threshold: {face.threshold} not in (0, 1)"),
+            (face.min_face >= 0, f"face.min_face: {face.min_face} must be >= 0"),
+            (face.crop_factor >= 1.0, f"face.crop_factor: {face.crop_factor} must be >= 1"),
+            (face.size >= 8 and face.size % 8 == 0, f"face.size: {face.size} must be a positive multiple of 8"),
+            (0.0 <= face.strength <= 1.0, f"face.strength: {face.strength} not in [0, 1]"),
+            (face.feather >= 0, f"face.feather: {face.feather} must be >= 0"),
+            (face.steps is None or face.steps >= 1, f"face.steps: {face.steps} must be >= 1"),
+            (face.guidance_scale is None or face.guidance_scale >= 0,
+             f"face.guidance_scale: {face.guidance_scale} must be >= 0"),
+            (face.gamma is None or 0.0 <= face.gamma < 1.0, f"face.gamma: {face.gamma} not in [0, 1)"),
+        ]
+        return problems + [message for ok, message in checks if not ok]
+
+    def setup(self, pipe) -> None:
+        """The face detector, loaded once per run on the pipeline's device."""
+        from magicme.faces import ClipSegFaces, DlibFaces
+
+        s = self.settings
+        if s.detector == "dlib":
+            self.detector = DlibFaces(upsample=1, min_face=s.min_face)
+        else:
+            self.detector = ClipSegFaces(s.clipseg_model, s.prompt, s.threshold, s.min_face, device=pipe.device)
+
+    def __call__(self, pipe, video, sample, generator):
+        s = self.settings
+        tracks = link_tracks(self.detector.boxes(video))
+        if not tracks:
+            log.warning("face stage: no face found; the video passes through unchanged")
+            return video.copy(), {"faces": 0, "passed_through": True}
+        steps = or_default(s.steps, self.run.steps)
+        if denoising_steps(s.strength, steps) == 0:
+            # nothing to denoise: skip the crop's resampling round trip too, so the video comes back unchanged
+            return video.copy(), {"faces": len(tracks), "passed_through": True}
+
+        def denoise(crop: np.ndarray) -> np.ndarray:
+            return pipe.video_to_video(
+                crop, sample.prompt, sample.negative_prompt, generator, gamma=or_default(s.gamma, sample.gamma),
+                strength=s.strength, steps=steps, guidance_scale=or_default(s.guidance_scale, self.run.guidance_scale),
+                progress=False,
+            )
+
+        refined = refine_faces(video, tracks, denoise, s.crop_factor, s.size, s.feather, pipe.device)
+        return refined, {"faces": len(tracks), "passed_through": False,
+                         "boxes": [list(union_box(t)) for t in tracks]}
+
+
+def refine_faces(video: np.ndarray, tracks: list[list[Box]], denoise, crop_factor: float, size: int,
+                 feather: int, device="cpu") -> np.ndarray:
+    """Crop each track's box from all frames, `denoise` it at size × size, paste it back over the face only."""
+    from magicme.vcd.resize import resize_video
+
+    out = video.copy()
+    h, w = video.shape[1:3]
+    for track in tracks:
+        face = union_box(track)
+        x0, y0, x1, y1 = crop_box(face, crop_factor, h, w)
+        crop = resize_video(out[:, y0:y1, x0:x1], size, size, device)
+        refined = resize_video(denoise(crop), y1 - y0, x1 - x0, device)
+        local_face = (face[0] - x0, face[1] - y0, face[2] - x0, face[3] - y0)
+        mask = feather_mask(y1 - y0, x1 - x0, local_face, feather)[None, ..., None]
+        under = out[:, y0:y1, x0:x1]
+        # exactly the input where the mask is 0 and exactly the refined crop where it is 1 (no float round-off)
+        out[:, y0:y1, x0:x1] = np.where(mask == 1.0, refined, under + mask * (refined - under))
+    return out
+
