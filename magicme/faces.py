@@ -9,8 +9,7 @@ import numpy as np
 
 from magicme.errors import ConfigError
 from magicme.vcd.geometry import Box
-
-DETECTORS = ("clipseg", "dlib")
+from magicme.video_io import to_uint8
 
 
 def import_dlib(purpose: str):
@@ -25,7 +24,7 @@ def import_dlib(purpose: str):
 
 def to_uint8_contiguous(image: np.ndarray) -> np.ndarray:
     """dlib reads the buffer as C-ordered uint8 rows: a strided view would silently give wrong detections."""
-    return np.ascontiguousarray((np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8))
+    return np.ascontiguousarray(to_uint8(image))
 
 
 class DlibFaces:

@@ -97,6 +97,7 @@ def sample_schema() -> DictConfig:
         if stage.Config is not None:
             schema[name] = OmegaConf.structured(stage.Config)
     OmegaConf.set_struct(schema, True)
+    OmegaConf.set_struct(schema.model.scheduler.kwargs, False)  # free-form: any setting of the scheduler class
     return schema
 
 

@@ -27,11 +27,13 @@ from diffusers import AnimateDiffPipeline, AutoencoderKL, MotionAdapter, UNet2DC
 from omegaconf import OmegaConf  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel  # noqa: E402
 
-from magicme.models import make_scheduler  # noqa: E402
+from magicme.families.sd15 import make_scheduler  # noqa: E402
 from magicme.parity import apply_animatediff_numerics  # noqa: E402
 from magicme.pipeline import MagicPipeline  # noqa: E402
 from magicme.tiny.sd import save_tiny_tokenizer  # noqa: E402
-from magicme.vcd.stages import TiledConfig, refine_faces, run_tiled_stage  # noqa: E402
+from magicme.schema import load_sample_config  # noqa: E402
+from magicme.stages import STAGES, Sample  # noqa: E402
+from magicme.stages.face import refine_faces  # noqa: E402
 
 SD15 = Path(__file__).resolve().parents[1] / "configs" / "models" / "sd15"  # SD1.5's own component configs
 
@@ -49,7 +51,7 @@ def build(dtype: torch.dtype, numerics: str) -> MagicPipeline:
         text = CLIPTextModel(text_config)
     apply_animatediff_numerics(unet, "v2", numerics)
     pipe = AnimateDiffPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, motion_adapter=None,
-                               scheduler=make_scheduler("ddim")).to("cuda", dtype)
+                               scheduler=make_scheduler(OmegaConf.create({"name": "ddim"}))).to("cuda", dtype)
     return MagicPipeline(pipe, motion_version="v2", max_frames=32)
 
 
@@ -106,11 +108,12 @@ def main() -> None:
             crop, prompt, negative, torch.Generator().manual_seed(0), strength=0.8, steps=args.steps, **common),
             crop_factor=3.0, size=512, feather=5, device=magic.device)
 
-    tiled_cfg = OmegaConf.structured(TiledConfig())
-    run = {"steps": args.steps, "guidance_scale": 7.5, "gamma": 0.1}
+    tiled_stage = STAGES["tiled"](load_sample_config(None, [f"steps={args.steps}", "guidance_scale=7.5"]))
+    tiled_stage.setup(magic)
+    sample = Sample(index=0, prompt=prompt, negative_prompt=negative, seed=0, gamma=0.1)
 
     def tiled():
-        run_tiled_stage(magic, video, prompt, negative, torch.Generator().manual_seed(0), tiled_cfg, run)
+        tiled_stage(magic, video, sample, torch.Generator().manual_seed(0))
 
     face()  # warm-up of the V2V path
     results = {}

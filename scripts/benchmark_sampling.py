@@ -28,8 +28,10 @@ from diffusers import AnimateDiffPipeline  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from magicme.embeddings import find_embeddings  # noqa: E402
-from magicme.models import load_pipeline, make_scheduler, resolve_device, resolve_dtype  # noqa: E402
+from magicme.devices import resolve_device, resolve_dtype  # noqa: E402
+from magicme.families.sd15 import load, make_scheduler  # noqa: E402
 from magicme.motion_module import load_motion_adapter  # noqa: E402
+from magicme.schema import model_config  # noqa: E402
 from magicme.tiny.sd import build_tiny_bundle  # noqa: E402
 
 
@@ -64,13 +66,13 @@ def main() -> None:
         build_tiny_bundle(root)
     device = resolve_device(args.device)
     dtype = resolve_dtype("auto", device)
-    model = OmegaConf.create({"base": str(root / "sd15"), "motion_module": str(root / "motion_module/mm_tiny_v2.ckpt"),
-                              "scheduler": "ddim", "animatediff_numerics": "diffusers"})
-    ours = load_pipeline(model, find_embeddings(root / "embeddings"), device=args.device)
-    original = load_pipeline(OmegaConf.merge(model, {"animatediff_numerics": "original"}), device=args.device)
+    model = model_config({"base": str(root / "sd15"), "motion_module": str(root / "motion_module/mm_tiny_v2.ckpt"),
+                          "animatediff_numerics": "diffusers"})
+    ours = load(model, find_embeddings(root / "embeddings"), device=args.device)
+    original = load(OmegaConf.merge(model, {"animatediff_numerics": "original"}), device=args.device)
     adapter, _ = load_motion_adapter(model.motion_module)
     stock = AnimateDiffPipeline.from_pretrained(model.base, motion_adapter=adapter, torch_dtype=dtype,
-                                                scheduler=make_scheduler("ddim")).to(device)
+                                                scheduler=make_scheduler(model.scheduler)).to(device)
     stock.set_progress_bar_config(disable=True)
     call = dict(num_frames=args.frames, height=args.size, width=args.size, num_inference_steps=args.steps,
                 guidance_scale=7.5)

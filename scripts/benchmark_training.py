@@ -29,7 +29,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel  # noqa
 from omegaconf import OmegaConf  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel  # noqa: E402
 
-from magicme.models import SD15_BETAS  # noqa: E402
+from magicme.families.sd15 import SD15_BETAS  # noqa: E402
 from magicme.training.config import TrainConfig  # noqa: E402
 from magicme.training.data import TrainImage, TrainingBatches, working_size  # noqa: E402
 from magicme.training.tokens import IdentityEmbedding  # noqa: E402
@@ -49,7 +49,7 @@ def models(full_size: bool):
     if full_size:
         return (UNet2DConditionModel(**SD15_UNET), AutoencoderKL(**SD15_VAE),
                 CLIPTextModel(CLIPTextConfig(**SD15_TEXT)), 512)
-    from magicme.models import load_base
+    from magicme.families.sd15 import load_base
     from magicme.tiny.sd import build_tiny_bundle
 
     root = Path(tempfile.mkdtemp()) / "tiny"

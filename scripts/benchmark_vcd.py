@@ -33,16 +33,19 @@ quiet_libraries()
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel, UNetMotionModel  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
 from skimage import data as skdata  # noqa: E402
 
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from magicme.models import load_pipeline  # noqa: E402
-from magicme.pipeline import denoising_steps  # noqa: E402
+from magicme.families.sd15 import load  # noqa: E402
+from magicme.schema import load_sample_config, model_config  # noqa: E402
+from magicme.stages import STAGES, Sample  # noqa: E402
+from magicme.stages.face import refine_faces  # noqa: E402
+from magicme.stages.tiled import TiledConfig, blend_tiles  # noqa: E402
+from magicme.steps import denoising_steps  # noqa: E402
 from magicme.tiny.sd import build_tiny_bundle  # noqa: E402
 from magicme.vcd.geometry import tile_windows  # noqa: E402
-from magicme.vcd.stages import TiledConfig, blend_tiles, refine_faces, resize_video, run_tiled_stage  # noqa: E402
+from magicme.vcd.resize import resize_video  # noqa: E402
 
 
 def border_ratio(image: np.ndarray, borders: list[int]) -> float:
@@ -103,11 +106,9 @@ def main() -> None:
 
     root = Path(tempfile.mkdtemp()) / "tiny"
     build_tiny_bundle(root)
-    model = OmegaConf.create({"base": str(root / "sd15"), "motion_module": str(root / "motion_module/mm_tiny_v2.ckpt"),
-                              "scheduler": "ddim"})
-    pipe = load_pipeline(model, device="auto")
+    model = model_config({"base": str(root / "sd15"), "motion_module": str(root / "motion_module/mm_tiny_v2.ckpt")})
+    pipe = load(model, device="auto")
     s, prompt, common = args.size, "a photo of a man", dict(gamma=0.1, guidance_scale=7.5, progress=False)
-    run = {"steps": args.steps, "guidance_scale": 7.5, "gamma": 0.1}
 
     def t2v():
         return pipe.text_to_video(prompt, "", torch.Generator().manual_seed(0), frames=args.frames, height=s,
@@ -121,10 +122,13 @@ def main() -> None:
             crop, prompt, "", torch.Generator().manual_seed(0), strength=0.8, steps=args.steps, **common),
             crop_factor=3.0, size=s, feather=5)
 
-    tiled_cfg = OmegaConf.structured(TiledConfig(tile=s, padding=max(8, s // 16)))
+    tiled_stage = STAGES["tiled"](load_sample_config(None, [f"steps={args.steps}", "guidance_scale=7.5",
+                                                            f"tiled.tile={s}", f"tiled.padding={max(8, s // 16)}"]))
+    tiled_stage.setup(pipe)
+    sample = Sample(index=0, prompt=prompt, negative_prompt="", seed=0, gamma=0.1)
 
     def tiled():
-        run_tiled_stage(pipe, video, prompt, "", torch.Generator().manual_seed(0), tiled_cfg, run)
+        tiled_stage(pipe, video, sample, torch.Generator().manual_seed(0))
 
     timings = {"t2v": [], "face": [], "tiled": []}
     for fn in (t2v, face, tiled):

@@ -1,5 +1,5 @@
 """Full-size file formats: an SD1.5-shaped single-file LDM checkpoint (UNet 320/640/1280/1280, CLIP-L text encoder,
-SD VAE) and a full-size v2 motion module in the original AnimateDiff layout load through magicme.models — the path
+SD VAE) and a full-size v2 motion module in the original AnimateDiff layout load through magicme.families.sd15 — the path
 real downloads take — with every tensor in its place and none missing or left over.
 
 Slow (minutes, ~10 GB of memory, ~4 GB in a temp folder); deselected by default:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from magicme.errors import ConfigError
-from magicme.video_io import to_uint8
+from magicme.faces import DlibFaces, import_dlib, to_uint8_contiguous
 
 SAME_PERSON_DISTANCE = 0.6
 
@@ -42,27 +42,27 @@ def face_scores(frame_faces: list[np.ndarray | None], reference_faces: np.ndarra
 
 
 class FaceEncoder:
-    """dlib's HOG detector + 5-point shape predictor + ResNet descriptor, loaded once."""
+    """The shared dlib face detector (magicme/faces.py) + 5-point shape predictor + ResNet descriptor, loaded once."""
 
     def __init__(self, upsample: int = 1):
+        purpose = "face metric"
+        dlib = import_dlib(purpose)
         try:
-            import dlib
             with warnings.catch_warnings():  # face_recognition_models imports the deprecated pkg_resources
                 warnings.simplefilter("ignore")
                 import face_recognition_models as models
         except ImportError as err:
-            raise ConfigError(f"face metric: {err.name} is not installed; `pip install -e .[faces]` (dlib-bin, "
+            raise ConfigError(f"{purpose}: {err.name} is not installed; `pip install -e .[faces]` (dlib-bin, "
                               f"face-recognition-models, setuptools<81) or pass --no-faces") from err
-        self.detector = dlib.get_frontal_face_detector()
+        self.faces = DlibFaces(upsample=upsample, purpose=purpose)
         self.landmarks = dlib.shape_predictor(models.pose_predictor_five_point_model_location())
         self.encoder = dlib.face_recognition_model_v1(models.face_recognition_model_location())
-        self.upsample = upsample
 
     def describe(self, image: np.ndarray) -> np.ndarray | None:
         """The 128-d descriptor of the most confident face in a float [0, 1] (H, W, 3) image, or None."""
-        pixels = np.ascontiguousarray(to_uint8(image))
-        boxes, confidences, _ = self.detector.run(pixels, self.upsample, 0.0)
-        if len(boxes) == 0:
+        pixels = to_uint8_contiguous(image)
+        found = self.faces.detect(pixels)
+        if not found:
             return None
-        box = boxes[int(np.argmax(confidences))]
+        box, _ = max(found, key=lambda item: item[1])
         return np.asarray(self.encoder.compute_face_descriptor(pixels, self.landmarks(pixels, box)))

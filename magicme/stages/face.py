@@ -9,12 +9,12 @@ from typing import Optional
 
 import numpy as np
 
-from magicme.faces import DETECTORS
 from magicme.stages import Stage, installed, or_default, register_stage
 from magicme.steps import denoising_steps
 from magicme.vcd.geometry import Box, crop_box, feather_mask, link_tracks, union_box
 
 log = logging.getLogger("magicme")
+DETECTORS = ("clipseg", "dlib")
 
 
 @dataclass
