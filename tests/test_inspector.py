@@ -51,7 +51,7 @@ def model_cfg(bundle, **changes):
 
 
 def failures(report) -> list[str]:
-    return [f"{c.item} {c.path} {c.detail}" for c in report.checks if c.status == "FAIL"]
+    return [f"{c.item} {c.path} {c.detail}" for c in report.checks if c.status == FAIL]
 
 
 def as_safetensors(source: Path, target: Path) -> Path:
