@@ -1,12 +1,11 @@
 """AnimateDiff motion modules and MotionLoRAs in their original file formats.
 
 Original files (`mm_sd_v15.ckpt`, `mm_sd_v15_v2.ckpt`, `v3_sd15_mm.ckpt`) carry no config, so the version and
-shape are read from the keys, as AnimateDiff-Evolved does: a `mid_block` module means v2; otherwise a positional
-encoding of 32 frames means v3 and of 24 frames v1. The weights then go through diffusers' own key converter into a
-`MotionAdapter` built with the inferred shape, so full-size and tiny files take the same path.
+shape are read from the keys and shapes (`magicme.inspector.inspect_motion_module`, which also runs on file headers
+before anything loads). The weights then go through diffusers' own key converter into a `MotionAdapter` built with
+the inferred shape, so full-size and tiny files take the same path.
 """
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -14,18 +13,10 @@ from diffusers import MotionAdapter, UNetMotionModel
 from diffusers.loaders.single_file_utils import convert_animatediff_checkpoint_to_diffusers
 from magicme.checkpoint_io import load_checkpoint
 from magicme.errors import ConfigError
+from magicme.inspector import MotionModuleInfo, inspect_motion_module, lora_target_weights, motion_info_from_config
 
 ATTENTION_HEADS = 8  # fixed in the original AnimateDiff code for every version
 NORM_GROUPS = 32
-
-
-@dataclass(frozen=True)
-class MotionModuleInfo:
-    version: str  # "v1" | "v2" | "v3"
-    block_out_channels: tuple[int, ...]
-    layers_per_block: int
-    mid_block: bool
-    max_seq_length: int
 
 
 def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
@@ -38,45 +29,12 @@ def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
     return state
 
 
-def inspect_motion_module(state: dict[str, torch.Tensor], path: Path | str = "motion module") -> MotionModuleInfo:
-    """Version and shape of an original-layout motion module, from its keys alone."""
-    keys = [k for k in state if ".motion_modules." in k and ".temporal_transformer." in k and "_lora." not in k]
-    if not keys:
-        hint = (
-            "it looks like a MotionLoRA: list it under model.motion_loras"
-            if any("_lora." in k for k in state)
-            else "expected keys like 'down_blocks.0.motion_modules.0.temporal_transformer...'"
-        )
-        raise ConfigError(f"{path}: not an AnimateDiff motion module; {hint}")
-    down = sorted({int(k.split(".")[1]) for k in keys if k.startswith("down_blocks.")})
-    if max(down, default=0) == 2:  # SD1.5 has 4 down blocks (0-3), SDXL 3
-        raise ConfigError(f"{path}: this is an SDXL motion module; magicme runs SD1.5-family models")
-    norms = [state.get(f"down_blocks.{i}.motion_modules.0.temporal_transformer.norm.weight") for i in down]
-    if not down or any(n is None for n in norms):
-        raise ConfigError(f"{path}: incomplete motion module (no input norm weights in its down blocks)")
-    channels = tuple(n.shape[0] for n in norms)
-    layers = len({k.split(".")[3] for k in keys if k.startswith("down_blocks.0.")})
-    pe = [v for k, v in state.items() if k.endswith("pos_encoder.pe")]
-    if not pe:
-        raise ConfigError(f"{path}: motion module has no positional encoding ('pos_encoder.pe'); unsupported variant")
-    max_len = pe[0].shape[1]
-    mid = any(k.startswith("mid_block.") for k in keys)
-    version = "v2" if mid else ("v1" if max_len == 24 else "v3")
-    return MotionModuleInfo(version, channels, layers, mid, max_len)
-
-
 def load_motion_adapter(path: Path | str) -> tuple[MotionAdapter, MotionModuleInfo]:
     """A `MotionAdapter` from an original AnimateDiff file or a diffusers MotionAdapter folder."""
     path = Path(path)
     if path.is_dir():
         adapter = MotionAdapter.from_pretrained(path, local_files_only=True)
-        cfg = adapter.config
-        mid = bool(cfg.use_motion_mid_block)
-        version = "v2" if mid else ("v1" if cfg.motion_max_seq_length == 24 else "v3")
-        layers = cfg.motion_layers_per_block
-        layers = layers if isinstance(layers, int) else layers[0]
-        info = MotionModuleInfo(version, tuple(cfg.block_out_channels), layers, mid, cfg.motion_max_seq_length)
-        return adapter, info
+        return adapter, motion_info_from_config(adapter.config, path)
     state = read_state_dict(path)
     info = inspect_motion_module(state, path)
     adapter = MotionAdapter(
@@ -96,17 +54,12 @@ def load_motion_adapter(path: Path | str) -> tuple[MotionAdapter, MotionModuleIn
 
 
 def lora_targets(state: dict[str, torch.Tensor]) -> dict[str, tuple[str, str]]:
-    """Map each UNetMotionModel weight a MotionLoRA changes to its (down, up) keys in the file.
-
-    Original key `…attention_blocks.0.processor.to_q_lora.down.weight` targets the original weight
-    `…attention_blocks.0.to_q.weight`, whose diffusers name comes from diffusers' own converter.
-    """
+    """Map each UNetMotionModel weight a MotionLoRA changes to its (down, up) keys in the file: the original-layout
+    targets (`magicme.inspector.lora_target_weights`) under their diffusers names, from diffusers' own converter."""
     targets = {}
-    for down_key in (k for k in state if k.endswith("_lora.down.weight")):
-        weight_key = down_key.replace(".processor.", ".").replace("_lora.down.weight", ".weight")
-        weight_key = weight_key.replace(".to_out.weight", ".to_out.0.weight")
+    for weight_key, pair in lora_target_weights(state).items():
         (diffusers_key,) = convert_animatediff_checkpoint_to_diffusers({weight_key: None})
-        targets[diffusers_key] = (down_key, down_key.replace(".down.weight", ".up.weight"))
+        targets[diffusers_key] = pair
     return targets
 
 

@@ -1,5 +1,6 @@
-"""Model doctor: check that every model file a sampling config needs is present, in the right format and version,
-and fits the rest (text width, motion-module channels, single file vs base_config) — from headers, no GPU.
+"""Model doctor: check that every model file a sampling config needs is present, complete (a truncated download
+fails), in the right format and version, and fits the rest (text width, motion-module channels, single file vs
+base_config) — from headers (magicme/inspector.py), no GPU.
 
     python scripts/check_models.py                                    # the default paths under models/
     python scripts/check_models.py --config configs/sample/example.yaml [key=value ...]
@@ -20,6 +21,7 @@ quiet_libraries()
 from magicme.config import load_config  # noqa: E402
 from magicme.doctor import check_sample_config  # noqa: E402
 from magicme.errors import ConfigError  # noqa: E402
+from magicme.inspector import FAIL  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(report.table())
-    failed = [c for c in report.checks if c.status == "FAIL"]
+    failed = [c for c in report.checks if c.status == FAIL]
     if failed:
         print(f"\n{len(failed)} problem(s); first: {failed[0].item}: {failed[0].path}: {failed[0].detail}",
               file=sys.stderr)

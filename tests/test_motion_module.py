@@ -1,9 +1,18 @@
+import json
+
 import pytest
 import torch
 from diffusers import UNetMotionModel
 
 from magicme.errors import ConfigError
-from magicme.motion_module import inspect_motion_module, load_motion_adapter, merge_motion_lora, read_state_dict
+from magicme.inspector import lora_target_weights, motion_info_from_config, tensor_shapes
+from magicme.motion_module import (
+    inspect_motion_module,
+    load_motion_adapter,
+    lora_targets,
+    merge_motion_lora,
+    read_state_dict,
+)
 from magicme.tiny.sd import tiny_motion_adapter, tiny_unet
 
 
@@ -14,6 +23,7 @@ def test_version_detection_from_original_files(tiny_bundle, version, max_len, mi
     info = inspect_motion_module(state)
     assert (info.version, info.max_seq_length, info.mid_block) == (version, max_len, mid)
     assert info.block_out_channels == (32, 64) and info.layers_per_block == 2
+    assert inspect_motion_module(tensor_shapes(tiny_bundle[f"motion_{version}"])) == info  # from header shapes alone
 
 
 def test_original_file_round_trips_into_a_motion_adapter(tiny_bundle):
@@ -31,6 +41,7 @@ def test_diffusers_motion_adapter_folder(tmp_path):
     tiny_motion_adapter("v3").save_pretrained(tmp_path / "adapter")
     _, info = load_motion_adapter(tmp_path / "adapter")
     assert info.version == "v3" and not info.mid_block
+    assert info == motion_info_from_config(json.loads((tmp_path / "adapter" / "config.json").read_text()))
 
 
 def test_not_a_motion_module(tiny_bundle, tmp_path):
@@ -69,3 +80,17 @@ def test_v2_lora_does_not_fit_v3_module(tiny_bundle):
     unet = UNetMotionModel.from_unet2d(tiny_unet(), adapter)
     with pytest.raises(ConfigError, match="does not fit the loaded motion module"):
         merge_motion_lora(unet, tiny_bundle["motion_lora"], 1.0)
+
+
+def test_lora_targets_are_original_weights_under_diffusers_names(tiny_bundle):
+    """The inspector's original-layout targets and the loader's diffusers names describe the same weights."""
+    lora = read_state_dict(tiny_bundle["motion_lora"])
+    module = read_state_dict(tiny_bundle["motion_v2"])
+    original = lora_target_weights(lora)
+    assert set(original) <= set(module) and len(original) == len(lora) // 2
+    prefix = "up_blocks.1.motion_modules.2.temporal_transformer.transformer_blocks.0.attention_blocks.0"
+    assert original[f"{prefix}.to_out.0.weight"] == (f"{prefix}.processor.to_out_lora.down.weight",
+                                                     f"{prefix}.processor.to_out_lora.up.weight")
+    diffusers_names = lora_targets(lora)
+    assert sorted(diffusers_names.values()) == sorted(original.values())
+    assert "up_blocks.1.motion_modules.2.transformer_blocks.0.attn1.to_out.0.weight" in diffusers_names

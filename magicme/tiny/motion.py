@@ -11,21 +11,7 @@ import torch
 from diffusers import MotionAdapter
 
 from magicme.checkpoint_io import save_torch
-
-_BLOCK_RENAMES = (  # diffusers name -> original AnimateDiff name, inside a transformer block
-    ("attn1", "attention_blocks.0"), ("attn2", "attention_blocks.1"),
-    ("norm1", "norms.0"), ("norm2", "norms.1"), ("norm3", "ff_norm"),
-)
-
-
-def original_key(diffusers_key: str) -> str:
-    """`down_blocks.0.motion_modules.1.transformer_blocks.0.attn1.to_q.weight` →
-    `down_blocks.0.motion_modules.1.temporal_transformer.transformer_blocks.0.attention_blocks.0.to_q.weight`."""
-    block, _, rest = diffusers_key.partition(".motion_modules.")
-    index, _, tail = rest.partition(".")
-    for new, old in _BLOCK_RENAMES:
-        tail = tail.replace(f".{new}.", f".{old}.")
-    return f"{block}.motion_modules.{index}.temporal_transformer.{tail}"
+from magicme.inspector import original_motion_key
 
 
 def original_state_dict(adapter: MotionAdapter) -> dict[str, torch.Tensor]:
@@ -34,11 +20,11 @@ def original_state_dict(adapter: MotionAdapter) -> dict[str, torch.Tensor]:
     state = {}
     for key, value in adapter.state_dict().items():
         if key.endswith("pos_embed.pe"):
-            prefix = original_key(key).removesuffix(".pos_embed.pe")
+            prefix = original_motion_key(key).removesuffix(".pos_embed.pe")
             for k in (0, 1):
                 state[f"{prefix}.attention_blocks.{k}.pos_encoder.pe"] = value.clone()
         else:
-            state[original_key(key)] = value.clone()
+            state[original_motion_key(key)] = value.clone()
     return state
 
 
@@ -53,7 +39,7 @@ def save_original_motion_lora(adapter: MotionAdapter, path: Path | str, rank: in
     for key, weight in adapter.state_dict().items():
         for proj in ("to_q", "to_k", "to_v", "to_out.0"):
             if key.endswith(f".{proj}.weight") and (".attn1." in key or ".attn2." in key):
-                prefix = original_key(key).removesuffix(f".{proj}.weight")
+                prefix = original_motion_key(key).removesuffix(f".{proj}.weight")
                 name = proj.removesuffix(".0")
                 out_dim, in_dim = weight.shape
                 state[f"{prefix}.processor.{name}_lora.down.weight"] = torch.randn(rank, in_dim, generator=generator)
