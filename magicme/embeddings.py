@@ -20,18 +20,17 @@ EMBEDDING_SUFFIXES = (".pt", ".safetensors", ".bin")
 def find_embeddings(embeddings_dir: Path | str | None) -> dict[str, Path]:
     """Every embedding file in `embeddings_dir`, by file stem (`altman.pt` → `altman`).
 
-    Two files for one token (`Ann.pt` and `ann.pt`, or `ann.pt` and `ann.safetensors`) are an error: the token
-    `<ann>` is lower case, so which file a prompt used would depend on the order of a directory listing.
+    Two files of one stem (`ann.pt` and `ann.safetensors`) are an error: which one a prompt used would depend on
+    the order of a directory listing. (Names differing only by case are reported by magicme/inspector.py when a
+    prompt uses one of them.)
     """
     if embeddings_dir is None:
         return {}
-    folder = Path(embeddings_dir)
     found: dict[str, Path] = {}
-    for path in sorted(p for p in folder.iterdir() if p.suffix in EMBEDDING_SUFFIXES and p.is_file()):
-        clash = next((other for name, other in found.items() if token_for(name) == token_for(path.stem)), None)
-        if clash is not None:
-            raise ConfigError(f"{path}: identity {path.stem!r} clashes with {clash.name} (the same token "
-                              f"{token_for(path.stem)}); rename or remove one of the two files")
+    for path in sorted(p for p in Path(embeddings_dir).iterdir() if p.suffix in EMBEDDING_SUFFIXES and p.is_file()):
+        if path.stem in found:
+            raise ConfigError(f"{path}: identity {path.stem!r} also has the file {found[path.stem].name}; remove one "
+                              "of the two")
         found[path.stem] = path
     return found
 

@@ -224,28 +224,23 @@ def expand_samples(cfg: DictConfig, rng: random.Random | None = None) -> list[Sa
 
 def check_model(model: DictConfig, frames: int | None, prompts: list[str], prefix: str = ""):
     """The `model:` block's files (headers only), the frame count against the motion module and the identities
-    the prompts use; returns (ModelInfo, {identity name: file})."""
-    from magicme.inspector import inspect_embeddings, inspect_model
+    the prompts use; returns (ModelInfo, {identity name: file}). `prefix` names where the block sits
+    (`validation.` in training configs)."""
+    from magicme.inspector import inspect_model
 
-    report = inspect_model(model)
-    if prefix:
-        for check in report.checks:
-            check.item = prefix + check.item
+    names = list(dict.fromkeys(n for p in prompts for n in referenced_names(p)))
+    report = inspect_model(model, embedding_names=names)
+    for check in report.checks:
+        check.item = prefix + check.item
     report.raise_first()
     info = report.info
     limit = info.motion.max_seq_length if info.motion is not None else None
     if frames is not None and limit is not None and frames > limit:
         raise ConfigError(f"{prefix}frames: {frames} is more than the motion module's {limit} frames; lower it")
-    names = list(dict.fromkeys(n for p in prompts for n in referenced_names(p)))
-    embeddings = {}
-    if names:
-        folder = model.embeddings_dir
-        if folder is None or not Path(folder).is_dir():
-            raise ConfigError(f"{prefix}model.embeddings_dir: {folder} is not a folder, but the prompts use "
-                              f"identities ({', '.join(names)}); set it to the folder of their .pt files")
-        embeddings = inspect_embeddings(folder, names, info.text_width, report)
-        report.raise_first()
-    return info, embeddings
+    from magicme.embeddings import find_embeddings
+
+    embeddings = find_embeddings(model.embeddings_dir) if names else {}
+    return info, {name: embeddings[name] for name in names}
 
 
 def check_settings(cfg: DictConfig) -> list[Sample]:

@@ -18,10 +18,10 @@ from magicme.cli import quiet_libraries  # noqa: E402
 
 quiet_libraries()
 
-from magicme.config import load_config  # noqa: E402
 from magicme.doctor import check_sample_config  # noqa: E402
 from magicme.errors import ConfigError  # noqa: E402
 from magicme.inspector import FAIL  # noqa: E402
+from magicme.schema import load_sample_config  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. model.base=models/base/x.safetensors")
     args = parser.parse_args(argv)
     try:
-        report = check_sample_config(load_config(args.config, args.overrides), args.models_dir)
+        report = check_sample_config(load_sample_config(args.config, args.overrides), args.models_dir)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -26,12 +26,12 @@ def test_malformed_identity_references_are_found(prompt, bad):
     assert malformed_references(prompt) == bad
 
 
-def test_identity_files_that_share_a_token_are_an_error(tmp_path):
-    save_embedding(tmp_path / "Ann.pt", torch.randn(2, 8), "Ann")
+def test_two_files_of_one_identity_are_an_error(tmp_path):
+    save_embedding(tmp_path / "ann.pt", torch.randn(2, 8), "ann")
     save_embedding(tmp_path / "bob.pt", torch.randn(2, 8), "bob")
-    assert set(find_embeddings(tmp_path)) == {"Ann", "bob"}
+    assert set(find_embeddings(tmp_path)) == {"ann", "bob"}
     save_embedding(tmp_path / "ann.safetensors", torch.randn(2, 8), "ann")
-    with pytest.raises(ConfigError, match="clashes with Ann.pt"):
+    with pytest.raises(ConfigError, match="ann.safetensors: identity 'ann' also has the file ann.pt"):
         find_embeddings(tmp_path)
 
 

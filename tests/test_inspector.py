@@ -27,7 +27,7 @@ from magicme.inspector import (
     safetensors_header,
     tensor_shapes,
 )
-from magicme.models import load_base
+from magicme.families.sd15 import load_base
 from magicme.motion_module import read_state_dict
 from magicme.tiny.ldm import save_ldm_checkpoint
 from magicme.tiny.sd import tiny_motion_adapter

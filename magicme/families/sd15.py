@@ -20,13 +20,12 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from magicme.devices import resolve_device, resolve_dtype
 from magicme.embeddings import load_into_pipeline
 from magicme.errors import ConfigError
-from magicme.inspector import ModelInfo, inspect_model, is_hub_id
+from magicme.inspector import CHECKPOINT_SUFFIXES, is_hub_id
 from magicme.motion_module import load_motion_adapter, merge_motion_lora
 from magicme.parity import apply_animatediff_numerics
 from magicme.pipeline import MagicPipeline
 
 NAME = "sd15"
-CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 # SD1.5's training schedule, shared by every sampler so that they all denoise the model the base was trained for.
 SD15_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "linear", "num_train_timesteps": 1000}
 # Named presets: a diffusers scheduler class and its settings. `model.scheduler.name` may also be any diffusers
@@ -75,13 +74,10 @@ def make_scheduler(scheduler):
     return cls(**kwargs)
 
 
-def check(model) -> ModelInfo:
-    """Everything about a `model:` block that can be known before loading: the scheduler, and every file read
-    from its headers (magicme/inspector.py). Raises `ConfigError` on the first problem."""
+def check(model) -> None:
+    """What needs this family's libraries to check (the files were already inspected from their headers by
+    magicme/inspector.py): the scheduler's class and settings. Raises `ConfigError`."""
     scheduler_spec(model.scheduler)
-    report = inspect_model(model)
-    report.raise_first()
-    return report.info
 
 
 def load_base(base: str, base_config: str | None, dtype: torch.dtype, vae: AutoencoderKL | None = None) -> BaseComponents:

@@ -9,6 +9,7 @@ from typing import Optional
 
 import numpy as np
 
+from magicme.inspector import hf_model_present
 from magicme.stages import Stage, installed, or_default, register_stage
 from magicme.steps import denoising_steps
 from magicme.vcd.geometry import Box, crop_box, feather_mask, link_tracks, union_box
@@ -43,9 +44,9 @@ class FaceStage(Stage):
         face, problems = cfg.face, []
         if face.detector not in DETECTORS:
             problems.append(f"face.detector: {face.detector!r} is not one of {', '.join(DETECTORS)}")
-        elif face.detector == "clipseg" and not Path(face.clipseg_model, "config.json").is_file():
-            problems.append(f"face.clipseg_model: no CLIPSeg model in {face.clipseg_model}; run "
-                            "download_checkpoint.sh --only clipseg, or use face.detector=dlib")
+        elif face.detector == "clipseg" and not hf_model_present(Path(face.clipseg_model)):
+            problems.append(f"face.clipseg_model: no CLIPSeg model (config.json + weights) in {face.clipseg_model}; "
+                            "run download_checkpoint.sh --only clipseg, or use face.detector=dlib")
         elif face.detector == "dlib" and not installed("dlib"):
             problems.append("face.detector: dlib is not installed; pip install dlib-bin, or use face.detector=clipseg")
         checks = [

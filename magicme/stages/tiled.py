@@ -37,6 +37,8 @@ class TiledStage(Stage):
             elif not installed("spandrel"):
                 problems.append("tiled.upscaler: model files need `pip install spandrel` (it needs torchvision); "
                                 "or use tiled.upscaler=lanczos")
+            else:
+                problems += upscaler_file_problems(t.upscaler)
         checks = [
             (t.scale in (1, 2, 3, 4), f"tiled.scale: {t.scale} not one of 1, 2, 3, 4"),
             (t.tile >= 64 and t.tile % 8 == 0, f"tiled.tile: {t.tile} must be a multiple of 8 >= 64"),
@@ -70,6 +72,18 @@ class TiledStage(Stage):
         out = blend_tiles(big, s.tile, s.padding, denoise)
         rows, cols = (len(tile_windows(n, s.tile, s.padding)) for n in big.shape[1:3])
         return out, {"tiles": rows * cols}
+
+
+def upscaler_file_problems(path: str) -> list[str]:
+    """An upscaler file must at least be a readable checkpoint (read from its header / memory-mapped)."""
+    from magicme.errors import ConfigError
+    from magicme.inspector import tensor_shapes
+
+    try:
+        tensor_shapes(path)
+    except ConfigError as err:
+        return [f"tiled.upscaler: {err}"]
+    return []
 
 
 def blend_tiles(video: np.ndarray, tile: int, padding: int, denoise, ramp: int | None = None) -> np.ndarray:
