@@ -533,10 +533,14 @@ def _inspect_motion(report: Report, model: Mapping) -> set[str] | None:
 def _inspect_motion_loras(report: Report, model: Mapping, motion_weights: set[str] | None) -> None:
     """Each MotionLoRA must target only weights the motion module has (official ones need v2), strength in [0, 2]."""
     for i, lora in enumerate(model.get("motion_loras") or []):
-        key, path = f"model.motion_loras[{i}]", Path(str(lora.get("path")))
+        key, path = f"model.motion_loras[{i}].path", Path(str(lora.get("path")))
         strength = lora.get("strength", 1.0)
         if not isinstance(strength, (int, float)) or not 0.0 <= strength <= 2.0:
-            report.add(f"{key}.strength", path, FAIL, f"{strength} not in [0, 2]")
+            report.add(f"model.motion_loras[{i}].strength", path, FAIL, f"{strength} not in [0, 2]")
+        if not path.is_file():
+            report.add(key, path, FAIL, "not found; check the path (bash download_checkpoint.sh --only lora for "
+                                        "the ZoomIn MotionLoRA)")
+            continue
         try:
             targets = lora_target_weights(tensor_shapes(path))
         except ConfigError as err:

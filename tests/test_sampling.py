@@ -107,8 +107,8 @@ BAD_CONFIGS = [
     ({"model.scheduler": {"name": "euler", "kwargs": {"spacing": "trailing"}}},
      "model.scheduler.kwargs: EulerDiscreteScheduler has no setting spacing"),
     ({"model.family": "sdxl"}, "model.family: 'sdxl' is not one of sd15"),
-    ({"model.motion_module": "nowhere/mm.ckpt"}, "model.motion_module: nowhere/mm.ckpt not found"),
-    ({"model.base": "models/missing-base"}, "model.base: models/missing-base not found"),
+    ({"model.motion_module": "nowhere/mm.ckpt"}, "model.motion_module: nowhere/mm.ckpt: not found; run: bash download_checkpoint.sh"),
+    ({"model.base": "models/missing-base"}, "model.base: models/missing-base: not found; run: bash download_checkpoint.sh"),
     ({"prompts": []}, "prompts: no prompts given"),
     ({"prompts": ["a photo of embedding:nobody man"]}, "unknown identity 'nobody'"),
     ({"prompts": [{"prompt": "x", "seed": 3}]}, "prompts[0]: unknown key(s) ['seed']"),
@@ -118,9 +118,9 @@ BAD_CONFIGS = [
     ({"prompts": ["a photo of embedding:ann.jpg man"]}, "prompts[0].prompt: 'embedding:ann.jpg' is not an identity"),
     ({"device": "cuda"}, "device: cuda asked for, but this machine has no usable CUDA GPU"),
     ({"device": "tpu"}, "device: 'tpu' is not auto, cpu, cuda, cuda:N or mps"),
-    ({"model.motion_loras": [{"path": "nope.ckpt", "strength": 0.5}]}, "model.motion_loras[0].path: nope.ckpt not found"),
+    ({"model.motion_loras": [{"path": "nope.ckpt", "strength": 0.5}]}, "model.motion_loras[0].path: nope.ckpt: not found; check the path"),
     ({"precision": "fp8"}, "precision: 'fp8' is not one of"),
-    ({"model.motion_module": "MM_V3"}, "model.motion_loras[0].path: "),
+    ({"model.motion_module": "MM_V3"}, "model.motion_loras[0].path: "),  # v3 module: the v2 LoRA does not fit
     ({"cpu_offload": True, "device": "cpu"}, "cpu_offload: only meaningful with a GPU"),
 ]
 

@@ -126,7 +126,7 @@ def test_t2v_face_tiled_end_to_end_then_edit_the_result(tmp_path, tiny_bundle):
     (["stages=[t2v,sharpen]"], "stages: 'sharpen' is not one of t2v, edit, face, tiled"),
     (["stages=[t2v,face]", "face.detector=yolo"], "face.detector: 'yolo' is not one of clipseg, dlib"),
     (["stages=[t2v,face]", "face.size=60", "face.detector=dlib"], "face.size: 60 must be a positive multiple of 8"),
-    (["stages=[t2v,face]", "face.clipseg_model=nowhere"], "face.clipseg_model: no CLIPSeg model in nowhere"),
+    (["stages=[t2v,face]", "face.clipseg_model=nowhere"], "face.clipseg_model: no CLIPSeg model (config.json + weights) in nowhere"),
     (["stages=[t2v,tiled]", "tiled.strength=1.5"], "tiled.strength: 1.5 not in [0, 1]"),
     (["stages=[t2v,tiled]", "tiled.upscaler=missing.pth"], "tiled.upscaler: missing.pth is neither"),
     (["stages=[t2v,tiled,tiled]"], "repeats a stage"),
