@@ -400,6 +400,11 @@ def test_settings_file_and_cli(tmp_path, runs, references, models, capsys):
     config.write_text("frames_per_vido: 2\n")
     with pytest.raises(ConfigError, match="frames_per_vido"):
         load_settings(config)
+    for text, problem in (("frames_per_video: -1", "frames_per_video: -1 is below 0"),
+                          ("batch_size: 0", "batch_size: 0 is below 1")):
+        config.write_text(text)
+        with pytest.raises(ConfigError, match=problem):
+            load_settings(config)
     from scripts.evaluate import main
 
     assert main(["--samples", str(tmp_path), "--references", str(references), "--quiet"]) == 2
