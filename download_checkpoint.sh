@@ -11,8 +11,10 @@
 # and curl otherwise (`curl -C -` resumes). A file already present is kept (re-fetched only if its known sha256
 # does not match). sha256 values are those published for the files (Git LFS pointers); "unknown" where no published
 # value was found: then only presence and a non-empty size are checked. Run `python scripts/check_models.py`
-# afterwards to check formats, versions and shapes. Environment: MODELS_DIR (default models/), HF_ENDPOINT,
-# HF_TOKEN.
+# afterwards to check formats, versions and shapes. Before the first download from a host, one short probe (a few
+# seconds) checks that it can be reached; if not, the script stops at once with one message (exit status 1) instead
+# of letting every file fail; curl tries each file at most 3 times. Environment: MODELS_DIR (default models/),
+# HF_ENDPOINT, HF_TOKEN, HTTPS_PROXY.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -24,7 +26,13 @@ lifeifei lisa mona monroe musk obama scarlett taylor zuck"
 EMBEDDINGS_URL=https://raw.githubusercontent.com/Zhen-Dong/Magic-ComfyUI/HEAD/models/embeddings
 EMBEDDINGS_LFS_URL=https://media.githubusercontent.com/media/Zhen-Dong/Magic-ComfyUI/HEAD/models/embeddings
 
-usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; }
+# Per-file downloads: bounded retries (3 attempts, 10 s to connect), resumed (-C -); see curl_get.
+CURL_FETCH=(-fL --connect-timeout 10 --retry 2 --retry-delay 2 -C -)
+CURL_ERROR=""
+PROBE_SECONDS=5
+declare -A REACHABLE=()
+
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
 
 describe() {
   case $1 in
@@ -114,11 +122,26 @@ sha_ok() {  # sha_ok FILE SHA: true when the hash is unknown or matches
 # A downloaded identity embedding must be a torch file (zip "PK" or legacy pickle), not an HTML page or LFS pointer.
 looks_like_torch_file() { head -c 2 "$1" | grep -q -e '^PK' -e $'^\x80'; }
 
+# curl_get URL OUT [OPTION…]: one download. On a terminal curl draws one progress bar; otherwise it is silent and,
+# on failure, its last error line (one per attempt) is kept in CURL_ERROR for process's FAILED line.
+curl_get() {
+  local url=$1 out=$2 errors rc=0
+  shift 2
+  if [ -t 2 ]; then
+    curl "${CURL_FETCH[@]}" --progress-bar "$@" -o "$out" "$url" || { rc=$?; CURL_ERROR="curl exit status $rc"; }
+  else
+    errors=$(curl "${CURL_FETCH[@]}" -sS "$@" -o "$out" "$url" 2>&1) || rc=$?
+    CURL_ERROR=${errors##*$'\n'}
+  fi
+  return "$rc"
+}
+
 fetch_one() {  # fetch_one KIND SOURCE DEST: download SOURCE to the file DEST (resuming), nothing else
   local kind=$1 src=$2 dest=$3 cli
+  CURL_ERROR=""
   mkdir -p "$(dirname "$dest")"
   if [ "$kind" = url ]; then
-    curl -fL --retry 3 -C - -o "$dest.part" "$src" && mv "$dest.part" "$dest"
+    curl_get "$src" "$dest.part" && mv "$dest.part" "$dest"
     return
   fi
   local repo=${src%% *} file=${src#* }
@@ -129,8 +152,37 @@ fetch_one() {  # fetch_one KIND SOURCE DEST: download SOURCE to the file DEST (r
   else
     local auth=()
     [ -n "${HF_TOKEN:-}" ] && auth=(-H "Authorization: Bearer $HF_TOKEN")
-    curl -fL --retry 3 -C - "${auth[@]}" -o "$dest.part" "$HF_URL/$repo/resolve/main/$file" && mv "$dest.part" "$dest"
+    curl_get "$HF_URL/$repo/resolve/main/$file" "$dest.part" "${auth[@]}" && mv "$dest.part" "$dest"
   fi
+}
+
+origin() {  # origin URL: its scheme://host[:port]
+  local rest=${1#*://}
+  echo "${1%%://*}://${rest%%/*}"
+}
+
+# require_host URL: before the first download from URL's host, one short probe. Without a network every file would
+# otherwise fail on its own, after its retries and timeouts: minutes of errors instead of one line. Only failures to
+# get through (proxy or host name not resolved, no connection, timeout, TLS handshake) stop the script; any HTTP
+# answer, even an error, means the host is reachable. Without curl (Hugging Face CLI only) there is no probe.
+require_host() {
+  local site rc=0 why hint="check the network connection or the proxy (HTTPS_PROXY)"
+  site=$(origin "$1")
+  [ -n "${REACHABLE[$site]:-}" ] && return 0
+  command -v curl >/dev/null 2>&1 || return 0
+  curl -s -o /dev/null --head --connect-timeout "$PROBE_SECONDS" --max-time "$PROBE_SECONDS" "$site/" \
+    2>/dev/null || rc=$?
+  case $rc in
+    5) why="the proxy's name does not resolve" ;;
+    6) why="its host name does not resolve" ;;
+    7) why="no connection" ;;
+    28) why="no answer within $PROBE_SECONDS s" ;;
+    35) why="the TLS handshake failed" ;;
+    *) REACHABLE[$site]=1; return 0 ;;
+  esac
+  [ "$site" = "$(origin "$HF_URL")" ] && hint="$hint, or set HF_ENDPOINT to a reachable mirror"
+  echo "error: cannot reach $site ($why); $hint, then run the same command again (files already here are kept)" >&2
+  exit 1
 }
 
 # process KIND SOURCE DEST SHA [REMOTE_FILE]: fetch one planned file unless it is already there; say what happened.
@@ -157,6 +209,7 @@ process() {
     echo "  fetch    $shown <- $from (sha256 $sha)"
     return 0
   fi
+  require_host "$from"
   echo "  fetch    $shown <- $from"
   for alt in $alts; do
     target=$dest
@@ -174,7 +227,7 @@ process() {
     fi
     return 0
   done
-  echo "  FAILED   $shown: could not download from $from" >&2
+  echo "  FAILED   $shown: could not download from $from${CURL_ERROR:+ ($CURL_ERROR)}" >&2
   return 1
 }
 

@@ -11,8 +11,7 @@ import numpy as np
 from PIL import Image
 
 from magicme.errors import ConfigError
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+from magicme.images import IMAGE_SUFFIXES, image_files, read_image
 
 
 @contextlib.contextmanager
@@ -79,16 +78,7 @@ def read_video(path: Path | str) -> np.ndarray:
     if not path.exists():
         raise ConfigError(f"{path}: video not found; give an MP4/GIF file or a folder of frames")
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise ConfigError(f"{path}: folder holds no frame images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        try:
-            frames = [np.asarray(Image.open(f).convert("RGB")) for f in files]
-        except OSError as err:
-            raise ConfigError(f"{path}: cannot read a frame image ({err})") from err
-        if len({f.shape for f in frames}) != 1:
-            raise ConfigError(f"{path}: frame images differ in size; all frames must have the same size")
-        return np.stack(frames).astype(np.float32) / 255.0
+        return _read_frame_folder(path)
     try:
         frames = _read_with_decord(path)
     except ImportError:
@@ -105,6 +95,17 @@ def read_video(path: Path | str) -> np.ndarray:
     if frames.shape[-1] == 4:
         frames = frames[..., :3]
     return frames.astype(np.float32) / 255.0
+
+
+def _read_frame_folder(path: Path) -> np.ndarray:
+    """The images of a frame folder in name order; read like every other image (one suffix set, a pixel limit)."""
+    files = image_files(path)
+    if not files:
+        raise ConfigError(f"{path}: folder holds no frame images ({', '.join(IMAGE_SUFFIXES)})")
+    frames = [read_image(f, "frame image") for f in files]
+    if len({f.shape for f in frames}) != 1:
+        raise ConfigError(f"{path}: frame images differ in size; all frames must have the same size")
+    return np.stack(frames)
 
 
 def _read_with_decord(path: Path) -> np.ndarray | None:

@@ -1,9 +1,12 @@
-"""download_checkpoint.sh without a network: syntax, --list, the dry-run plan, argument errors, and the fetch logic
-(idempotence, sha256 check, fallbacks) driven through stand-in `hf` and `curl` commands on PATH."""
+"""download_checkpoint.sh without a network: syntax, --list, the dry-run plan, argument errors, the fetch logic
+(idempotence, sha256 check, fallbacks) driven through stand-in `hf` and `curl` commands on PATH, and giving up at
+once when the hosts cannot be reached (the real curl against a closed port on localhost)."""
 
 import os
 import shutil
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -13,8 +16,8 @@ GROUPS = ["sd15", "base", "vae", "motion", "lora", "clipseg", "upscaler", "eval"
 MM_V2_SHA = "69ed0f5fef82b110aca51bcab73b21104242bc65d6ab4b8b2a2a94d31cad1bf0"
 
 
-def run(*args, models: Path, path: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MODELS_DIR": str(models)}
+def run(*args, models: Path, path: str | None = None, **env_vars: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MODELS_DIR": str(models), **env_vars}
     if path is not None:
         env["PATH"] = path
     return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=60)
@@ -36,8 +39,13 @@ mkdir -p "$dir/$(dirname "$file")"; echo "weights of $repo/$file" > "$dir/$file"
     (bin_dir / "curl").write_text(f"""#!/bin/bash
 echo "curl $*" >> {log}
 out=""; url=""
-while [ $# -gt 0 ]; do case $1 in -o) out=$2; shift;; -H|-C|--retry) shift;; -*) ;; *) url=$1;; esac; shift; done
-case $url in *raw.githubusercontent.com*|*github.com/xinntao*) printf 'PK\\x03\\x04torch' > "$out";; *) exit 22;; esac
+while [ $# -gt 0 ]; do
+  case $1 in -o) out=$2; shift;; -H|-C|--retry*|--*time*) shift;; -*) ;; *) url=$1;; esac; shift
+done
+case $url in
+  *raw.githubusercontent.com*|*github.com/xinntao*) printf 'PK\\x03\\x04torch' > "$out";;
+  *) echo "curl: (22) The requested URL returned error: 404" >&2; exit 22;;
+esac
 """)
     for tool in bin_dir.iterdir():
         tool.chmod(0o755)
@@ -103,7 +111,9 @@ def test_fetch_is_idempotent_and_falls_back(tmp_path):
     assert (models / "eval/dino-vits16/pytorch_model.bin").is_file()  # model.safetensors missing upstream
     assert (models / "embeddings/zuck.pt").read_bytes().startswith(b"PK")
     assert "embeddings  23/23  files  complete" in result.stdout
-    calls = (tmp_path / "calls.log").read_text().count("\n")
+    calls = (tmp_path / "calls.log").read_text()
+    assert calls.count("--head") == 2  # one reachability probe per host: huggingface.co, raw.githubusercontent.com
+    calls = calls.count("\n")
     again = run("--only", "vae,eval,embeddings", models=models, path=path)
     assert again.returncode == 0 and "  fetch " not in again.stdout
     assert (tmp_path / "calls.log").read_text().count("\n") == calls  # nothing fetched the second time
@@ -124,7 +134,14 @@ def test_curl_fallback_without_hf_cli(tmp_path):
     assert (models / "upscaler/RealESRGAN_x2plus.pth").is_file()
     calls = (tmp_path / "calls.log").read_text()
     assert "https://huggingface.co/stabilityai/sd-vae-ft-mse/resolve/main/config.json" in calls
-    assert result.returncode == 1 and "could not download" in result.stderr  # the stand-in curl has no HF access
+    assert result.returncode == 1  # the stand-in curl has no HF access
+    downloads = [line for line in calls.splitlines() if "--head" not in line]
+    assert all("--retry 2 " in line and "--connect-timeout 10 " in line and " -sS " in line for line in downloads)
+    # quiet: one line per failed file, with curl's own reason, then the summary
+    *failures, last = result.stderr.splitlines()
+    assert len(failures) == 2 and last == "2 file(s) failed; run the same command again to resume"
+    assert all("could not download" in line and line.endswith("(curl: (22) The requested URL returned error: 404)")
+               for line in failures)
 
 
 @pytest.mark.parametrize("content", [b"version https://git-lfs.github.com/spec/v1\n", b"<!DOCTYPE html>"])
@@ -136,3 +153,30 @@ def test_non_torch_embedding_is_not_kept(tmp_path, content):
     result = run("--only", "embeddings", models=models, path=path)
     assert result.returncode == 1 and "not a torch file" in result.stderr
     assert not any((models / "embeddings").glob("*.pt"))
+
+
+def closed_port() -> int:
+    """A localhost port nothing listens on: connecting is refused at once, as on a machine without a network."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_no_network_gives_up_at_once_with_one_message(tmp_path):
+    real_curl = shutil.which("curl") or pytest.skip("curl is not installed")
+    path = fake_bin(tmp_path, with_hf=False)
+    log = tmp_path / "calls.log"
+    (Path(path) / "curl").write_text(f'#!/bin/bash\necho "curl $*" >> {log}\nexec {real_curl} "$@"\n')
+    models, endpoint = tmp_path / "models", f"http://127.0.0.1:{closed_port()}"
+    start = time.monotonic()
+    result = run("--only", "vae,eval", models=models, path=path, HF_ENDPOINT=endpoint)
+    assert time.monotonic() - start < 5
+    assert result.returncode == 1, result.stdout + result.stderr
+    [message] = result.stderr.splitlines()
+    assert message.startswith(f"error: cannot reach {endpoint} (no connection); ")
+    assert "HF_ENDPOINT" in message and "run the same command again" in message
+    assert len(log.read_text().splitlines()) == 1  # the probe, and no attempt at any file
+    assert not models.exists()
+    for args in (["--dry-run"], ["--list"]):  # plans need no network: no probe
+        assert run(*args, models=models, path=path, HF_ENDPOINT=endpoint).returncode == 0
+    assert len(log.read_text().splitlines()) == 1

@@ -4,6 +4,7 @@ and one clear ConfigError per bad input."""
 import csv
 import json
 import math
+import re
 import shutil
 from html.parser import HTMLParser
 from pathlib import Path
@@ -15,6 +16,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from magicme.errors import ConfigError
+from magicme.evaluation import evaluate as evaluate_module
 from magicme.evaluation.evaluate import EvalSettings, evaluate, load_settings
 from magicme.evaluation.faces import FaceEncoder, face_scores
 from magicme.evaluation.metrics import (
@@ -23,7 +25,7 @@ from magicme.evaluation.metrics import (
 from magicme.evaluation.report import COLUMNS
 from magicme.evaluation.runs import group_key, load_runs, run_labels
 from magicme.tiny.eval_models import save_tiny_clip, save_tiny_dino
-from magicme.video_io import write_frames, write_video
+from magicme.video_io import read_video, write_frames, write_video
 
 skdata = pytest.importorskip("skimage.data")
 PROMPT = "a photo of embedding:altman man riding a horse"
@@ -278,6 +280,117 @@ def test_bad_inputs(tmp_path, runs, references, models):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.fixture(scope="session")
+def bomb(tmp_path_factory) -> Path:
+    """A 10 KB PNG that decodes to 81 megapixels (a decompression bomb that Pillow itself lets through: its own
+    warning starts at 89 MP, its error at 179 MP)."""
+    path = tmp_path_factory.mktemp("bomb") / "bomb.png"
+    Image.new("1", (9000, 9000)).save(path)
+    return path
+
+
+def listing_with(tmp_path: Path, files: dict) -> Path:
+    """A run folder whose samples.jsonl lists a proper video on line 1 and `files` on line 2."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "ok.mp4").write_bytes(b"video")
+    return write_run(run, [record(0, "t2v", {"mp4": "ok.mp4"}, 16), record(1, "t2v", files, 16)])
+
+
+@pytest.mark.parametrize("case", ["dotdot", "absolute", "symlink", "symlinked-folder", "symlinked-frame"])
+def test_listed_files_outside_the_run_folder_are_refused(tmp_path, case):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "x.mp4").write_bytes(b"someone else's file")
+    Image.new("RGB", (8, 8)).save(outside / "frame-0000.png")
+    run = listing_with(tmp_path, {})
+    files = {"dotdot": {"mp4": "../outside/x.mp4"}, "absolute": {"mp4": str(outside / "x.mp4")},
+             "symlink": {"mp4": "link.mp4"}, "symlinked-folder": {"frames": "frames"},
+             "symlinked-frame": {"frames": "frames"}}[case]
+    if case == "symlink":
+        (run / "link.mp4").symlink_to(outside / "x.mp4")
+    if case == "symlinked-folder":
+        (run / "frames").symlink_to(outside)
+    if case == "symlinked-frame":
+        (run / "frames").mkdir()
+        Image.new("RGB", (8, 8)).save(run / "frames" / "frame-0000.png")
+        (run / "frames" / "frame-0001.png").symlink_to(outside / "frame-0000.png")
+    write_run(run, [record(0, "t2v", {"mp4": "ok.mp4"}, 16), record(1, "t2v", files, 16)])
+    with pytest.raises(ConfigError, match=r"samples\.jsonl, line 2: files\.(mp4|frames): .* leads outside the run "
+                                          r"folder"):
+        load_runs([run])
+
+
+def test_symlinks_that_stay_inside_the_run_folder_are_fine(tmp_path):
+    run = listing_with(tmp_path, {"mp4": "alias.mp4"})
+    (run / "alias.mp4").symlink_to(run / "ok.mp4")
+    assert [s.path.name for s in load_runs([run])] == ["ok.mp4", "alias.mp4"]
+
+
+def test_bad_out_is_refused_before_any_model_loads(tmp_path, runs, references, models, monkeypatch, capsys):
+    def no_models(*args, **kwargs):
+        raise AssertionError("a model was loaded before --out was checked")
+
+    monkeypatch.setattr(evaluate_module, "ClipEncoder", no_models)
+    monkeypatch.setattr(evaluate_module, "DinoEncoder", no_models)
+    taken = tmp_path / "report.html"
+    taken.write_text("keep me")
+    settings = EvalSettings(clip=models["clip"], dino=models["dino"], device="cpu")
+    for out in (taken, taken / "eval"):
+        with pytest.raises(ConfigError, match=f"--out: {taken} is a file, not a folder"):
+            evaluate([runs[1]], references, out, settings, progress=False)
+    from scripts.evaluate import main
+
+    assert main(["--samples", str(runs[1]), "--references", str(references), "--out", str(taken), "--clip",
+                 models["clip"], "--dino", models["dino"], "--quiet"]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"error: --out: {taken} is a file, not a folder; choose another "
+                                                    f"--out"]
+    assert taken.read_text() == "keep me"
+
+
+def test_reference_photos_are_read_safely(tmp_path, runs, references, bomb, models):
+    settings = EvalSettings(clip=models["clip"], dino=models["dino"], device="cpu")
+    folder = tmp_path / "refs"
+    shutil.copytree(references, folder)
+    shutil.copy(bomb, folder / "zz-bomb.png")
+    with pytest.raises(ConfigError, match=r"zz-bomb\.png: 9000x9000 pixels is more than the 64 MP limit for "
+                                          r"a reference photo"):
+        evaluate([runs[1]], folder, tmp_path / "out", settings, progress=False)
+    (folder / "zz-bomb.png").write_bytes(b"not an image")
+    with pytest.raises(ConfigError, match=r"zz-bomb\.png: cannot read this reference photo"):
+        evaluate([runs[1]], folder, tmp_path / "out", settings, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_frame_folders_are_read_safely(tmp_path, bomb):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    Image.new("RGB", (8, 8), "red").save(frames / "frame-0000.PNG")
+    (frames / "frame-0001.png").mkdir()  # a folder with an image's name is not a frame
+    (frames / "notes.txt").write_text("not a frame")
+    video = read_video(frames)
+    assert video.shape == (1, 8, 8, 3) and video.dtype == np.float32 and video[0, 0, 0].tolist() == [1.0, 0.0, 0.0]
+    shutil.copy(bomb, frames / "frame-0002.png")
+    with pytest.raises(ConfigError, match=r"frame-0002\.png: 9000x9000 pixels is more than the 64 MP limit "
+                                          r"for a frame image"):
+        read_video(frames)
+
+
+@pytest.mark.parametrize("text, problem", [("faces: [true\n", "not valid YAML"),
+                                           ("- clip\n- dino\n", "the top level is a list, not a mapping"),
+                                           ("clip: ${nope}\n", "clip: .*nope")])
+def test_malformed_settings_files_are_one_line_errors(tmp_path, references, text, problem, capsys):
+    config = tmp_path / "eval.yaml"
+    config.write_text(text)
+    with pytest.raises(ConfigError, match=problem):
+        load_settings(config)
+    from scripts.evaluate import main
+
+    assert main(["--samples", str(tmp_path), "--references", str(references), "--config", str(config)]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: ") and "eval.yaml" in line
+
+
 def test_settings_file_and_cli(tmp_path, runs, references, models, capsys):
     config = tmp_path / "eval.yaml"
     config.write_text("frames_per_video: 2\nfaces: false\n")
@@ -287,6 +400,11 @@ def test_settings_file_and_cli(tmp_path, runs, references, models, capsys):
     config.write_text("frames_per_vido: 2\n")
     with pytest.raises(ConfigError, match="frames_per_vido"):
         load_settings(config)
+    for text, problem in (("frames_per_video: -1", "frames_per_video: -1 is below 0"),
+                          ("batch_size: 0", "batch_size: 0 is below 1")):
+        config.write_text(text)
+        with pytest.raises(ConfigError, match=problem):
+            load_settings(config)
     from scripts.evaluate import main
 
     assert main(["--samples", str(tmp_path), "--references", str(references), "--quiet"]) == 2
@@ -303,17 +421,68 @@ def test_settings_file_and_cli(tmp_path, runs, references, models, capsys):
 
 @pytest.mark.parametrize("word", ["man", "woman"])
 def test_protocol_gives_a_valid_sampling_config(tmp_path, word):
-    from magicme.config import expand_samples, load_config
     from magicme.evaluation.protocol import protocol_config
+    from magicme.schema import expand_samples, load_sample_config
 
     repo = Path(__file__).resolve().parents[1]
     config = protocol_config(repo / "configs/sample/example.yaml", repo / f"configs/eval/prompts_{word}.yaml",
                              "altman")
     path = tmp_path / "altman.yaml"
     path.write_text(OmegaConf.to_yaml(config))
-    samples = expand_samples(load_config(path))
-    assert len(samples) == 100 and len({s["prompt"] for s in samples}) == 25
-    assert all(f"embedding:altman {word} " in s["prompt"] for s in samples)
-    assert sorted({s["seed"] for s in samples}) == [0, 1, 2, 3]
+    samples = expand_samples(load_sample_config(path))
+    assert len(samples) == 100 and len({s.prompt for s in samples}) == 25
+    assert all(f"embedding:altman {word} " in s.prompt for s in samples)
+    assert sorted({s.seed for s in samples}) == [0, 1, 2, 3]
     with pytest.raises(ConfigError, match="--name"):
         protocol_config(repo / "configs/sample/example.yaml", repo / f"configs/eval/prompts_{word}.yaml", "a b")
+
+
+def test_protocol_fills_id_with_the_name_and_its_class_word(tmp_path, capsys):
+    from scripts.make_eval_config import main
+
+    repo = Path(__file__).resolve().parents[1]
+    protocol = tmp_path / "prompts_dog.yaml"
+    protocol.write_text("class_word: dog\nseeds: [5]\nprompts:\n  - a photo of {id} running, {id} barking\n")
+    out = tmp_path / "rex.yaml"
+    assert main(["--protocol", str(protocol), "--name", "rex", "--base", str(repo / "configs/sample/example.yaml"),
+                 "--out", str(out)]) == 0
+    config = OmegaConf.load(out)
+    assert list(config.prompts) == ["a photo of embedding:rex dog running, embedding:rex dog barking"]
+    assert list(config.seeds) == [5]
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("class_word: man\nprompts:\n  - a photo of embedding:{name} man\n",
+     r"prompt 1 uses the old \{name\} placeholder; write \{id\}"),
+    ("prompts:\n  - a photo of {id}\n", "no class_word; add e.g. `class_word: woman`"),
+    ("class_word: man\nprompts:\n  - a photo of {id}\n  - a photo of a man\n", r"prompt 2 .* has no \{id\}"),
+    ("class_word: man\n", "no prompts"),
+    ("class_word: [man\n", "not valid YAML"),
+    ("class_word: ${nope}\nprompts:\n  - a photo of {id}\n", "class_word: .*nope"),
+])
+def test_bad_protocols_are_one_line_errors(tmp_path, text, problem, capsys):
+    from scripts.make_eval_config import main
+
+    repo = Path(__file__).resolve().parents[1]
+    protocol = tmp_path / "prompts.yaml"
+    protocol.write_text(text)
+    out = tmp_path / "out.yaml"
+    assert main(["--protocol", str(protocol), "--name", "ann", "--base", str(repo / "configs/sample/example.yaml"),
+                 "--out", str(out)]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: ") and re.search(problem, line), line
+    assert not out.exists()
+
+
+def test_bad_base_config_and_out_are_one_line_errors(tmp_path, capsys):
+    from scripts.make_eval_config import main
+
+    repo = Path(__file__).resolve().parents[1]
+    base = tmp_path / "base.yaml"
+    base.write_text("steps: ${nope}\n")
+    args = ["--protocol", str(repo / "configs/eval/prompts_man.yaml"), "--name", "ann"]
+    assert main([*args, "--base", str(base), "--out", str(tmp_path / "a.yaml")]) == 2
+    assert re.fullmatch(r"error: steps: .*nope.*", capsys.readouterr().err.strip())
+    assert main([*args, "--base", str(repo / "configs/sample/example.yaml"), "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: --out: {tmp_path} is a folder")
+    assert not (tmp_path / "a.yaml").exists()

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import numpy as np
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from tqdm import tqdm
 
-from magicme.prompts import strip_id_tokens
+from magicme.configfile import load_structured
 from magicme.errors import ConfigError
 from magicme.evaluation.faces import FaceEncoder, face_scores
 from magicme.evaluation.metrics import (
@@ -22,6 +21,8 @@ from magicme.evaluation.metrics import (
 )
 from magicme.evaluation.report import contact_sheet, write_reports
 from magicme.evaluation.runs import check_decoded, group_key, load_references, load_runs
+from magicme.prompts import strip_id_tokens
+from magicme.rundir import check_output_dir
 from magicme.video_io import read_video
 
 log = logging.getLogger(__name__)
@@ -43,21 +44,10 @@ class EvalSettings:
 
 def load_settings(path: Path | str | None, overrides: dict | None = None) -> EvalSettings:
     """Defaults ← YAML (configs/eval/*.yaml, keys as EvalSettings) ← command-line values that were given."""
-    schema = OmegaConf.structured(EvalSettings)
-    try:
-        layers = [schema]
-        if path is not None:
-            if not Path(path).is_file():
-                raise ConfigError(f"--config: {path} not found")
-            layers.append(OmegaConf.load(path))
-        layers.append(OmegaConf.create({k: v for k, v in (overrides or {}).items() if v is not None}))
-        merged = OmegaConf.merge(*layers)
-    except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None) or "config"
-        raise ConfigError(f"{key}: {str(err).splitlines()[0]} (in {path or 'command line'})") from err
-    settings = EvalSettings(**OmegaConf.to_container(merged))
-    if settings.frames_per_video < 0 or settings.batch_size < 1 or settings.contact_frames < 1:
-        raise ConfigError("frames_per_video must be ≥ 0, batch_size and contact_frames ≥ 1")
+    settings = EvalSettings(**OmegaConf.to_container(load_structured(EvalSettings, path, overrides or {})))
+    for key, low in (("frames_per_video", 0), ("batch_size", 1), ("contact_frames", 1)):
+        if getattr(settings, key) < low:
+            raise ConfigError(f"{key}: {getattr(settings, key)} is below {low}; give a value ≥ {low}")
     return settings
 
 
@@ -80,14 +70,15 @@ def aggregate(videos: list[dict]) -> list[dict]:
 def evaluate(samples: list[Path | str], references: Path | str, out: Path | str | None = None,
              settings: EvalSettings | None = None, progress: bool = True) -> Path:
     """Score, then write metrics.json / metrics.csv / report.html into `out` (default `<first run>/eval/`)."""
-    from magicme.models import resolve_device  # imported here: it pulls in diffusers, not needed for input checks
+    from magicme.devices import resolve_device  # imported here: it pulls in torch, not needed for input checks
 
     settings = settings or EvalSettings()
     videos = load_runs(samples)
+    # checked before anything is scored: a bad --out must not cost a whole evaluation
+    out = check_output_dir(out if out is not None else Path(samples[0]) / "eval", "--out")
     reference_names, reference_images = load_references(references)
     check_model_path("clip", settings.clip)
     check_model_path("dino", settings.dino)
-    out = Path(out) if out is not None else Path(samples[0]) / "eval"
     runs = list(dict.fromkeys(v.run for v in videos))
     videos.sort(key=lambda v: (*group_key(v, runs), v.index))
 

@@ -12,7 +12,7 @@ import torch
 from transformers import AutoImageProcessor, AutoModel, CLIPModel, CLIPTokenizer
 
 from magicme.errors import ConfigError
-from magicme.models import is_hub_id
+from magicme.inspector import is_hub_id
 from magicme.video_io import to_uint8
 
 

@@ -8,10 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from magicme.errors import ConfigError
-from magicme.video_io import IMAGE_SUFFIXES
+from magicme.images import IMAGE_SUFFIXES, image_files, read_image
 
 # Lossless frame folders first, then MP4 (what the paper's videos were), then GIF (palette-quantised).
 FILE_PREFERENCE = ("frames", "mp4", "gif")
@@ -59,7 +58,7 @@ def load_run(folder: Path, label: str) -> list[VideoSample]:
         kind = next((k for k in FILE_PREFERENCE if isinstance(files, dict) and k in files), None)
         if kind is None:
             raise ConfigError(f"{where}: 'files' names no video ({', '.join(FILE_PREFERENCE)})")
-        path = folder / files[kind]
+        path = listed_file(folder, files[kind], f"{where}: files.{kind}")
         if not path.exists():
             raise ConfigError(f"{where}: {path} is missing; the run folder is incomplete or was moved without its "
                               f"videos")
@@ -70,6 +69,30 @@ def load_run(folder: Path, label: str) -> list[VideoSample]:
     if not samples:
         raise ConfigError(f"{listing}: no samples listed; the sampling run wrote nothing")
     return samples
+
+
+def inside(path: Path, folder: Path) -> bool:
+    """Whether `path`, with `..` and every symlink resolved, lies in `folder` (also resolved)."""
+    return path.resolve().is_relative_to(folder.resolve())
+
+
+def listed_file(folder: Path, name: object, where: str) -> Path:
+    """A video that samples.jsonl names, which must lie inside the run folder.
+
+    A listing is data, not a command: a name such as `../../etc/x.mp4`, an absolute path or a symlink leading out
+    of the run must not make evaluation read (and put into its report) a file the run did not write. A frame
+    folder's images are checked too, since each could be such a symlink.
+    """
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{where}: {name!r} is not a file name; expected a name as sample.py writes it")
+    path = folder / name
+    escapes = [path] if not inside(path, folder) else []
+    if not escapes and path.is_dir():
+        escapes = [p for p in image_files(path) if not inside(p, folder)]
+    if escapes:
+        raise ConfigError(f"{where}: {escapes[0]} leads outside the run folder {folder} (to {escapes[0].resolve()}); "
+                          f"a run folder may only list its own files, so fix or regenerate samples.jsonl")
+    return path
 
 
 def check_decoded(sample: VideoSample, video: np.ndarray) -> None:
@@ -101,16 +124,10 @@ def load_references(folder: Path | str) -> tuple[list[str], list[np.ndarray]]:
     if not folder.is_dir():
         raise ConfigError(f"--references: {folder} is not a folder; give the identity's photo folder "
                           f"(dataset/<name>)")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = image_files(folder)
     if not files:
-        raise ConfigError(f"--references: {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    images = []
-    for path in files:
-        try:
-            images.append(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0)
-        except OSError as err:
-            raise ConfigError(f"--references: cannot read {path} ({err})") from err
-    return [p.name for p in files], images
+        raise ConfigError(f"--references: {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return [p.name for p in files], [read_image(path, "reference photo") for path in files]
 
 
 def group_key(sample: VideoSample, runs: list[str]) -> tuple[int, int, str]:
