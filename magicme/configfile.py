@@ -34,13 +34,13 @@ def read_yaml_mapping(path: Path | str, flag: str = "--config") -> DictConfig:
         data = yaml.safe_load(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         first = str(err).splitlines()[0]
-        raise ConfigError(f"{path}: not valid YAML ({first}); fix the file (configs/sample/example.yaml shows the "
-                          "format)") from err
+        raise ConfigError(f"{path}: not valid YAML ({first}); fix the file (the example configs under configs/ "
+                          "show the format)") from err
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level is a {type(data).__name__}, not a mapping of keys; write "
-                          "`key: value` lines (see configs/sample/example.yaml)")
+                          "`key: value` lines (the example configs under configs/ show the format)")
     try:
         return OmegaConf.create(data)
     except OmegaConfBaseException as err:

@@ -1,6 +1,8 @@
 """End-to-end sample.py on the tiny bundle, reproducibility, and the config checks that run before any model loads."""
 
 import json
+import os
+from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
@@ -151,3 +153,62 @@ def test_missing_config_file_and_bad_override(tmp_path, tiny_bundle, capsys):
     config = write_config(tmp_path, tiny_bundle)
     assert sample.main(["--config", str(config), "guidance_scale=loud"]) == 2
     assert "guidance_scale" in capsys.readouterr().err
+
+
+def test_output_dir_that_is_a_file_or_read_only_fails_before_loading(tmp_path, tiny_bundle, capsys, monkeypatch):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file")
+    config = write_config(tmp_path, tiny_bundle)
+    assert sample.main(["--config", str(config), "--quiet", f"output_dir={blocker / 'runs'}"]) == 2
+    assert f"output_dir: {blocker} is a file, not a folder" in capsys.readouterr().err
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    # tests may run as root, which ignores permission bits: the folder is made read-only by the check's own probe
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode))
+    assert sample.main(["--config", str(config), "--quiet", f"output_dir={locked / 'runs'}"]) == 2
+    assert f"output_dir: {locked} is not writable" in capsys.readouterr().err
+
+
+def test_nan_and_empty_identities_fail_before_loading(tmp_path, tiny_bundle, capsys):
+    emb = tmp_path / "emb"
+    save_embedding(emb / "broken.pt", torch.full((2, 32), float("nan")), "broken")
+    save_embedding(emb / "empty.pt", torch.zeros(0, 32), "empty")
+    for name, message in (("broken", "NaN or infinite values"), ("empty", "0 tokens")):
+        config = write_config(tmp_path, tiny_bundle, **{"model.embeddings_dir": str(emb),
+                                                        "prompts": [f"embedding:{name} man"]})
+        assert sample.main(["--config", str(config), "--quiet"]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_long_prompts_are_reported_not_cut_silently(tmp_path, tiny_bundle, caplog):
+    words = " ".join(f"word{i}" for i in range(60))
+    config = write_config(tmp_path, tiny_bundle, prompts=[f"a photo of <tinyperson> man, {words}"], frames=2)
+    with caplog.at_level("WARNING", logger="magicme"):
+        assert sample.main(["--config", str(config), "--quiet"]) == 0
+    assert "CLIP reads the first 75" in caplog.text and "word59" in caplog.text
+
+
+def test_stage_helper_models_load_once_per_run(tmp_path, tiny_bundle, monkeypatch):
+    """Face VCD's CLIPSeg and Tiled VCD's upscaler are built once, however many videos a run refines."""
+    import magicme.segmentation
+    import magicme.upscale
+
+    built = {"ClipSegSegmenter": 0, "Upscaler": 0}
+
+    def counting(cls):
+        class Counted(cls):
+            def __init__(self, *args, **kwargs):
+                built[cls.__name__] += 1
+                super().__init__(*args, **kwargs)
+        return Counted
+
+    monkeypatch.setattr(magicme.segmentation, "ClipSegSegmenter", counting(magicme.segmentation.ClipSegSegmenter))
+    monkeypatch.setattr(magicme.upscale, "Upscaler", counting(magicme.upscale.Upscaler))
+    config = write_config(tmp_path, tiny_bundle, frames=2, seeds=[1, 2], prompts=["<tinyperson> man"])
+    assert sample.main(["--config", str(config), "--quiet", "stages=[t2v,face,tiled]", "face.size=32",
+                        f"face.clipseg_model={tiny_bundle['clipseg']}", "tiled.tile=64", "tiled.padding=8"]) == 0
+    (run_dir,) = run_dirs(tmp_path)
+    assert len((run_dir / "samples.jsonl").read_text().splitlines()) == 2 * 3  # 2 samples × 3 stages
+    assert built == {"ClipSegSegmenter": 1, "Upscaler": 1}
