@@ -113,6 +113,19 @@ def installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def denoise_problems(key: str, settings) -> list[str]:
+    """Range checks every partial-denoise stage shares: its strength and its optional steps / guidance_scale / gamma
+    (null = the run's or the sample's value)."""
+    checks = [
+        (0.0 <= settings.strength <= 1.0, f"{key}.strength: {settings.strength} not in [0, 1]"),
+        (settings.steps is None or settings.steps >= 1, f"{key}.steps: {settings.steps} must be >= 1"),
+        (settings.guidance_scale is None or settings.guidance_scale >= 0,
+         f"{key}.guidance_scale: {settings.guidance_scale} must be >= 0"),
+        (settings.gamma is None or 0.0 <= settings.gamma < 1.0, f"{key}.gamma: {settings.gamma} not in [0, 1)"),
+    ]
+    return [message for ok, message in checks if not ok]
+
+
 def or_default(value, default):
     """A stage setting left `null` falls back to the run's (or the sample's) value."""
     return default if value is None else value

@@ -10,7 +10,7 @@ from typing import Optional
 import numpy as np
 
 from magicme.inspector import hf_model_present
-from magicme.stages import Stage, installed, or_default, register_stage
+from magicme.stages import Stage, denoise_problems, installed, or_default, register_stage
 from magicme.steps import denoising_steps
 from magicme.vcd.geometry import Box, crop_box, feather_mask, link_tracks, union_box
 
@@ -54,14 +54,9 @@ class FaceStage(Stage):
             (face.min_face >= 0, f"face.min_face: {face.min_face} must be >= 0"),
             (face.crop_factor >= 1.0, f"face.crop_factor: {face.crop_factor} must be >= 1"),
             (face.size >= 8 and face.size % 8 == 0, f"face.size: {face.size} must be a positive multiple of 8"),
-            (0.0 <= face.strength <= 1.0, f"face.strength: {face.strength} not in [0, 1]"),
             (face.feather >= 0, f"face.feather: {face.feather} must be >= 0"),
-            (face.steps is None or face.steps >= 1, f"face.steps: {face.steps} must be >= 1"),
-            (face.guidance_scale is None or face.guidance_scale >= 0,
-             f"face.guidance_scale: {face.guidance_scale} must be >= 0"),
-            (face.gamma is None or 0.0 <= face.gamma < 1.0, f"face.gamma: {face.gamma} not in [0, 1)"),
         ]
-        return problems + [message for ok, message in checks if not ok]
+        return problems + [message for ok, message in checks if not ok] + denoise_problems("face", face)
 
     def setup(self, pipe) -> None:
         """The face detector, loaded once per run on the pipeline's device."""

@@ -7,7 +7,7 @@ from typing import Optional
 
 import numpy as np
 
-from magicme.stages import Stage, installed, or_default, register_stage
+from magicme.stages import Stage, denoise_problems, installed, or_default, register_stage
 from magicme.vcd.geometry import tile_weight, tile_windows
 
 
@@ -44,13 +44,8 @@ class TiledStage(Stage):
             (t.tile >= 64 and t.tile % 8 == 0, f"tiled.tile: {t.tile} must be a multiple of 8 >= 64"),
             (0 <= t.padding < t.tile // 2 and t.padding % 8 == 0,
              f"tiled.padding: {t.padding} must be a multiple of 8 in [0, tile/2)"),
-            (0.0 <= t.strength <= 1.0, f"tiled.strength: {t.strength} not in [0, 1]"),
-            (t.steps is None or t.steps >= 1, f"tiled.steps: {t.steps} must be >= 1"),
-            (t.guidance_scale is None or t.guidance_scale >= 0,
-             f"tiled.guidance_scale: {t.guidance_scale} must be >= 0"),
-            (t.gamma is None or 0.0 <= t.gamma < 1.0, f"tiled.gamma: {t.gamma} not in [0, 1)"),
         ]
-        return problems + [message for ok, message in checks if not ok]
+        return problems + [message for ok, message in checks if not ok] + denoise_problems("tiled", t)
 
     def setup(self, pipe) -> None:
         """The upscaler, loaded once per run (a model file is read once, not once per video)."""
