@@ -260,8 +260,10 @@ def bomb_photo(folder: Path) -> Path:
     ({"max_steps": "many"}, "max_steps: Value 'many' of type 'str' could not be converted to Integer"),
     ({"mixed_precision": "fp8"}, "mixed_precision: 'fp8' not one of no, fp16, bf16"),
 ])
-def test_bad_inputs(tmp_path, tiny_bundle, photos, capsys, change, message):
-    """One line naming the key or file, exit 2, and no run folder (checked before anything is written)."""
+def test_bad_inputs(tmp_path, tiny_bundle, photos, capsys, monkeypatch, change, message):
+    """One line naming the key or file, exit 2, and no run folder; all but the mask check before training starts."""
+    if "mask_threshold" not in change:
+        monkeypatch.setattr(trainer, "Accelerator", lambda *a, **k: pytest.fail("found only once training started"))
     (tmp_path / "empty").mkdir()
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "01.png").write_bytes(b"not an image")
