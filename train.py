@@ -23,13 +23,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="training config (YAML)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. max_steps=200 lr=5e-4")
-    parser.add_argument("--resume", default=None, help="'latest', a run folder, or a checkpoints/state-step-N.pt")
+    parser.add_argument("--resume", default=None,
+                        help="'latest', a run folder, or a state file <run>/checkpoints/state-step-N.pt")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
         cfg = load_train_config(args.config, args.overrides)
-        images = validate_train_config(cfg)
-        run_dir = train(cfg, images, resume=args.resume, progress=not args.quiet)
+        photos = validate_train_config(cfg)
+        run_dir = train(cfg, photos, resume=args.resume, progress=not args.quiet)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

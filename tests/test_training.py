@@ -16,9 +16,10 @@ import train
 from magicme.embeddings import load_embedding_file
 from magicme.training import trainer
 from magicme.training.augment import CLOSE_PREFIXES, FAR_PREFIXES, Geometry, apply_geometry, draw_geometry
-from magicme.training.config import TrainConfig
+from magicme.errors import ConfigError
+from magicme.training.config import TrainConfig, check_caption_template, load_train_config, validate_train_config
 from magicme.training.data import (
-    CANVAS_FILL, TrainImage, TrainingBatches, example_indices, load_training_images,
+    CANVAS_FILL, TrainImage, TrainingBatches, example_indices, load_training_images, read_photos, save_overlays,
 )
 from magicme.training.tokens import IdentityEmbedding
 from magicme.training.loss import latent_mask, masked_mse
@@ -73,6 +74,7 @@ def test_batches_are_a_function_of_the_step(tmp_path):
     assert not torch.equal(first.pixels, other.pixels)
     assert first.pixels.shape == (3, 3, 64, 64) and first.masks.shape == (3, 64, 64)
     assert first.pixels.min() >= -1 and first.pixels.max() <= 1
+    assert all(c.endswith("photo of a <x> man") for c in first.captions)  # {id} filled with tokens + class word
     # every photo appears once per epoch of the shuffled order
     seen = [i for step in range(4) for i in example_indices(step, 3, 4, "7/0")]
     assert all(sorted(seen[e * 4:(e + 1) * 4]) == [0, 1, 2, 3] for e in range(3))
@@ -140,6 +142,14 @@ def write_train_config(tmp_path, tiny_bundle, photos, **changes) -> Path:
     path = tmp_path / "train.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+def error_line(err: str) -> str:
+    """The one `error: ...` line a CLI prints for a ConfigError (a model-loading bar may come before it)."""
+    assert "Traceback" not in err
+    *_, last = err.rstrip("\n").split("\n")
+    assert last.startswith("error: ") and err.endswith(last + "\n")
+    return last
 
 
 def final_vectors(tmp_path) -> torch.Tensor:
@@ -223,11 +233,24 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_bundle
     assert not list(run_dir.glob("checkpoints/*step-3*")) and not (run_dir / "tinyperson2.pt").exists()
 
 
+def bomb_photo(folder: Path) -> Path:
+    """A 9000 x 9000 PNG of a few kilobytes: more pixels than the photo limit, decoded it would take 243 MB."""
+    folder.mkdir()
+    Image.new("1", (9000, 9000)).save(folder / "01.png")
+    return folder
+
+
 @pytest.mark.parametrize("change,message", [
     ({"images_dir": "does/not/exist"}, "images_dir: does/not/exist is not a folder"),
     ({"images_dir": "EMPTY"}, "images_dir: no images"),
-    ({"images_dir": "BROKEN"}, "cannot read this image"),
-    ({"mask_threshold": 1.0}, "mask_prompt: CLIPSeg found no 'person' in any training image"),
+    ({"images_dir": "BROKEN"}, "broken/01.png: cannot read this training photo"),
+    ({"images_dir": "BOMB"}, "bomb/01.png: 9000x9000 pixels is more than the 64 MP limit for a training photo"),
+    ({"caption_template": "photo of a {}"}, "caption_template: 'photo of a {}' uses {}; write {id}"),
+    ({"caption_template": "photo of a man"}, "caption_template: 'photo of a man' needs {id}"),
+    ({"output_dir": "AFILE/runs"}, "output_dir: AFILE is a file, not a folder"),
+    ({"mask_cache_dir": "AFILE"}, "mask_cache_dir: AFILE is a file, not a folder"),
+    ({"copy_to_embeddings_dir": "AFILE/x"}, "copy_to_embeddings_dir: AFILE is a file, not a folder"),
+    ({"mask_threshold": 1.0}, "mask_prompt: CLIPSeg found no 'person' in any training image"),  # after CLIPSeg
     ({"class_word": " "}, "class_word: required"),
     ({"init": "rare"}, "init: the original's rare-token ids need the CLIP vocabulary"),
     ({"lr": 0}, "lr: 0.0 must be > 0"),
@@ -237,19 +260,70 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_bundle
     ({"max_steps": "many"}, "max_steps: Value 'many' of type 'str' could not be converted to Integer"),
     ({"mixed_precision": "fp8"}, "mixed_precision: 'fp8' not one of no, fp16, bf16"),
 ])
-def test_bad_inputs(tmp_path, tiny_bundle, photos, capsys, change, message):
-    if change.get("images_dir") == "EMPTY":
-        (tmp_path / "empty").mkdir()
-        change = {"images_dir": str(tmp_path / "empty")}
-    if change.get("images_dir") == "BROKEN":
-        broken = tmp_path / "broken"
-        broken.mkdir()
-        (broken / "01.png").write_bytes(b"not an image")
-        change = {"images_dir": str(broken)}
+def test_bad_inputs(tmp_path, tiny_bundle, photos, capsys, monkeypatch, change, message):
+    """One line naming the key or file, exit 2, and no run folder; all but the mask check before training starts."""
+    if "mask_threshold" not in change:
+        monkeypatch.setattr(trainer, "Accelerator", lambda *a, **k: pytest.fail("found only once training started"))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "01.png").write_bytes(b"not an image")
+    (tmp_path / "afile").write_text("a file")
+    folders = {"EMPTY": tmp_path / "empty", "BROKEN": tmp_path / "broken", "BOMB": tmp_path / "bomb"}
+    if change.get("images_dir") == "BOMB":
+        bomb_photo(tmp_path / "bomb")
+    change = {key: str(folders.get(value, value)).replace("AFILE", str(tmp_path / "afile"))
+              if isinstance(value, str) else value for key, value in change.items()}
+    message = message.replace("AFILE", str(tmp_path / "afile"))
     config = write_train_config(tmp_path, tiny_bundle, photos, **change)
     assert train.main(["--config", str(config), "--quiet"]) == 2
-    err = capsys.readouterr().err
-    assert message in err and "Traceback" not in err
+    assert message in error_line(capsys.readouterr().err)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("text,overrides,message", [
+    ("name: [unclosed\n", [], "not valid YAML"),
+    ("- name: a\n- name: b\n", [], "the top level is a list, not a mapping"),
+    (None, ["validation.seeds=[1,2"], "validation.seeds: cannot parse the override"),
+    (None, ["name=${nope}"], "name: Interpolation key 'nope' not found"),
+    (None, ["lr"], "lr: an override must be key=value"),
+])
+def test_malformed_configs_are_one_line_errors(tmp_path, tiny_bundle, photos, capsys, text, overrides, message):
+    config = write_train_config(tmp_path, tiny_bundle, photos)
+    if text is not None:
+        config.write_text(text)
+    assert train.main(["--config", str(config), "--quiet", *overrides]) == 2
+    assert message in error_line(capsys.readouterr().err)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("path", sorted(Path("configs/train").glob("*.yaml")) + [Path("configs/tiny/train.yaml")],
+                         ids=str)
+def test_shipped_configs_use_the_id_placeholder(path):
+    cfg = load_train_config(path)
+    check_caption_template(cfg.caption_template)
+    assert all("{id}" in prompt for prompt in cfg.validation.prompts)
+
+
+def test_photos_are_decoded_when_the_config_is_checked(tmp_path, tiny_bundle, photos):
+    cfg = load_train_config(write_train_config(tmp_path, tiny_bundle, photos))
+    decoded = validate_train_config(cfg)
+    assert [p.path.name for p in decoded] == ["01.png", "02.jpg", "03.webp"]
+    assert decoded[0].crop.shape == (512, 512, 3) and decoded[2].crop.shape == (360, 360, 3)
+    cfg.images_dir = str(bomb_photo(tmp_path / "bomb"))
+    with pytest.raises(ConfigError, match="01.png: 9000x9000 pixels is more than the 64 MP limit"):
+        validate_train_config(cfg)
+
+
+def test_photos_are_decoded_once_as_read_image_decodes_them(photos, monkeypatch):
+    from magicme.images import read_image
+    from magicme.training import data
+
+    calls = []
+    monkeypatch.setattr(data, "read_image", lambda path, what: calls.append(path) or read_image(path, what))
+    decoded = read_photos(sorted(photos.iterdir()))
+    assert len(calls) == 3
+    full = read_image(photos / "03.webp")  # 360 x 440: the centre 360 x 360 square
+    assert decoded[2].crop.dtype == np.uint8 and np.array_equal(decoded[2].pixels(), full[:, 40:400])
 
 
 def test_masks_are_cached_and_a_random_seed_is_recorded(tmp_path, tiny_bundle, photos, monkeypatch):
@@ -272,8 +346,8 @@ def test_an_image_whose_mask_is_empty_is_skipped_with_a_warning(tmp_path, photos
 
     paths = sorted(photos.iterdir())
     with caplog.at_level("WARNING", logger="magicme.train"):
-        kept = load_training_images(paths, Segmenter, "model-id", "person", 0.5, tmp_path / "cache", 32,
-                                    overlay_dir=tmp_path / "masks")
+        kept = load_training_images(read_photos(paths), Segmenter, "model-id", "person", 0.5, tmp_path / "cache", 32)
+    save_overlays(tmp_path / "masks", kept)
     assert [k.path for k in kept] == paths[1:] and all(k.mask.shape == (32, 32) for k in kept)
     assert "01.png" in caplog.text and "empty" in caplog.text
     assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == ["02.png", "03.png"]

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from magicme.embeddings import fill_identity
+
 FAR_PREFIXES = ("a far away ", "very small ")
 CLOSE_PREFIXES = ("zoomed in ", "close up ")
 
@@ -78,6 +80,6 @@ def apply_geometry(image: torch.Tensor, geometry: Geometry, size: int, canvas_fi
     return x[:, r:r + size, c:c + size]
 
 
-def caption_for(template: str, tokens: str, prefix: str) -> str:
-    """`photo of a {}` + `<ann> <ann>_1 man` + `close up ` → `close up photo of a <ann> <ann>_1 man`."""
-    return prefix + template.format(tokens)
+def caption_for(template: str, identity: str, prefix: str) -> str:
+    """`photo of a {id}` + `<ann> <ann>_1 man` + `close up ` → `close up photo of a <ann> <ann>_1 man`."""
+    return prefix + fill_identity(template, identity)

@@ -1,6 +1,7 @@
 """The training config (the original's `configs/ceo.yaml`, made explicit), checked before anything loads."""
 
 import importlib.util
+import json
 import random
 import re
 from dataclasses import dataclass, field
@@ -9,12 +10,15 @@ from typing import Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
-from magicme.config import MAX_SEED, VideoSettings, describe_omegaconf_error, validate_model
+from magicme.config import MAX_SEED, VideoSettings, validate_model
+from magicme.configfile import load_structured
+from magicme.embeddings import ID_PLACEHOLDER
 from magicme.errors import ConfigError
+from magicme.images import IMAGE_SUFFIXES, image_files
+from magicme.rundir import check_output_dir
+from magicme.training.data import Photo, read_photos
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 CLIP_VOCAB = 49408
 
@@ -51,7 +55,7 @@ class TrainConfig:
     class_word: str = "man"
     num_tokens: int = 4
     init: str = "rare"  # "rare" (the original's rare-token ids) or a word whose embedding starts every token
-    caption_template: str = "photo of a {}"
+    caption_template: str = "photo of a {id}"  # {id} becomes the ID tokens and the class word
     mask_prompt: str = "person"
     mask_threshold: float = 0.4
     use_orig_img_rate: float = 0.05  # probability of a full-image (unmasked) loss
@@ -76,14 +80,8 @@ class TrainConfig:
 
 
 def load_train_config(path: Path | str, overrides: list[str] | None = None) -> DictConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        return OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(path),
-                               OmegaConf.from_dotlist(list(overrides or [])))
-    except OmegaConfBaseException as err:
-        raise ConfigError(describe_omegaconf_error(err, path)) from err
+    """The config file over the defaults, then `key=value` overrides; any malformed input is one ConfigError."""
+    return load_structured(TrainConfig, path, overrides)
 
 
 def _check(condition: bool, message: str) -> None:
@@ -91,12 +89,27 @@ def _check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def image_files(images_dir: Path) -> list[Path]:
-    return sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+def text_encoder_config(model: DictConfig) -> dict:
+    """The base's `text_encoder/config.json` (vocabulary size, width), or {} for a Hub id not downloaded yet."""
+    folder = model.base_config if Path(model.base).is_file() else model.base
+    path = Path(str(folder), "text_encoder", "config.json")
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def validate_train_config(cfg: DictConfig, rng: random.Random | None = None) -> list[Path]:
-    """Check every key and file; returns the training images. A seed of -1 is drawn here and kept in `cfg`."""
+def check_caption_template(template: str) -> None:
+    """One placeholder syntax everywhere: `{id}` (the old `{}` of str.format is refused, not silently kept)."""
+    _check("{}" not in template,
+           f"caption_template: {template!r} uses {{}}; write {ID_PLACEHOLDER} where the identity goes, "
+           f"e.g. 'photo of a {ID_PLACEHOLDER}'")
+    _check(ID_PLACEHOLDER in template, f"caption_template: {template!r} needs {ID_PLACEHOLDER} for the ID tokens")
+
+
+def validate_train_config(cfg: DictConfig, rng: random.Random | None = None) -> list[Photo]:
+    """Check every key, folder and photo; returns the decoded photos. A seed of -1 is drawn here and kept in `cfg`.
+
+    Every photo is decoded here, so a broken one (or a decompression bomb) is an error before a run folder exists
+    or a model loads; the decoded photos are handed to training rather than read again.
+    """
     for key in ("name", "images_dir"):
         _check(not OmegaConf.is_missing(cfg, key), f"{key}: required; set it in the config or as {key}=...")
     _check(re.fullmatch(r"[a-z0-9_\-]+", cfg.name) is not None,
@@ -106,7 +119,7 @@ def validate_train_config(cfg: DictConfig, rng: random.Random | None = None) -> 
     images = image_files(images_dir)
     _check(len(images) > 0, f"images_dir: no images ({', '.join(IMAGE_SUFFIXES)}) in {images_dir}")
     _check(cfg.class_word.strip() != "", "class_word: required (e.g. man, woman, dog)")
-    _check("{}" in cfg.caption_template, f"caption_template: {cfg.caption_template!r} needs a {{}} for the tokens")
+    check_caption_template(cfg.caption_template)
     _check(1 <= cfg.num_tokens <= 16, f"num_tokens: {cfg.num_tokens} not in [1, 16]")
     _check(cfg.init == "rare" or cfg.init.strip() != "", "init: 'rare' or a word")
     for key in ("use_orig_img_rate", "mask_threshold", "augment.flip_p", "augment.rotate_p"):
@@ -136,10 +149,8 @@ def validate_train_config(cfg: DictConfig, rng: random.Random | None = None) -> 
         _check(Path(str(cfg.model.base_config), "tokenizer").is_dir(),
                f"model.base_config: {cfg.model.base_config} must be a diffusers SD1.5 folder for a single-file base")
     if cfg.init == "rare":
-        encoder_config = Path(str(cfg.model.base_config if base.is_file() else base), "text_encoder", "config.json")
-        vocab = CLIP_VOCAB  # unknown before loading a Hub model; the loader checks again
-        if encoder_config.is_file():
-            vocab = OmegaConf.load(encoder_config).get("vocab_size", CLIP_VOCAB)
+        # unknown before loading a Hub model; the loader checks again
+        vocab = text_encoder_config(cfg.model).get("vocab_size", CLIP_VOCAB)
         _check(vocab >= CLIP_VOCAB, f"init: the original's rare-token ids need the CLIP vocabulary ({CLIP_VOCAB} "
                                     f"tokens); this text encoder has {vocab}; set init to a word such as the class word")
     _check(Path(cfg.model.clipseg, "config.json").is_file(),
@@ -148,7 +159,8 @@ def validate_train_config(cfg: DictConfig, rng: random.Random | None = None) -> 
     if cfg.validation.every > 0:
         _check(len(cfg.validation.prompts) > 0, "validation.prompts: give at least one prompt, or validation.every=0")
         for prompt in cfg.validation.prompts:
-            _check("{id}" in prompt, f"validation.prompts: {prompt!r} needs {{id}} where the identity goes")
+            _check(ID_PLACEHOLDER in prompt,
+                   f"validation.prompts: {prompt!r} needs {ID_PLACEHOLDER} where the identity goes")
         v = cfg.validation
         for key in ("width", "height"):
             _check(v[key] >= 8 and v[key] % 8 == 0, f"validation.{key}: {v[key]} must be a positive multiple of 8")
@@ -164,6 +176,11 @@ def validate_train_config(cfg: DictConfig, rng: random.Random | None = None) -> 
             raise ConfigError(f"validation.{err}") from err
         _check(1 <= cfg.validation.frames <= max_frames,
                f"validation.frames: {cfg.validation.frames} not in [1, {max_frames}]")
+    check_output_dir(cfg.output_dir, "output_dir")
+    check_output_dir(cfg.mask_cache_dir, "mask_cache_dir")
+    if cfg.copy_to_embeddings_dir:
+        check_output_dir(cfg.copy_to_embeddings_dir, "copy_to_embeddings_dir")
+    photos = read_photos(images)
     if cfg.seed == -1:
         cfg.seed = (rng or random.SystemRandom()).randrange(MAX_SEED)
-    return images
+    return photos

@@ -1,5 +1,6 @@
 """Training photos and their person masks, and the augmented batches the loop trains on.
 
+Photos are decoded once, when the config is checked (`read_photos`), and kept as uint8 centre crops.
 Masks come from CLIPSeg with the config's `mask_prompt`, once per image: they are cached on disk under a key made
 of the image's bytes, the prompt, the model and the threshold, so a second run (or a resumed one) reuses them.
 
@@ -17,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from magicme.errors import ConfigError
+from magicme.images import read_image
 from magicme.training.augment import apply_geometry, caption_for, draw_geometry
 from magicme.video_io import atomic_path, to_uint8
 
@@ -45,12 +47,21 @@ class TrainImage:
     mask: np.ndarray  # (S, S) float32 in {0, 1}
 
 
-def read_image(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError) as err:
-        raise ConfigError(f"{path}: cannot read this image ({err}); remove or replace it") from err
+@dataclass
+class Photo:
+    """A training photo as decoded when the config was checked: its centre square crop at full resolution."""
+
+    path: Path
+    crop: np.ndarray  # (S, S, 3) uint8: a quarter of float32's memory, and float32 / 255 gives the same values back
+
+    def pixels(self) -> np.ndarray:
+        """(S, S, 3) float32 in [0, 1], exactly as `magicme.images.read_image` decoded it."""
+        return self.crop.astype(np.float32) / 255.0
+
+
+def read_photos(paths: list[Path]) -> list[Photo]:
+    """Decode every photo (a broken file or a decompression bomb is a ConfigError naming it) and crop it square."""
+    return [Photo(path, to_uint8(square_crop(read_image(path, "training photo")))) for path in paths]
 
 
 def square_crop(image: np.ndarray) -> np.ndarray:
@@ -75,9 +86,9 @@ def mask_cache_key(path: Path, prompt: str, model_identity: str, threshold: floa
     return digest.hexdigest()[:32]
 
 
-def load_training_images(paths: list[Path], segmenter_factory, model_id: str, prompt: str, threshold: float,
-                         cache_dir: Path, side: int, overlay_dir: Path | None = None) -> list[TrainImage]:
-    """Read every photo, get its person mask (cached), skip images whose mask is empty, with a warning each.
+def load_training_images(photos: list[Photo], segmenter_factory, model_id: str, prompt: str, threshold: float,
+                         cache_dir: Path, side: int) -> list[TrainImage]:
+    """Get every photo's person mask (cached), skip photos whose mask is empty, with a warning each.
 
     `segmenter_factory()` returns a `ClipSegSegmenter`; it is called (the model loaded) only if some mask is not
     cached yet. `model_id` is `magicme.segmentation.model_identity` of that model, part of the cache key. Photos and
@@ -85,8 +96,8 @@ def load_training_images(paths: list[Path], segmenter_factory, model_id: str, pr
     """
     segmenter = None
     result = []
-    for path in paths:
-        image = square_crop(read_image(path))
+    for photo in photos:
+        path, image = photo.path, photo.pixels()
         cache = cache_dir / f"{mask_cache_key(path, prompt, model_id, threshold)}.png"
         if cache.is_file():
             mask = np.asarray(Image.open(cache), dtype=np.float32) / 255.0
@@ -100,8 +111,6 @@ def load_training_images(paths: list[Path], segmenter_factory, model_id: str, pr
             continue
         image = np.clip(resize_square(image, side, Image.Resampling.LANCZOS), 0.0, 1.0)
         mask = (resize_square(mask, side, Image.Resampling.BILINEAR) >= 0.5).astype(np.float32)
-        if overlay_dir is not None:
-            save_overlay(overlay_dir / f"{path.stem}.png", image, mask)
         result.append(TrainImage(path, image, mask))
     if not result:
         raise ConfigError(f"mask_prompt: CLIPSeg found no {prompt!r} in any training image; check the photos or "
@@ -109,11 +118,12 @@ def load_training_images(paths: list[Path], segmenter_factory, model_id: str, pr
     return result
 
 
-def save_overlay(path: Path, image: np.ndarray, mask: np.ndarray) -> None:
-    """The photo with everything outside the mask dimmed: what the loss will see."""
-    shown = image * (0.25 + 0.75 * mask[..., None])
-    with atomic_path(path) as tmp:
-        Image.fromarray(to_uint8(shown)).save(tmp, format="PNG")
+def save_overlays(folder: Path, images: list[TrainImage]) -> None:
+    """Each photo with everything outside its mask dimmed (what the loss will see), as `<photo name>.png`."""
+    for image in images:
+        shown = image.pixels * (0.25 + 0.75 * image.mask[..., None])
+        with atomic_path(folder / f"{image.path.stem}.png") as tmp:
+            Image.fromarray(to_uint8(shown)).save(tmp, format="PNG")
 
 
 def example_indices(step: int, batch_size: int, count: int, seed: int) -> list[int]:

@@ -4,16 +4,19 @@ Only the N identity vectors learn (`magicme.training.tokens.IdentityEmbedding`);
 frozen, so the vocabulary stays bit-identical and gradient clipping acts on the identity (the original clipped the
 UNet, which had no gradient). Every random draw of step k comes from generators seeded by (seed, k)
 (`magicme.training.data`), so a resumed run continues exactly where it stopped.
+
+One process at a time writes a run folder (`magicme.rundir.RunLock`). `--resume` continues only a genuine run
+folder, from a state file that was read through the safe reader and checked before anything is written.
 """
 
 import contextlib
 import json
 import logging
 import random
+import re
 import shutil
 import time
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,18 +28,26 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from magicme.checkpoint_io import save_torch
-from magicme.embeddings import save_embedding
+from magicme.checkpoint_io import load_checkpoint, save_torch
+from magicme.embeddings import fill_identity, save_embedding
 from magicme.errors import ConfigError
 from magicme.models import SD15_BETAS, load_base
+from magicme.rundir import RunLock, make_run_dir, remove_stale_temp_files
 from magicme.segmentation import ClipSegSegmenter, model_identity
-from magicme.training.data import TrainingBatches, caption_ids, derive_seed, load_training_images, working_size
+from magicme.training.config import text_encoder_config
+from magicme.training.data import (
+    Photo, TrainImage, TrainingBatches, caption_ids, derive_seed, load_training_images, save_overlays, working_size,
+)
 from magicme.training.loss import latent_mask, masked_mse
-from magicme.training.tokens import add_identity_tokens, bake_identity, token_names
+from magicme.training.tokens import IdentityEmbedding, add_identity_tokens, bake_identity, token_names
 from magicme.video_io import atomic_path
 
 log = logging.getLogger("magicme.train")
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+STATE_NAME = re.compile(r"state-step-(\d+)\.pt")
+STATE_KEYS = ("name", "seed", "step", "vectors", "optimizer", "rng", "losses")
+SCALER_KEYS = ("scale", "growth_factor", "backoff_factor", "growth_interval", "_growth_tracker")
+STATE_ERRORS = (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError)
 
 
 class TrainingDiverged(Exception):
@@ -83,43 +94,199 @@ def global_rng_state() -> dict:
     return state
 
 
+def python_rng_state(saved) -> tuple:
+    """`random.setstate`'s argument from its saved form (the checkpoint keeps the internal state as a list)."""
+    version, internal, gauss = saved
+    return version, tuple(internal), gauss
+
+
+def numpy_rng_state(saved) -> tuple:
+    """`np.random.set_state`'s argument from its saved form (the key array is kept as a list)."""
+    name, keys, position, has_gauss, gauss = saved
+    return name, np.asarray(keys, dtype=np.uint32), position, has_gauss, gauss
+
+
 def set_global_rng_state(state: dict) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, position, has_gauss, gauss = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), position, has_gauss, gauss))
+    random.setstate(python_rng_state(state["python"]))
+    np.random.set_state(numpy_rng_state(state["numpy"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def make_run_dir(output_dir: str, name: str) -> Path:
-    run_dir = Path(output_dir) / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
-    n = 1
-    while run_dir.exists():
-        run_dir = run_dir.with_name(f"{name}-{datetime.now():%Y%m%d-%H%M%S}-{n}")
-        n += 1
-    (run_dir / "checkpoints").mkdir(parents=True)
-    return run_dir
+@dataclass
+class ResumePoint:
+    """The state a resumed run continues from, already read and checked."""
+
+    run_dir: Path
+    path: Path
+    state: dict
+    skipped: list[str] = field(default_factory=list)  # why newer states were passed over (logged into train.log)
 
 
-def find_resume_state(resume: str, output_dir: str, name: str) -> Path:
-    """`latest` = the newest state file of this identity's runs; a run folder = its newest; else the file itself."""
+def state_files(run_dir: Path) -> list[tuple[int, Path]]:
+    """The run's `checkpoints/state-step-N.pt`, highest step first: the step in the name, not the file's time, says
+    which is newest (a copied or touched file keeps its step)."""
+    found = ((STATE_NAME.fullmatch(p.name), p) for p in (run_dir / "checkpoints").glob("state-step-*.pt"))
+    return sorted(((int(match[1]), path) for match, path in found if match), reverse=True)
+
+
+def is_run_dir(folder: Path) -> bool:
+    """What train.py makes: `config.yaml`, written at the start, beside a `checkpoints/` folder."""
+    return (folder / "config.yaml").is_file() and (folder / "checkpoints").is_dir()
+
+
+def newest_run(output_dir: str, name: str) -> Path:
+    """`--resume latest`: the most recently started run of `name` that has a state. Run folders are named by their
+    start time, `<name>-YYYYmmdd-HHMMSS[-N]`, so another identity such as `<name>-b` never matches."""
+    pattern = re.compile(rf"{re.escape(name)}-(\d{{8}}-\d{{6}})(?:-(\d+))?")
+    folder = Path(output_dir)
+    runs = []
+    for run in folder.iterdir() if folder.is_dir() else []:
+        match = pattern.fullmatch(run.name)
+        if match and is_run_dir(run) and state_files(run):
+            runs.append((match[1], int(match[2] or 0), run))
+    if not runs:
+        raise ConfigError(f"--resume latest: no checkpoint of {name!r} under {output_dir}; give a run folder or "
+                          "start a new run")
+    return max(runs)[2]
+
+
+def check_optimizer_state(saved, vectors: torch.Tensor) -> None:
+    """Load `saved` into an AdamW over a stand-in for the vectors; its moments must have the vectors' shape."""
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros_like(vectors))])
+    optimizer.load_state_dict(saved)
+    for moments in optimizer.state.values():
+        for key in ("exp_avg", "exp_avg_sq"):
+            if moments[key].shape != vectors.shape:
+                raise ValueError(f"{key} has shape {tuple(moments[key].shape)}, not {tuple(vectors.shape)}")
+
+
+def check_rng_state(saved) -> None:
+    """Set the saved states on fresh generators: what resuming will do to the global ones, minus the effect."""
+    random.Random().setstate(python_rng_state(saved["python"]))
+    np.random.RandomState().set_state(numpy_rng_state(saved["numpy"]))
+    torch.Generator().set_state(saved["torch"])
+
+
+def state_problem(state, step: int) -> str | None:
+    """What is wrong with a loaded resume state (keys, types, shapes), or None. The optimizer and generator states
+    are tried on throwaway objects, so a state that passes here also loads."""
+    if not isinstance(state, dict):
+        return f"it holds a {type(state).__name__}, not a training state"
+    missing = [key for key in STATE_KEYS if key not in state]
+    if missing:
+        return f"it lacks {', '.join(missing)}"
+    vectors, losses, scaler = state["vectors"], state["losses"], state.get("scaler")
+    if not (isinstance(vectors, torch.Tensor) and vectors.ndim == 2 and vectors.is_floating_point()):
+        return "vectors is not a (tokens, width) float tensor"
+    if not (isinstance(state["name"], str) and isinstance(state["seed"], int) and state["step"] == step):
+        return f"name, seed and step must be a string, an integer and {step} (the step in the file name)"
+    if not (isinstance(losses, list) and len(losses) == step and all(isinstance(v, float) for v in losses)):
+        return f"losses is not a list of {step} numbers"
+    if scaler is not None and not (isinstance(scaler, dict)
+                                   and all(isinstance(scaler.get(key), (int, float)) for key in SCALER_KEYS)):
+        return "scaler is not a loss-scaler state"
+    for key, check in (("optimizer", lambda: check_optimizer_state(state["optimizer"], vectors)),
+                       ("rng", lambda: check_rng_state(state["rng"]))):
+        try:
+            check()
+        except STATE_ERRORS as err:
+            return f"{key} does not load ({type(err).__name__}: {err})"
+    return None
+
+
+def read_state(path: Path, step: int) -> dict:
+    """A resume state, read through the safe reader and checked; a ConfigError naming the file otherwise."""
+    state = load_checkpoint(path, "training state")
+    problem = state_problem(state, step)
+    if problem:
+        raise ConfigError(f"{path}: not a usable training state: {problem}; resume from another checkpoint")
+    return state
+
+
+def newest_good_state(run_dir: Path, flag: str) -> ResumePoint:
+    """The run's highest-step state that reads and checks out. A broken newer one (a full disk, a bad copy) is
+    passed over with a warning: the checkpoint before it is still a good place to continue."""
+    states = state_files(run_dir)
+    if not states:
+        raise ConfigError(f"{flag}: no checkpoints/state-step-N.pt in {run_dir}; start a new run instead")
+    skipped = []
+    for step, path in states:
+        try:
+            return ResumePoint(run_dir, path, read_state(path, step), skipped)
+        except ConfigError as err:
+            skipped.append(f"{err} (using the checkpoint before it)")
+    raise ConfigError(f"{flag}: no usable state in {run_dir / 'checkpoints'}; the newest: {skipped[0]}")
+
+
+def find_resume_point(resume: str, cfg: DictConfig) -> ResumePoint:
+    """`latest` = this identity's newest run; a run folder = its newest good state; else a state file of a run.
+
+    Only a genuine run folder is continued: a state file anywhere else would make the run write config.yaml,
+    masks and checkpoints beside it, outside `output_dir`.
+    """
+    flag = f"--resume {resume}"
     if resume == "latest":
-        states = sorted(Path(output_dir).glob(f"{name}-*/checkpoints/state-step-*.pt"),
-                        key=lambda p: p.stat().st_mtime)
-        if not states:
-            raise ConfigError(f"--resume latest: no checkpoint of {name!r} under {output_dir}")
-        return states[-1]
-    path = Path(resume)
-    if path.is_dir():
-        states = sorted(path.glob("checkpoints/state-step-*.pt"), key=lambda p: int(p.stem.rsplit("-", 1)[1]))
-        if not states:
-            raise ConfigError(f"--resume {path}: no checkpoints/state-step-*.pt in this folder")
-        return states[-1]
-    if not path.is_file():
-        raise ConfigError(f"--resume {path}: not found; give 'latest', a run folder or a state-step-N.pt file")
-    return path
+        point = newest_good_state(newest_run(cfg.output_dir, cfg.name), flag)
+    else:
+        path = Path(resume)
+        if not path.exists():
+            raise ConfigError(f"{flag}: not found; give 'latest', a run folder or a state-step-N.pt file")
+        match = STATE_NAME.fullmatch(path.name)
+        state_file = path.is_file() and match is not None and path.parent.name == "checkpoints"
+        run_dir = path.parent.parent if state_file else path
+        if not ((state_file or path.is_dir()) and is_run_dir(run_dir)):
+            raise ConfigError(f"{flag}: not a run folder of train.py (<run>/config.yaml and "
+                              "<run>/checkpoints/state-step-N.pt); give 'latest', a run folder or such a file")
+        point = ResumePoint(run_dir, path, read_state(path, int(match[1]))) if state_file else \
+            newest_good_state(run_dir, flag)
+    check_state_fits(point, cfg)
+    return point
+
+
+def check_state_fits(point: ResumePoint, cfg: DictConfig) -> None:
+    """The state must be of this identity, with `num_tokens` vectors as wide as this base's text encoder."""
+    name, vectors = point.state["name"], point.state["vectors"]
+    if name != cfg.name or len(vectors) != cfg.num_tokens:
+        raise ConfigError(f"--resume {point.path}: a checkpoint of {name!r} with {len(vectors)} tokens cannot "
+                          f"continue {cfg.name!r} with num_tokens={cfg.num_tokens}")
+    width = text_encoder_config(cfg.model).get("hidden_size", vectors.shape[1])
+    if vectors.shape[1] != width:
+        raise ConfigError(f"--resume {point.path}: vectors of width {vectors.shape[1]} cannot continue on "
+                          f"model.base, whose text encoder is {width} wide; resume with the base it was trained on")
+
+
+def claim_run_dir(cfg: DictConfig, point: ResumePoint | None) -> tuple[Path, RunLock]:
+    """The run folder, locked against a second trainer: a new one, or the resumed one with the temp files of its
+    interrupted writes removed (only once the lock is held: until then they could be another trainer's)."""
+    if point is None:
+        run_dir = make_run_dir(cfg.output_dir, cfg.name)
+        lock = RunLock(run_dir).acquire()
+        (run_dir / "checkpoints").mkdir()
+        return run_dir, lock
+    lock = RunLock(point.run_dir).acquire()
+    removed = remove_stale_temp_files(point.run_dir)
+    if removed:
+        log.info("removed %d temporary files an interrupted run left in %s", removed, point.run_dir)
+    return point.run_dir, lock
+
+
+def shared_run_dir(accelerator: Accelerator, cfg: DictConfig,
+                   point: ResumePoint | None) -> tuple[Path, RunLock | None]:
+    """The main process claims the run folder; every process learns it, or gets the same ConfigError (none is
+    left waiting for a folder that will never come)."""
+    lock, outcome = None, None
+    if accelerator.is_main_process:
+        try:
+            run_dir, lock = claim_run_dir(cfg, point)
+            outcome = ("ok", str(run_dir))
+        except ConfigError as err:
+            outcome = ("error", str(err))
+    kind, text = broadcast_object_list([outcome])[0]
+    if kind == "error":
+        raise ConfigError(text)
+    return Path(text), lock
 
 
 def save_loss_curve(path: Path, losses: list[float]) -> None:
@@ -165,7 +332,7 @@ class Validator:
         with torch.no_grad():
             encoder.get_input_embeddings().weight[ids] = vectors.detach().to(encoder.device, encoder.dtype)
         for i, template in enumerate(self.cfg.prompts):
-            prompt = template.replace("{id}", f"<{self.name}> {self.class_word}")
+            prompt = fill_identity(template, f"<{self.name}> {self.class_word}")
             for seed in self.cfg.seeds:
                 video = self.pipe.text_to_video(
                     prompt, self.cfg.negative_prompt, torch.Generator().manual_seed(seed), gamma=self.cfg.gamma,
@@ -175,21 +342,63 @@ class Validator:
                 write_video(out_dir / f"{i:04d}-{slug(prompt)}-{seed}", video, self.cfg.fps)
 
 
-def train(cfg: DictConfig, images: list[Path], resume: str | None = None, progress: bool = True) -> Path:
-    """Train the ID tokens; returns the run folder holding `<name>.pt`."""
-    state_path = find_resume_state(resume, cfg.output_dir, cfg.name) if resume else None
-    state = torch.load(state_path, map_location="cpu", weights_only=True) if state_path else None
-    if state is not None and (state["name"] != cfg.name or len(state["vectors"]) != cfg.num_tokens):
-        raise ConfigError(f"--resume {state_path}: a checkpoint of {state['name']!r} with {len(state['vectors'])} "
-                          f"tokens cannot continue {cfg.name!r} with num_tokens={cfg.num_tokens}")
+def restore(state: dict, identity: IdentityEmbedding, optimizer, scaler) -> tuple[int, list[float]]:
+    """Put back the vectors, the optimizer moments, the fp16 loss scale and the global generators; returns the
+    step and the losses so far."""
+    with torch.no_grad():
+        identity.vectors.copy_(state["vectors"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scaler is not None and state.get("scaler") is not None:
+        scaler.load_state_dict(state["scaler"])
+    set_global_rng_state(state["rng"])
+    return int(state["step"]), list(state["losses"])
+
+
+def person_masks(accelerator: Accelerator, cfg: DictConfig, photos: list[Photo]) -> list[TrainImage]:
+    """The photos with their CLIPSeg person masks, made before any run folder: "no person in any photo" is a
+    ConfigError that leaves nothing behind. The main process computes the masks, the others read its cache."""
+    with accelerator.main_process_first():
+        return load_training_images(
+            photos, lambda: ClipSegSegmenter(cfg.model.clipseg, device=accelerator.device),
+            model_identity(cfg.model.clipseg), cfg.mask_prompt, cfg.mask_threshold, Path(cfg.mask_cache_dir),
+            working_size(cfg.resolution),
+        )
+
+
+def train(cfg: DictConfig, photos: list[Photo], resume: str | None = None, progress: bool = True) -> Path:
+    """Train the ID tokens on the photos `validate_train_config` decoded; returns the run folder with `<name>.pt`."""
+    point = find_resume_point(resume, cfg) if resume else None
+    if point is not None:
+        cfg.seed = int(point.state["seed"])  # a resumed run keeps drawing from its own streams
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=cfg.log_with, project_dir=cfg.output_dir)
+    data = person_masks(accelerator, cfg, photos)
+    run_dir, lock = shared_run_dir(accelerator, cfg, point)
     main = accelerator.is_main_process
-    if state_path is not None:
-        run_dir = state_path.parent.parent
-        cfg.seed = int(state["seed"])  # a resumed run keeps drawing from its own streams
-    else:  # one run folder, made by the main process, for every process
-        holder = [str(make_run_dir(cfg.output_dir, cfg.name)) if main else None]
-        run_dir = Path(broadcast_object_list(holder)[0])
+    if not main:  # one process reports progress
+        log.setLevel(logging.WARNING)
+    file_log = logging.FileHandler(run_dir / "train.log") if main else logging.NullHandler()
+    file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(file_log)
+    try:
+        for message in point.skipped if point else []:
+            log.warning(message)
+        kept = {image.path for image in data}
+        log.info("training %s on %d images (skipped, no %r found: %s), %d steps", cfg.name, len(data),
+                 cfg.mask_prompt, ", ".join(p.path.name for p in photos if p.path not in kept) or "none",
+                 cfg.max_steps)
+        run_training(accelerator, cfg, data, run_dir, point, progress)
+    finally:
+        log.removeHandler(file_log)
+        file_log.close()
+        if lock is not None:
+            lock.release()
+    return run_dir
+
+
+def run_training(accelerator: Accelerator, cfg: DictConfig, data: list[TrainImage], run_dir: Path,
+                 point: ResumePoint | None, progress: bool) -> None:
+    """The loop, in a claimed run folder: models, steps, checkpoints, validation videos, the final files."""
+    main = accelerator.is_main_process
     accelerator.project_configuration = ProjectConfiguration(project_dir=str(run_dir))  # tracker logs go here
     stream = f"{cfg.seed}/{accelerator.process_index}"  # each process draws its own batches
     set_seed(derive_seed(stream, "global") % 2**32)
@@ -210,75 +419,55 @@ def train(cfg: DictConfig, images: list[Path], resume: str | None = None, progre
                             base.unet.requires_grad_(False).to(device, weight_dtype),
                             DDPMScheduler(**SD15_BETAS), cfg.noise_offset, weight_dtype)
     step, losses = 0, []
-    if state is not None:
-        with torch.no_grad():
-            identity.vectors.copy_(state["vectors"])
-        optimizer.load_state_dict(state["optimizer"])
-        set_global_rng_state(state["rng"])
-        step, losses = int(state["step"]), list(state["losses"])
-        log.info("resuming %s at step %d", run_dir, step)
+    if point is not None:
+        step, losses = restore(point.state, identity, optimizer, accelerator.scaler)
+        log.info("resuming %s at step %d from %s", run_dir, step, point.path.name)
 
     checkpoints = run_dir / "checkpoints"
-    if not main:  # one process reports progress
-        log.setLevel(logging.WARNING)
-    file_log = logging.FileHandler(run_dir / "train.log") if main else logging.NullHandler()
-    file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log.addHandler(file_log)
-    try:
-        if main:
-            with atomic_path(run_dir / "config.yaml") as tmp:
-                OmegaConf.save(cfg, tmp)
-        with accelerator.main_process_first():  # the main process computes the masks, the others read the cache
-            data = load_training_images(
-                images, lambda: ClipSegSegmenter(cfg.model.clipseg, device=device), model_identity(cfg.model.clipseg),
-                cfg.mask_prompt, cfg.mask_threshold, Path(cfg.mask_cache_dir), working_size(cfg.resolution),
-                overlay_dir=run_dir / "masks" if main else None,
-            )
-        batches = TrainingBatches(data, cfg, tokens, stream, device)
-        encode = caption_ids(tokenizer)
-        log.info("training %s on %d images (%d skipped), %d steps", cfg.name, len(data), len(images) - len(data),
-                 cfg.max_steps)
-        if cfg.log_with:
-            accelerator.init_trackers("magicme", config=OmegaConf.to_container(cfg, resolve=True))
-        validator = Validator(cfg.validation, cfg.name, cfg.class_word)
-        bar = tqdm(total=cfg.max_steps, initial=step, desc=f"train {cfg.name}", disable=not (progress and main))
-        text_encoder.train()
-        while step < cfg.max_steps:
-            batch = batches(step)
-            generator = torch.Generator().manual_seed(derive_seed(stream, "noise", step))
-            loss = loss_fn(text_encoder, batch.pixels, batch.masks, encode(batch.captions), generator,
-                           accelerator.autocast)
-            value = accelerator.gather(loss.detach()[None]).float()
-            if not torch.isfinite(value).all():
-                raise TrainingDiverged(f"loss became {value.sum().item()} at step {step + 1}; the last good "
-                                       f"checkpoint is kept in {checkpoints} (lower lr, or use mixed_precision=no)")
-            accelerator.backward(loss)
-            accelerator.clip_grad_norm_([identity.vectors], cfg.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad()
-            step += 1
-            losses.append(value.mean().item())
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
-            accelerator.log({"loss": losses[-1], "lr": cfg.lr}, step=step)
-            if main and (step % cfg.checkpoint_every == 0 or step == cfg.max_steps):
-                save_checkpoint(checkpoints, cfg.name, cfg.seed, step, identity.vectors, optimizer, losses)
-                save_loss_curve(run_dir / "loss_curve.png", losses)
-                log.info("step %d loss %.5f (mean of last %d: %.5f)", step, losses[-1], min(50, len(losses)),
-                         float(np.mean(losses[-50:])))
-            if main and cfg.validation.every and step % cfg.validation.every == 0:
-                start = time.perf_counter()
-                validator(identity.vectors, run_dir / "samples" / f"step-{step}")
-                log.info("validation videos for step %d in %.1f s", step, time.perf_counter() - start)
-        bar.close()
-        bake_identity(accelerator.unwrap_model(text_encoder), identity)
-        if main:
-            finish(run_dir, cfg, step, losses)
-        accelerator.end_training()
-    finally:
-        log.removeHandler(file_log)
-        file_log.close()
-    return run_dir
+    if main:
+        with atomic_path(run_dir / "config.yaml") as tmp:
+            OmegaConf.save(cfg, tmp)
+        save_overlays(run_dir / "masks", data)
+    batches = TrainingBatches(data, cfg, tokens, stream, device)
+    encode = caption_ids(tokenizer)
+    if cfg.log_with:
+        accelerator.init_trackers("magicme", config=OmegaConf.to_container(cfg, resolve=True))
+    validator = Validator(cfg.validation, cfg.name, cfg.class_word)
+    bar = tqdm(total=cfg.max_steps, initial=step, desc=f"train {cfg.name}", disable=not (progress and main))
+    text_encoder.train()
+    while step < cfg.max_steps:
+        batch = batches(step)
+        generator = torch.Generator().manual_seed(derive_seed(stream, "noise", step))
+        loss = loss_fn(text_encoder, batch.pixels, batch.masks, encode(batch.captions), generator,
+                       accelerator.autocast)
+        value = accelerator.gather(loss.detach()[None]).float()
+        if not torch.isfinite(value).all():
+            raise TrainingDiverged(f"loss became {value.sum().item()} at step {step + 1}; the last good "
+                                   f"checkpoint is kept in {checkpoints} (lower lr, or use mixed_precision=no)")
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_([identity.vectors], cfg.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad()
+        step += 1
+        losses.append(value.mean().item())
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        accelerator.log({"loss": losses[-1], "lr": cfg.lr}, step=step)
+        if main and (step % cfg.checkpoint_every == 0 or step == cfg.max_steps):
+            save_checkpoint(checkpoints, cfg.name, cfg.seed, step, identity.vectors, optimizer, losses,
+                            accelerator.scaler)
+            save_loss_curve(run_dir / "loss_curve.png", losses)
+            log.info("step %d loss %.5f (mean of last %d: %.5f)", step, losses[-1], min(50, len(losses)),
+                     float(np.mean(losses[-50:])))
+        if main and cfg.validation.every and step % cfg.validation.every == 0:
+            start = time.perf_counter()
+            validator(identity.vectors, run_dir / "samples" / f"step-{step}")
+            log.info("validation videos for step %d in %.1f s", step, time.perf_counter() - start)
+    bar.close()
+    bake_identity(accelerator.unwrap_model(text_encoder), identity)
+    if main:
+        finish(run_dir, cfg, step, losses)
+    accelerator.end_training()
 
 
 def finish(run_dir: Path, cfg: DictConfig, step: int, losses: list[float]) -> None:
@@ -294,11 +483,15 @@ def finish(run_dir: Path, cfg: DictConfig, step: int, losses: list[float]) -> No
 
 
 def save_checkpoint(folder: Path, name: str, seed: int, step: int, vectors: torch.Tensor, optimizer,
-                    losses: list[float]) -> None:
-    """The embedding (A1111 `.pt` and safetensors) and everything needed to resume, each written atomically."""
+                    losses: list[float], scaler=None) -> None:
+    """The embedding (A1111 `.pt` and safetensors) and everything needed to resume, each written atomically.
+
+    `scaler` is accelerate's fp16 GradScaler (None otherwise): its loss scale took many steps to settle.
+    """
     vectors = vectors.detach().float().cpu()
     save_embedding(folder / f"{name}-step-{step}.pt", vectors, name)
     save_embedding(folder / f"{name}-step-{step}.safetensors", vectors, name)
     state = {"name": name, "seed": seed, "step": step, "vectors": vectors, "optimizer": optimizer.state_dict(),
-             "rng": global_rng_state(), "losses": losses}
+             "rng": global_rng_state(), "losses": losses,
+             "scaler": scaler.state_dict() if scaler is not None else None}
     save_torch(state, folder / f"state-step-{step}.pt")
