@@ -1,5 +1,6 @@
 """Reading untrusted checkpoint files safely: safetensors, or pickles restricted to tensors (`weights_only`)."""
 
+import pickle
 import zipfile
 from pathlib import Path
 
@@ -24,8 +25,12 @@ def load_checkpoint(path: Path | str, what: str = "checkpoint"):
         if zipfile.is_zipfile(path):  # torch's own format: memory-map, so checking a 1.8 GB module reads only keys
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch/safetensors raise many types for corrupt or unsafe files
-        raise ConfigError(f"{path}: not a readable {what} ({type(err).__name__}: {err})") from err
+    except pickle.UnpicklingError as err:  # weights_only refused an object: the file carries code, not just tensors
+        raise ConfigError(f"{path}: not a readable {what}: it holds objects other than tensors, which could run code; "
+                          "use a safetensors file or one saved as plain tensors") from err
+    except Exception as err:  # torch/safetensors raise many types for corrupt files
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ConfigError(f"{path}: not a readable {what} ({type(err).__name__}: {first_line})") from err
 
 
 def save_torch(obj, path: Path | str) -> Path:

@@ -556,6 +556,14 @@ def _inspect_motion_loras(report: Report, model: Mapping, motion_weights: set[st
             report.add(key, path, OK, f"MotionLoRA, {len(targets)} weights, strength {strength}")
 
 
+def inspect_base(model: Mapping) -> Report:
+    """Only the base (and its VAE) of a `model:`-like block: what ID-token training loads (no motion module)."""
+    report = Report()
+    _inspect_base(report, model)
+    _inspect_vae(report, model)
+    return report
+
+
 def inspect_model(model: Mapping, report: Report | None = None, embedding_names: list[str] | None = None) -> Report:
     """Check a `model:` block's files from their headers and fill `report.info` with what the run must fit.
 

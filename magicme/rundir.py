@@ -45,19 +45,23 @@ class RunLock:
         self.path = Path(run_dir) / LOCK_NAME
 
     def acquire(self) -> "RunLock":
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = self._owner()
-                if owner is not None and _alive(owner):
-                    raise ConfigError(f"{self.path.parent}: another process (pid {owner}) is writing this run; "
-                                      "wait for it to finish or stop it") from None
-                self.path.unlink(missing_ok=True)  # stale: its owner died
-                continue
-            with os.fdopen(fd, "w") as handle:
-                handle.write(str(os.getpid()))
-            return self
+        # the pid is written to a private file first and hard-linked into place, so the lock file never exists
+        # without its owner's pid (a reader in between would take it for stale)
+        mine = self.path.with_name(f"{LOCK_NAME}.{os.getpid()}")
+        mine.write_text(str(os.getpid()))
+        try:
+            for _ in range(2):
+                try:
+                    os.link(mine, self.path)
+                    return self
+                except FileExistsError:
+                    owner = self._owner()
+                    if owner is not None and _alive(owner):
+                        raise ConfigError(f"{self.path.parent}: another process (pid {owner}) is writing this run; "
+                                          "wait for it to finish or stop it") from None
+                    self.path.unlink(missing_ok=True)  # stale: its owner died
+        finally:
+            mine.unlink(missing_ok=True)
         raise ConfigError(f"{self.path}: cannot take the run lock; remove this file if no process uses the run")
 
     def release(self) -> None:
@@ -91,7 +95,7 @@ def remove_stale_temp_files(folder: Path | str) -> int:
     """Delete the `.name.XXXX.suffix` temp files an interrupted atomic write left (see video_io.atomic_path)."""
     removed = 0
     for path in Path(folder).rglob(".*"):
-        if path.is_file() and path.name != LOCK_NAME and path.name.count(".") >= 2:
+        if path.is_file() and not path.name.startswith(LOCK_NAME) and path.name.count(".") >= 2:
             path.unlink()
             removed += 1
     return removed

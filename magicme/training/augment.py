@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from magicme.embeddings import fill_identity
+from magicme.prompts import fill_identity
 
 FAR_PREFIXES = ("a far away ", "very small ")
 CLOSE_PREFIXES = ("zoomed in ", "close up ")

@@ -11,12 +11,14 @@ from typing import Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from magicme.config import MAX_SEED, VideoSettings, validate_model
 from magicme.configfile import load_structured
-from magicme.embeddings import ID_PLACEHOLDER
 from magicme.errors import ConfigError
+from magicme.families import get_family
+from magicme.inspector import inspect_base
+from magicme.prompts import ID_PLACEHOLDER
 from magicme.images import IMAGE_SUFFIXES, image_files
 from magicme.rundir import check_output_dir
+from magicme.schema import MAX_SEED, VideoSettings, check_model, video_problems
 from magicme.training.data import Photo, read_photos
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -143,11 +145,7 @@ def validate_train_config(cfg: DictConfig, rng: random.Random | None = None) -> 
     if cfg.log_with:
         _check(importlib.util.find_spec(cfg.log_with) is not None,
                f"log_with: {cfg.log_with} is not installed; pip install {cfg.log_with}, or set log_with: null")
-    base = Path(cfg.model.base)
-    _check(base.exists(), f"model.base: {base} not found; run download_checkpoint.sh --only sd15")
-    if base.is_file():
-        _check(Path(str(cfg.model.base_config), "tokenizer").is_dir(),
-               f"model.base_config: {cfg.model.base_config} must be a diffusers SD1.5 folder for a single-file base")
+    inspect_base({"base": cfg.model.base, "base_config": cfg.model.base_config, "vae": None}).raise_first()
     if cfg.init == "rare":
         # unknown before loading a Hub model; the loader checks again
         vocab = text_encoder_config(cfg.model).get("vocab_size", CLIP_VOCAB)
@@ -162,20 +160,10 @@ def validate_train_config(cfg: DictConfig, rng: random.Random | None = None) -> 
             _check(ID_PLACEHOLDER in prompt,
                    f"validation.prompts: {prompt!r} needs {ID_PLACEHOLDER} where the identity goes")
         v = cfg.validation
-        for key in ("width", "height"):
-            _check(v[key] >= 8 and v[key] % 8 == 0, f"validation.{key}: {v[key]} must be a positive multiple of 8")
-        _check(v.steps >= 1, f"validation.steps: {v.steps} must be at least 1")
-        _check(v.guidance_scale >= 0, f"validation.guidance_scale: {v.guidance_scale} must be >= 0")
-        _check(v.fps >= 1, f"validation.fps: {v.fps} must be at least 1")
-        _check(0.0 <= v.gamma < 1.0, f"validation.gamma: {v.gamma} not in [0, 1)")
-        _check(len(v.seeds) > 0 and all(0 <= seed < MAX_SEED for seed in v.seeds),
-               f"validation.seeds: {list(v.seeds)} must be one or more integers in [0, 2^32)")
-        try:
-            _, max_frames = validate_model(cfg.validation.model)
-        except ConfigError as err:
-            raise ConfigError(f"validation.{err}") from err
-        _check(1 <= cfg.validation.frames <= max_frames,
-               f"validation.frames: {cfg.validation.frames} not in [1, {max_frames}]")
+        problems = video_problems(v, prefix="validation.", random_seeds=False)
+        _check(not problems, problems[0] if problems else "")
+        check_model(v.model, v.frames, prompts=[], prefix="validation.")  # the same file checks as sample.py's
+        get_family(v.model.family).check(v.model)
     check_output_dir(cfg.output_dir, "output_dir")
     check_output_dir(cfg.mask_cache_dir, "mask_cache_dir")
     if cfg.copy_to_embeddings_dir:

@@ -29,9 +29,10 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from magicme.checkpoint_io import load_checkpoint, save_torch
-from magicme.embeddings import fill_identity, save_embedding
+from magicme.embeddings import save_embedding
 from magicme.errors import ConfigError
-from magicme.models import SD15_BETAS, load_base
+from magicme.families.sd15 import SD15_BETAS, load_base
+from magicme.prompts import fill_identity, slug
 from magicme.rundir import RunLock, make_run_dir, remove_stale_temp_files
 from magicme.segmentation import ClipSegSegmenter, model_identity
 from magicme.training.config import text_encoder_config
@@ -320,12 +321,11 @@ class Validator:
         self.pipe = None
 
     def __call__(self, vectors: torch.Tensor, out_dir: Path) -> None:
-        from magicme.models import load_pipeline
-        from magicme.sampling import slug
+        from magicme.families import get_family
         from magicme.video_io import write_video
 
         if self.pipe is None:
-            self.pipe = load_pipeline(self.cfg.model)
+            self.pipe = get_family(self.cfg.model.family).load(self.cfg.model)
             self.pipe.t2v.load_textual_inversion(vectors.detach().float().cpu(), token=f"<{self.name}>")
         tokenizer, encoder = self.pipe.t2v.tokenizer, self.pipe.t2v.text_encoder
         ids = tokenizer.convert_tokens_to_ids(token_names(self.name, len(vectors)))
@@ -467,6 +467,7 @@ def run_training(accelerator: Accelerator, cfg: DictConfig, data: list[TrainImag
     bake_identity(accelerator.unwrap_model(text_encoder), identity)
     if main:
         finish(run_dir, cfg, step, losses)
+    accelerator.wait_for_everyone()  # no process leaves while another still writes the run's last files
     accelerator.end_training()
 
 
