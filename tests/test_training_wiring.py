@@ -11,7 +11,7 @@ from PIL import Image
 
 import train
 from magicme.embeddings import load_embedding_file
-from magicme.models import load_pipeline
+from magicme.families.sd15 import load
 from magicme.segmentation import model_identity
 from magicme.training import trainer
 from magicme.training.config import load_train_config
@@ -71,7 +71,7 @@ def test_validation_videos_use_the_vectors_of_their_step(tmp_path, tiny_bundle, 
     at_1, at_2 = read_video(gif_1), read_video(gif_2)
     # the sampling pipeline, given the step-2 checkpoint as an embedding file, renders the step-2 video
     v = OmegaConf.load(run_dir / "config.yaml").validation
-    pipe = load_pipeline(v.model, {"tinyperson2": run_dir / "checkpoints" / "tinyperson2-step-2.pt"}, device="cpu")
+    pipe = load(v.model, {"tinyperson2": run_dir / "checkpoints" / "tinyperson2-step-2.pt"}, device="cpu")
     video = pipe.text_to_video("a photo of embedding:tinyperson2 man walking", v.negative_prompt,
                                torch.Generator().manual_seed(3), gamma=v.gamma, frames=v.frames, height=v.height,
                                width=v.width, steps=v.steps, guidance_scale=v.guidance_scale, progress=False)
