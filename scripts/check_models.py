@@ -38,8 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     print(report.table())
     failed = [c for c in report.checks if c.status == FAIL]
     if failed:
-        print(f"\n{len(failed)} problem(s); first: {failed[0].item}: {failed[0].path}: {failed[0].detail}",
-              file=sys.stderr)
+        first = failed[0]
+        where = "" if first.path == "-" else f"{first.path}: "
+        print(f"\n{len(failed)} problem(s); first: {first.item}: {where}{first.detail}", file=sys.stderr)
         return 1
     print("\nall model files present and consistent")
     return 0
