@@ -22,7 +22,7 @@ from magicme.configfile import load_structured
 from magicme.errors import ConfigError
 from magicme.prompts import malformed_references, referenced_names
 from magicme.rundir import check_output_dir
-from magicme.families import FAMILIES
+from magicme.families import FAMILIES, get_family
 from magicme.stages import STAGES, Sample, installed
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -254,7 +254,7 @@ def check_sample_config(cfg: DictConfig) -> tuple[list[Sample], dict[str, Path]]
     """Everything that can be checked without loading a model, cheapest first; returns the samples (seeds
     resolved) and the identity files their prompts use."""
     samples = check_settings(cfg)
-    from magicme.devices import device_problem, resolve_device
+    from magicme.devices import device_problem, resolve_device  # imports torch: only once the cheap checks passed
 
     _first([p for p in [device_problem(cfg.device)] if p])
     if cfg.cpu_offload and resolve_device(cfg.device).type == "cpu":
@@ -263,8 +263,6 @@ def check_sample_config(cfg: DictConfig) -> tuple[list[Sample], dict[str, Path]]
         raise ConfigError("attention: xformers is not installed; pip install xformers or use sdpa")
     prompts = [s.prompt for s in samples] + [s.negative_prompt for s in samples]
     _, embeddings = check_model(cfg.model, cfg.frames, prompts)
-    from magicme.families import get_family
-
     get_family(cfg.model.family).check(cfg.model)
     return samples, embeddings
 
