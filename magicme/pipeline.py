@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from diffusers import AnimateDiffPipeline, AnimateDiffVideoToVideoPipeline
 
-from magicme.prompts import to_pipeline_prompt
+from magicme.prompt_encoding import PromptEncoder
 from magicme.steps import denoising_steps
 from magicme.noise_prior import noise_latents, sample_noise_prior
 
@@ -44,12 +44,14 @@ class MagicPipeline:
     # peak memory of a 16 × 512² video (H100, fp16: 12.4 → 5.3 GB for 4.53 → 4.70 s).
     vae_chunk = 4
 
-    def __init__(self, t2v: AnimateDiffPipeline, motion_version: str, max_frames: int, family: str = "sd15"):
+    def __init__(self, t2v: AnimateDiffPipeline, motion_version: str, max_frames: int, family: str = "sd15",
+                 prompt_weighting: str = "comfy"):
         self.t2v = t2v
         self.v2v = AnimateDiffVideoToVideoPipeline(**t2v.components)
         self.motion_version = motion_version
         self.max_frames = max_frames
         self.family = family
+        self.prompts = PromptEncoder(t2v, prompt_weighting)  # `prompts.weighting` may be changed per run
 
     @property
     def device(self) -> torch.device:
@@ -63,9 +65,12 @@ class MagicPipeline:
     def vae_scale_factor(self) -> int:
         return self.t2v.vae_scale_factor
 
-    def prompt_tokens(self, prompt: str) -> int:
-        """Tokens of a prompt as the text encoder sees it (identity tokens expanded), without BOS/EOS."""
-        return len(self.t2v.tokenizer(to_pipeline_prompt(prompt), add_special_tokens=False).input_ids)
+    def conditioning(self, prompt: str, negative_prompt: str, pipeline_kwargs: dict) -> dict:
+        """The prompt embeddings (weighted, chunked: magicme/prompt_encoding.py), unless the caller gave its own."""
+        if pipeline_kwargs.get("prompt_embeds") is not None:
+            return {"prompt": prompt, "negative_prompt": negative_prompt or None}
+        embeds, negative = self.prompts.encode_pair(prompt, negative_prompt)
+        return {"prompt_embeds": embeds, "negative_prompt_embeds": negative}
 
     def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int, int]:
         s = self.vae_scale_factor
@@ -80,8 +85,8 @@ class MagicPipeline:
                                      device=self.device, dtype=self.dtype)
         self.t2v.set_progress_bar_config(disable=not progress, leave=False)
         out = self.t2v(**passthrough(self.t2v, pipeline_kwargs, dict(
-            prompt=to_pipeline_prompt(prompt), negative_prompt=to_pipeline_prompt(negative_prompt) or None,
-            num_frames=frames, height=height, width=width, num_inference_steps=steps, guidance_scale=guidance_scale,
+            **self.conditioning(prompt, negative_prompt, pipeline_kwargs), num_frames=frames, height=height,
+            width=width, num_inference_steps=steps, guidance_scale=guidance_scale,
             latents=latents, generator=generator, output_type="np", decode_chunk_size=self.vae_chunk,
         )))
         return np.asarray(out.frames[0], dtype=np.float32)
@@ -115,8 +120,8 @@ class MagicPipeline:
         noisy = noise_latents(clean, noise, scheduler, first_t)
         self.v2v.set_progress_bar_config(disable=not progress, leave=False)
         out = self.v2v(**passthrough(self.v2v, pipeline_kwargs, dict(
-            prompt=to_pipeline_prompt(prompt), negative_prompt=to_pipeline_prompt(negative_prompt) or None,
-            height=height, width=width, num_inference_steps=steps, guidance_scale=guidance_scale,
+            **self.conditioning(prompt, negative_prompt, pipeline_kwargs), height=height, width=width,
+            num_inference_steps=steps, guidance_scale=guidance_scale,
             # diffusers keeps int(strength · steps) steps; asking for (n + 0.5) / steps makes that exactly n.
             strength=min(1.0, (n + 0.5) / steps), latents=noisy, generator=generator, output_type="np",
             decode_chunk_size=self.vae_chunk,

@@ -26,7 +26,6 @@ from magicme.video_io import atomic_path, to_uint8, write_frames, write_video
 
 log = logging.getLogger("magicme")
 RANDOM_WEIGHTS_MARKER = "RANDOM_WEIGHTS.txt"  # written by the tiny-model builder
-CLIP_TOKENS = 75  # what CLIP reads of a prompt, without its BOS/EOS tokens
 
 
 def uses_random_weights(model: DictConfig) -> bool:
@@ -64,13 +63,15 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
-def warn_long_prompts(pipe, samples: list[Sample]) -> None:
-    """CLIP reads 75 tokens of a prompt; say loudly which prompts lose words, instead of cutting them silently."""
-    for text in dict.fromkeys(t for s in samples for t in (s.prompt, s.negative_prompt)):
-        count = pipe.prompt_tokens(text)
-        if count > CLIP_TOKENS:
-            log.warning("prompt of %d tokens: CLIP reads the first %d, the last %d are dropped: %r", count,
-                        CLIP_TOKENS, count - CLIP_TOKENS, text)
+def count_tokens(pipe, samples: list[Sample]) -> dict[str, int]:
+    """Token count of every prompt and negative prompt (identities expanded); too long a prompt is an error now,
+    before anything is written. Nothing is cut: long prompts are encoded in chunks (magicme/prompt_encoding.py)."""
+    counts = {}
+    for s in samples:
+        for key, text in (("prompt", s.prompt), ("negative_prompt", s.negative_prompt)):
+            if text not in counts:
+                counts[text] = pipe.prompts.check_length(text, f"prompts: the {key} {text[:40]!r}…")
+    return counts
 
 
 def run_sampling(config_path: Path | str | None, overrides: list[str] | None = None, progress: bool = True,
@@ -87,12 +88,13 @@ def run_sampling(config_path: Path | str | None, overrides: list[str] | None = N
     pipe = get_family(cfg.model.family).load(cfg.model, embeddings, device=cfg.device, precision=cfg.precision,
                                              attention=cfg.attention, vae_slicing=cfg.vae_slicing,
                                              cpu_offload=cfg.cpu_offload)
+    pipe.prompts.weighting = cfg.prompt_weighting
+    tokens = count_tokens(pipe, samples)
     for stage in stages:
         stage.setup(pipe)
-    warn_long_prompts(pipe, samples)
     run_dir = make_run_dir(cfg.output_dir, Path(config_path).stem if config_path else "sample")
     with atomic_path(run_dir / "config.yaml") as tmp:
-        OmegaConf.save(resolved_config(cfg, samples), tmp)
+        OmegaConf.save(resolved_config(cfg, samples, tokens), tmp)
     records, first_videos = [], []
     for sample in tqdm(samples, desc="samples", disable=not progress):
         generator = torch.Generator("cpu").manual_seed(sample.seed)
@@ -106,7 +108,8 @@ def run_sampling(config_path: Path | str | None, overrides: list[str] | None = N
             if cfg.save_frames:
                 files["frames"] = write_frames(run_dir / stem, video)
             records.append({"index": sample.index, "prompt": sample.prompt, "negative_prompt": sample.negative_prompt,
-                            "seed": sample.seed, "gamma": sample.gamma, "stage": stage.name, "files": files,
+                            "seed": sample.seed, "gamma": sample.gamma, "tokens": tokens[sample.prompt],
+                            "stage": stage.name, "files": files,
                             "frames": int(video.shape[0]), "height": int(video.shape[1]),
                             "width": int(video.shape[2]), "fps": cfg.fps, "seconds": round(seconds, 3), **info})
             write_jsonl(run_dir / "samples.jsonl", records)

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from magicme.configfile import load_structured
 from magicme.errors import ConfigError
+from magicme.prompt_weights import WEIGHTINGS, weighting_problems
 from magicme.prompts import malformed_references, referenced_names
 from magicme.rundir import check_output_dir
 from magicme.families import FAMILIES, get_family
@@ -29,7 +30,7 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 NUMERICS = ("original", "diffusers")
 FORMATS = ("mp4", "gif")
 MAX_SEED = 2**32
-PROMPT_KEYS = ("prompt", "negative_prompt", "seeds", "gamma")
+PROMPT_KEYS = ("prompt", "negative_prompt", "seeds", "gamma", "tokens")  # tokens: written to config.yaml, not read
 
 
 @dataclass
@@ -71,6 +72,7 @@ class VideoSettings:
     height: int = 512
     fps: int = 8
     gamma: float = 0.1  # 3D noise prior correlation between neighbouring frames (paper: 0.1)
+    prompt_weighting: str = "comfy"  # comfy | a1111 | none: how `(text:1.3)` weights are read (docs/prompts.md)
 
 
 @dataclass
@@ -144,6 +146,8 @@ def video_problems(v: DictConfig, prefix: str = "", random_seeds: bool = True) -
         (len(v.seeds) > 0 and all(lowest_seed <= s < MAX_SEED for s in v.seeds),
          f"{prefix}seeds: {list(v.seeds)} must be one or more integers in [0, 2^32)"
          + (" or -1 (random)" if random_seeds else "")),
+        (v.prompt_weighting in WEIGHTINGS,
+         f"{prefix}prompt_weighting: {v.prompt_weighting!r} is not one of {', '.join(WEIGHTINGS)}"),
         (v.model.animatediff_numerics in NUMERICS,
          f"{prefix}model.animatediff_numerics: {v.model.animatediff_numerics!r} is not one of {', '.join(NUMERICS)}"),
     ]
@@ -211,6 +215,9 @@ def expand_samples(cfg: DictConfig, rng: random.Random | None = None) -> list[Sa
         if not (isinstance(gamma, (int, float)) and not isinstance(gamma, bool) and 0.0 <= gamma < 1.0):
             raise ConfigError(f"prompts[{i}].gamma: {gamma!r} not a number in [0, 1)")
         for key, text in (("prompt", prompt), ("negative_prompt", negative)):
+            problems = weighting_problems(text, cfg.prompt_weighting) if cfg.prompt_weighting in WEIGHTINGS else []
+            if problems:
+                raise ConfigError(f"prompts[{i}].{key}: {problems[0]}")
             bad = malformed_references(text)
             if bad:
                 raise ConfigError(f"prompts[{i}].{key}: {bad[0]!r} is not an identity name (letters, digits, _ "
@@ -267,12 +274,13 @@ def check_sample_config(cfg: DictConfig) -> tuple[list[Sample], dict[str, Path]]
     return samples, embeddings
 
 
-def resolved_config(cfg: DictConfig, samples: list[Sample]) -> DictConfig:
-    """The config to save next to the outputs: every prompt with the seeds actually used, so re-running it
-    reproduces the run exactly."""
+def resolved_config(cfg: DictConfig, samples: list[Sample], tokens: dict[str, int]) -> DictConfig:
+    """The config to save next to the outputs: every prompt with the seeds actually used (and, for the record, the
+    token counts of its prompt and negative prompt), so re-running it reproduces the run exactly."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved["prompts"] = [{"prompt": s.prompt, "negative_prompt": s.negative_prompt, "seeds": [s.seed],
-                            "gamma": s.gamma} for s in samples]
+                            "gamma": s.gamma, "tokens": [tokens[s.prompt], tokens[s.negative_prompt]]}
+                           for s in samples]
     resolved["seeds"] = sorted({s.seed for s in samples})
     return OmegaConf.create(resolved)
 

@@ -15,6 +15,7 @@ from magicme.configfile import load_structured
 from magicme.errors import ConfigError
 from magicme.families import get_family
 from magicme.inspector import inspect_base
+from magicme.prompt_weights import weighting_problems
 from magicme.prompts import ID_PLACEHOLDER
 from magicme.images import IMAGE_SUFFIXES, image_files
 from magicme.rundir import check_output_dir
@@ -155,13 +156,15 @@ def validate_train_config(cfg: DictConfig, rng: random.Random | None = None) -> 
            f"model.clipseg: no CLIPSeg model in {cfg.model.clipseg}; run download_checkpoint.sh --only clipseg")
     _check(cfg.validation.every >= 0, f"validation.every: {cfg.validation.every} must be >= 0 (0 = never)")
     if cfg.validation.every > 0:
-        _check(len(cfg.validation.prompts) > 0, "validation.prompts: give at least one prompt, or validation.every=0")
-        for prompt in cfg.validation.prompts:
-            _check(ID_PLACEHOLDER in prompt,
-                   f"validation.prompts: {prompt!r} needs {ID_PLACEHOLDER} where the identity goes")
         v = cfg.validation
         problems = video_problems(v, prefix="validation.", random_seeds=False)
         _check(not problems, problems[0] if problems else "")
+        _check(len(v.prompts) > 0, "validation.prompts: give at least one prompt, or validation.every=0")
+        for prompt in v.prompts:
+            _check(ID_PLACEHOLDER in prompt,
+                   f"validation.prompts: {prompt!r} needs {ID_PLACEHOLDER} where the identity goes")
+            problems = weighting_problems(prompt, v.prompt_weighting)
+            _check(not problems, f"validation.prompts: {problems[0] if problems else ''}")
         check_model(v.model, v.frames, prompts=[], prefix="validation.")  # the same file checks as sample.py's
         get_family(v.model.family).check(v.model)
     check_output_dir(cfg.output_dir, "output_dir")

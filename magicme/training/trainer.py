@@ -326,6 +326,7 @@ class Validator:
 
         if self.pipe is None:
             self.pipe = get_family(self.cfg.model.family).load(self.cfg.model)
+            self.pipe.prompts.weighting = self.cfg.prompt_weighting
             self.pipe.t2v.load_textual_inversion(vectors.detach().float().cpu(), token=f"<{self.name}>")
         tokenizer, encoder = self.pipe.t2v.tokenizer, self.pipe.t2v.text_encoder
         ids = tokenizer.convert_tokens_to_ids(token_names(self.name, len(vectors)))
