@@ -98,6 +98,7 @@ def test_square_brackets_divide_by_1_1_in_a1111():
     assert parse_weighted("[faded]", "a1111") == [("faded", 1 / 1.1)]
     assert parse_weighted("[[faded]]", "a1111") == [("faded", 1 / 1.1 / 1.1)]
     assert parse_weighted("[(faded:2)]", "a1111") == [("faded", 2 / 1.1)]
+    assert parse_weighted("[(faded:1.3)]", "a1111") == [("faded", 1.3 / 1.1)]  # a division: 1.3 * (1 / 1.1) differs
     assert parse_weighted("a [b] c", "a1111") == [("a ", 1.0), ("b", 1 / 1.1), (" c", 1.0)]
 
 
