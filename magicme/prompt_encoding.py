@@ -6,7 +6,8 @@ their tokens, and the token ids are cut into chunks of 75. Each chunk is encoded
 (padded to 77), and the chunks are concatenated along the token axis — what ComfyUI and A1111 do, so a 150-token
 negative prompt is read whole instead of cut. Weights then scale each token's embedding:
 
-- `comfy`: z ← z_empty + w · (z − z_empty), against the encoding of the empty prompt (ComfyUI's SD1 clip);
+- `comfy`: z ← z_empty + w · (z − z_empty) at every token of weight w ≠ 1, against the encoding of the empty prompt
+  (ComfyUI's SD1 clip);
 - `a1111`: z ← z · w, then rescaled so the chunk's mean is unchanged (A1111's `EmphasisOriginal`);
 - `none`: the text goes to CLIP as written.
 
@@ -100,8 +101,9 @@ class PromptEncoder:
         w = torch.ones(z.shape[1], dtype=torch.float32, device=z.device)
         w[:len(weights)] = torch.tensor(weights, dtype=torch.float32)
         w = w[None, :, None]
-        if self.weighting == "comfy":
-            return (empty.float() + w * (z.float() - empty.float())).to(z.dtype)
+        if self.weighting == "comfy":  # positions of weight 1 stay bit-exact
+            moved = (empty.float() + w * (z.float() - empty.float())).to(z.dtype)
+            return torch.where(w == 1.0, z, moved)
         scaled = z.float() * w  # a1111
         return (scaled * (z.float().mean() / scaled.mean())).to(z.dtype)
 

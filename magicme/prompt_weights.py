@@ -3,9 +3,12 @@ r"""Weighted prompts as ComfyUI and A1111 write them, parsed into (text, weight)
 Pure and stdlib-only, so a config check can reject a malformed prompt before anything heavy is imported.
 
 Both syntaxes (`comfy`, `a1111`):
-- `(text:w)` multiplies the weight of `text` by w, a number > 0 written after the group's last colon; a colon right
-  after the word `embedding` is an identity reference (`embedding:ann`), never a weight.
-- `(text)` multiplies by 1.1; nested groups multiply: `((a))` is 1.1 * 1.1, `((a:1.5))` is 1.5 * 1.1.
+- `(text:w)` weights `text` by w, a number > 0 written after the group's last colon; a colon right after the word
+  `embedding` is an identity reference (`embedding:ann`), never a weight. In `a1111` w multiplies the enclosing
+  groups' weights (`((a:1.5))` is 1.5 * 1.1); in `comfy` it replaces them, as ComfyUI's parser does
+  (`((a:1.5))` is 1.5, and `(a (b:1.5) c:0.5)` gives b 1.5), while groups inside it still multiply
+  (`((a):0.5)` is a at 0.55).
+- `(text)` multiplies by 1.1; nested groups multiply: `((a))` is 1.1 * 1.1.
 - `\(` and `\)` are literal parentheses, `\\` a literal backslash; a backslash before anything else stays as is.
 Only `a1111`:
 - `[text]` divides by 1.1; `\[` and `\]` are literal brackets. A1111 writes `[from:to:when]` for prompt editing
@@ -27,6 +30,7 @@ _OPENER = {")": "(", "]": "["}
 _NAMES = {"(": ("parentheses", "parenthesis"), "[": ("brackets", "bracket")}
 
 Segments = list[tuple[str, float]]
+_Pieces = list[tuple[str, float, bool]]  # (character, weight, fixed: set by a comfy explicit weight, final)
 
 
 @dataclass
@@ -35,7 +39,7 @@ class _Group:
 
     opener: str
     start: int
-    pieces: Segments = field(default_factory=list)  # one per character, weights relative to this group
+    pieces: _Pieces = field(default_factory=list)  # one per character, weights relative to this group
     colon: tuple[int, int] | None = None  # the last weight colon: (position in the prompt, index in pieces)
 
 
@@ -44,12 +48,13 @@ def _unbalanced(char: str, position: int, what: str) -> str:
     return f"unbalanced {plural}: '{char}' at character {position} {what}; write \\{char} for a literal {singular}"
 
 
-def _close(text: str, group: _Group, end: int, problems: list[str]) -> Segments:
-    """The group's pieces with its own weight applied; a weight that is not usable goes to `problems`."""
+def _close(text: str, group: _Group, end: int, problems: list[str], syntax: str) -> _Pieces:
+    """The group's pieces with its own weight applied; a weight that is not usable goes to `problems`. Pieces an
+    inner comfy explicit weight fixed keep their weight."""
     if group.opener == "[":
-        return [(piece, weight / 1.1) for piece, weight in group.pieces]
+        return [(piece, weight if fixed else weight / 1.1, fixed) for piece, weight, fixed in group.pieces]
     if group.colon is None:
-        return [(piece, weight * 1.1) for piece, weight in group.pieces]
+        return [(piece, weight if fixed else weight * 1.1, fixed) for piece, weight, fixed in group.pieces]
     colon, index = group.colon
     written, source = text[colon + 1 : end].strip(), text[group.start : end + 1]
     if not written:
@@ -59,7 +64,9 @@ def _close(text: str, group: _Group, end: int, problems: list[str]) -> Segments:
     elif float(written) <= 0:
         problems.append(f"weight {float(written)} in '{source}' must be > 0")
     else:
-        return [(piece, weight * float(written)) for piece, weight in group.pieces[:index]]
+        replaces = syntax == "comfy"
+        return [(piece, weight if fixed else weight * float(written), fixed or replaces)
+                for piece, weight, fixed in group.pieces[:index]]
     return []
 
 
@@ -75,7 +82,7 @@ def _parse(text: str, syntax: str) -> tuple[Segments, list[str]]:
     while i < len(text):
         char, top = text[i], stack[-1]
         if char == "\\" and i + 1 < len(text) and text[i + 1] in openers + closers + "\\":
-            top.pieces.append((text[i + 1], 1.0))
+            top.pieces.append((text[i + 1], 1.0, False))
             i += 1
         elif char in openers:
             stack.append(_Group(char, i))
@@ -86,15 +93,15 @@ def _parse(text: str, syntax: str) -> tuple[Segments, list[str]]:
                 problems.append(_unbalanced(char, i, f"cannot close '{top.opener}' at character {top.start}"))
             else:
                 stack.pop()
-                stack[-1].pieces += _close(text, top, i, problems)
+                stack[-1].pieces += _close(text, top, i, problems, syntax)
         else:
             if char == ":" and top.opener == "(" and not _ENDS_WITH_REFERENCE.search(text, 0, i):
                 top.colon = (i, len(top.pieces))
-            top.pieces.append((char, 1.0))
+            top.pieces.append((char, 1.0, False))
         i += 1
     problems += [_unbalanced(group.opener, group.start, "is never closed") for group in stack[1:]]
     runs = groupby(stack[0].pieces, key=lambda piece: piece[1])
-    return [("".join(piece for piece, _ in run), weight) for weight, run in runs], problems
+    return [("".join(piece for piece, _, _ in run), weight) for weight, run in runs], problems
 
 
 def parse_weighted(text: str, syntax: str) -> Segments:

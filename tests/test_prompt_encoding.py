@@ -68,17 +68,17 @@ def test_none_reads_parentheses_as_text(encoder):
 
 
 def test_long_prompts_are_encoded_in_chunks_not_cut(encoder):
-    prompt = "x" * 100  # 100 tokens: a chunk of 75 and one of 25
+    prompt = " ".join(["x"] * 100)  # 100 one-character words, one token each: a chunk of 75 and one of 25
     z = encoder.encode(prompt)
     assert z.shape[1] == 2 * 77
-    assert torch.equal(z[:, :77], encoder.encode("x" * CHUNK_TOKENS))
-    assert torch.equal(z[:, 77:], encoder.encode("x" * 25))
+    assert torch.equal(z[:, :77], encoder.encode(" ".join(["x"] * CHUNK_TOKENS)))
+    assert torch.equal(z[:, 77:], encoder.encode(" ".join(["x"] * 25)))
     positive, negative = encoder.encode_pair(prompt, "blurry")
     assert positive.shape == negative.shape
     assert torch.equal(negative[:, :77], encoder.encode("blurry"))
     assert torch.equal(negative[:, 77:], encoder.encode(""))  # padded with the empty prompt
     with pytest.raises(ConfigError, match=f"more than {MAX_CHUNKS} chunks"):
-        encoder.check_length("x" * (MAX_CHUNKS * CHUNK_TOKENS + 1), "prompts[0].prompt")
+        encoder.check_length(" ".join(["x"] * (MAX_CHUNKS * CHUNK_TOKENS + 1)), "prompts[0].prompt")
 
 
 def frames_of(run_dir, record) -> np.ndarray:
@@ -105,7 +105,7 @@ def test_weights_and_long_prompts_reach_the_video(tmp_path, tiny_bundle):
     assert not np.array_equal(long_a, long_b)  # the words after token 75 are read
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert [p["tokens"][0] for p in saved["prompts"]] == [r["tokens"] for r in records]
-    assert records[0]["tokens"] == 4 + len(" man") and records[3]["tokens"] > CHUNK_TOKENS
+    assert records[0]["tokens"] == 4 + len("man") and records[3]["tokens"] > CHUNK_TOKENS  # identity: 4 vectors
     _, literal, _ = render(tmp_path, tiny_bundle, "none", prompts[2:3], "prompt_weighting=none")
     assert not np.array_equal(literal[0], weighted)
 

@@ -34,9 +34,12 @@ def test_explicit_weight(syntax):
 
 
 @pytest.mark.parametrize("syntax", BOTH)
-def test_explicit_weight_multiplies_the_enclosing_weights(syntax):
-    assert parse_weighted("((castle:1.3))", syntax) == [("castle", 1.3 * 1.1)]
-    assert parse_weighted("((castle:1.3):2)", syntax) == [("castle", 1.3 * 2)]
+def test_explicit_weight_and_the_enclosing_weights(syntax):
+    """a1111 multiplies an explicit weight by the enclosing ones; ComfyUI's parser replaces them."""
+    outer = {"a1111": 1.1, "comfy": 1.0}[syntax]
+    assert parse_weighted("((castle:1.3))", syntax) == [("castle", 1.3 * outer)]
+    assert parse_weighted("((castle:1.3):2)", syntax) == [("castle", 1.3 * {"a1111": 2, "comfy": 1}[syntax])]
+    assert parse_weighted("((castle):0.5)", syntax) == [("castle", 0.5 * 1.1)]  # inner plain groups multiply
 
 
 @pytest.mark.parametrize("syntax", BOTH)
@@ -91,7 +94,7 @@ def test_group_without_weight_multiplies_by_1_1(syntax):
     assert parse_weighted("(castle)", syntax) == [("castle", 1.1)]
     assert parse_weighted("((castle))", syntax) == [("castle", 1.1 * 1.1)]
     assert parse_weighted("(((castle)))", syntax) == [("castle", 1.1 * 1.1 * 1.1)]
-    assert parse_weighted("((castle:1.5))", syntax) == [("castle", 1.5 * 1.1)]
+    assert parse_weighted("((castle:1.5))", syntax) == [("castle", 1.5 * (1.1 if syntax == "a1111" else 1.0))]
 
 
 def test_square_brackets_divide_by_1_1_in_a1111():
@@ -194,7 +197,7 @@ def test_empty_segments_are_dropped(syntax):
     assert parse_weighted("a () b", syntax) == [("a  b", 1.0)]
     assert parse_weighted("a (:2) b", syntax) == [("a  b", 1.0)]
     assert parse_weighted("(:1.2)", syntax) == []
-    assert parse_weighted("((x:2)())", syntax) == [("x", 2 * 1.1)]
+    assert parse_weighted("((x:2)())", syntax) == [("x", 2 * (1.1 if syntax == "a1111" else 1.0))]
 
 
 def test_empty_brackets_are_dropped_in_a1111():
@@ -224,6 +227,6 @@ def test_quality_tags(syntax):
 
 @pytest.mark.parametrize("syntax", BOTH)
 def test_mixed_nesting(syntax):
-    """The inner weight multiplies the outer one: b is at 1.5 * 0.5."""
-    assert parse_weighted("(a (b:1.5) c:0.5)", syntax) == [("a ", 0.5), ("b", 0.75), (" c", 0.5)]
-    assert parse_weighted("(a (b:1.5) c:0.5)", syntax)[1][1] == 1.5 * 0.5
+    """a1111: the inner weight multiplies the outer one (b at 1.5 * 0.5); comfy: it replaces it (b at 1.5)."""
+    b = 1.5 * 0.5 if syntax == "a1111" else 1.5
+    assert parse_weighted("(a (b:1.5) c:0.5)", syntax) == [("a ", 0.5), ("b", b), (" c", 0.5)]

@@ -182,14 +182,6 @@ def test_nan_and_empty_identities_fail_before_loading(tmp_path, tiny_bundle, cap
     assert not (tmp_path / "out").exists()
 
 
-def test_long_prompts_are_reported_not_cut_silently(tmp_path, tiny_bundle, caplog):
-    words = " ".join(f"word{i}" for i in range(60))
-    config = write_config(tmp_path, tiny_bundle, prompts=[f"a photo of <tinyperson> man, {words}"], frames=2)
-    with caplog.at_level("WARNING", logger="magicme"):
-        assert sample.main(["--config", str(config), "--quiet"]) == 0
-    assert "CLIP reads the first 75" in caplog.text and "word59" in caplog.text
-
-
 def test_stage_helper_models_load_once_per_run(tmp_path, tiny_bundle, monkeypatch):
     """Face VCD's CLIPSeg and Tiled VCD's upscaler are built once, however many videos a run refines."""
     import magicme.segmentation
