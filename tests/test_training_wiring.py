@@ -64,7 +64,7 @@ def test_the_person_mask_decides_what_the_loss_sees(tmp_path, tiny_bundle, noise
 def test_validation_videos_use_the_vectors_of_their_step(tmp_path, tiny_bundle, noise_photos):
     config = write_train_config(tmp_path, tiny_bundle, noise_photos, max_steps=2, checkpoint_every=1, lr=0.5, **{
         "validation.every": 1, "validation.prompts": ["a photo of {id} (walking:1.4)"], "validation.seeds": [3],
-        "validation.prompt_weighting": "a1111",
+        "validation.prompt_weighting": "none",
         "validation.frames": 2, "validation.width": 32, "validation.height": 32, "validation.steps": 1})
     assert train.main(["--config", str(config), "--quiet"]) == 0
     (run_dir,) = (tmp_path / "runs").iterdir()
@@ -73,7 +73,7 @@ def test_validation_videos_use_the_vectors_of_their_step(tmp_path, tiny_bundle, 
     # the sampling pipeline, given the step-2 checkpoint as an embedding file, renders the step-2 video
     v = OmegaConf.load(run_dir / "config.yaml").validation
     pipe = load(v.model, {"tinyperson2": run_dir / "checkpoints" / "tinyperson2-step-2.pt"}, device="cpu")
-    pipe.prompts.weighting = "a1111"  # validation reads its prompts' weights as configured
+    pipe.prompts.weighting = "none"  # validation reads its prompts as configured: here literally
     video = pipe.text_to_video("a photo of embedding:tinyperson2 man (walking:1.4)", v.negative_prompt,
                                torch.Generator().manual_seed(3), gamma=v.gamma, frames=v.frames, height=v.height,
                                width=v.width, steps=v.steps, guidance_scale=v.guidance_scale, progress=False)
