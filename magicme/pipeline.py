@@ -8,6 +8,7 @@ Any other keyword argument the diffusers pipeline's `__call__` accepts (`prompt_
 `ip_adapter_image`, `cross_attention_kwargs`, …) passes straight through, so new conditioning needs no change here.
 """
 
+import contextlib
 import inspect
 
 import numpy as np
@@ -16,6 +17,8 @@ from diffusers import AnimateDiffPipeline, AnimateDiffVideoToVideoPipeline
 
 from magicme.prompt_encoding import PromptEncoder
 from magicme.steps import denoising_steps
+from magicme.prompts import Prompt, keyframes, travels
+from magicme.travel import interpolate, per_frame_conditioning
 from magicme.noise_prior import noise_latents, sample_noise_prior
 
 
@@ -65,18 +68,30 @@ class MagicPipeline:
     def vae_scale_factor(self) -> int:
         return self.t2v.vae_scale_factor
 
-    def conditioning(self, prompt: str, negative_prompt: str, pipeline_kwargs: dict) -> dict:
-        """The prompt embeddings (weighted, chunked: magicme/prompt_encoding.py), unless the caller gave its own."""
+    @contextlib.contextmanager
+    def conditioned(self, prompt: Prompt, negative_prompt: Prompt, frames: int, pipeline_kwargs: dict):
+        """The pipeline's prompt arguments: weighted, chunked embeddings (magicme/prompt_encoding.py), unless the
+        caller gave its own; for a travelling prompt (magicme/travel.py), each frame's interpolated conditioning is
+        swapped into the UNet for the duration of the call."""
         if pipeline_kwargs.get("prompt_embeds") is not None:
-            return {"prompt": prompt, "negative_prompt": negative_prompt or None}
-        embeds, negative = self.prompts.encode_pair(prompt, negative_prompt)
-        return {"prompt_embeds": embeds, "negative_prompt_embeds": negative}
+            yield {"prompt": prompt, "negative_prompt": negative_prompt or None}
+            return
+        positive, negative = keyframes(prompt), keyframes(negative_prompt)
+        if not (travels(prompt) or travels(negative_prompt)):
+            embeds, negative_embeds = self.prompts.encode_pair(positive[0], negative[0])
+            yield {"prompt_embeds": embeds, "negative_prompt_embeds": negative_embeds}
+            return
+        chunks = max(self.prompts.tokenize(text).chunks for text in [*positive.values(), *negative.values()])
+        rows = [interpolate([self.prompts.encode(text, chunks) for text in keyed.values()], list(keyed), frames)
+                for keyed in (positive, negative)]
+        with per_frame_conditioning(self.t2v.unet, *rows):
+            yield {"prompt_embeds": rows[0][:1], "negative_prompt_embeds": rows[1][:1]}
 
     def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int, int]:
         s = self.vae_scale_factor
         return (1, self.t2v.unet.config.in_channels, frames, height // s, width // s)
 
-    def text_to_video(self, prompt: str, negative_prompt: str, generator: torch.Generator, *, gamma: float,
+    def text_to_video(self, prompt: Prompt, negative_prompt: Prompt, generator: torch.Generator, *, gamma: float,
                       frames: int, height: int, width: int, steps: int, guidance_scale: float,
                       progress: bool = True, **pipeline_kwargs) -> np.ndarray:
         """A (frames, height, width, 3) video in [0, 1] from prior noise drawn with `generator`; other keyword
@@ -84,11 +99,12 @@ class MagicPipeline:
         latents = sample_noise_prior(self.latent_shape(frames, height, width), gamma, generator,
                                      device=self.device, dtype=self.dtype)
         self.t2v.set_progress_bar_config(disable=not progress, leave=False)
-        out = self.t2v(**passthrough(self.t2v, pipeline_kwargs, dict(
-            **self.conditioning(prompt, negative_prompt, pipeline_kwargs), num_frames=frames, height=height,
-            width=width, num_inference_steps=steps, guidance_scale=guidance_scale,
-            latents=latents, generator=generator, output_type="np", decode_chunk_size=self.vae_chunk,
-        )))
+        with self.conditioned(prompt, negative_prompt, frames, pipeline_kwargs) as prompt_kwargs:
+            out = self.t2v(**passthrough(self.t2v, pipeline_kwargs, dict(
+                **prompt_kwargs, num_frames=frames, height=height, width=width, num_inference_steps=steps,
+                guidance_scale=guidance_scale, latents=latents, generator=generator, output_type="np",
+                decode_chunk_size=self.vae_chunk,
+            )))
         return np.asarray(out.frames[0], dtype=np.float32)
 
     @torch.no_grad()
@@ -100,7 +116,7 @@ class MagicPipeline:
         latents = torch.cat([vae.encode(pixels[i:i + chunk]).latent_dist.mode() for i in range(0, len(pixels), chunk)])
         return (latents * vae.config.scaling_factor).permute(1, 0, 2, 3).unsqueeze(0).to(self.dtype)
 
-    def video_to_video(self, video: np.ndarray, prompt: str, negative_prompt: str, generator: torch.Generator, *,
+    def video_to_video(self, video: np.ndarray, prompt: Prompt, negative_prompt: Prompt, generator: torch.Generator, *,
                        gamma: float, strength: float, steps: int, guidance_scale: float,
                        progress: bool = True, **pipeline_kwargs) -> np.ndarray:
         """Partially noise `video` (strength s → round(s·steps) steps) with the prior and denoise it with `prompt`.
@@ -119,11 +135,11 @@ class MagicPipeline:
         noise = sample_noise_prior(tuple(clean.shape), gamma, generator, device=self.device, dtype=self.dtype)
         noisy = noise_latents(clean, noise, scheduler, first_t)
         self.v2v.set_progress_bar_config(disable=not progress, leave=False)
-        out = self.v2v(**passthrough(self.v2v, pipeline_kwargs, dict(
-            **self.conditioning(prompt, negative_prompt, pipeline_kwargs), height=height, width=width,
-            num_inference_steps=steps, guidance_scale=guidance_scale,
-            # diffusers keeps int(strength · steps) steps; asking for (n + 0.5) / steps makes that exactly n.
-            strength=min(1.0, (n + 0.5) / steps), latents=noisy, generator=generator, output_type="np",
-            decode_chunk_size=self.vae_chunk,
-        )))
+        with self.conditioned(prompt, negative_prompt, frames, pipeline_kwargs) as prompt_kwargs:
+            out = self.v2v(**passthrough(self.v2v, pipeline_kwargs, dict(
+                **prompt_kwargs, height=height, width=width, num_inference_steps=steps, guidance_scale=guidance_scale,
+                # diffusers keeps int(strength · steps) steps; asking for (n + 0.5) / steps makes that exactly n.
+                strength=min(1.0, (n + 0.5) / steps), latents=noisy, generator=generator, output_type="np",
+                decode_chunk_size=self.vae_chunk,
+            )))
         return np.asarray(out.frames[0], dtype=np.float32)

@@ -63,3 +63,36 @@ def slug(prompt: str, limit: int = 40) -> str:
     """File-name-safe words of a prompt: `a photo of embedding:ann woman, smiling` → `a-photo-of-ann-woman-smiling`."""
     words = re.findall(r"[a-z0-9]+", prompt.lower().replace("embedding:", ""))
     return "-".join(words)[:limit].strip("-") or "prompt"
+
+
+# Prompt travel (magicme/travel.py): a prompt may be {frame: text}.
+Prompt = str | dict[int, str]
+
+
+def keyframes(prompt: Prompt) -> dict[int, str]:
+    """{frame: text}, sorted; a plain prompt is the keyframe 0."""
+    if isinstance(prompt, str):
+        return {0: prompt}
+    return dict(sorted((int(k), v) for k, v in prompt.items()))
+
+
+def travels(prompt: Prompt) -> bool:
+    return len(keyframes(prompt)) > 1
+
+
+def frame_mix(keys: list[int], frames: int) -> list[tuple[int, int, float]]:
+    """Per frame: (index of the keyframe before, index of the keyframe after, weight of the one after)."""
+    mix = []
+    for frame in range(frames):
+        after = next((i for i, key in enumerate(keys) if key >= frame), len(keys) - 1)
+        before = max(0, after - 1) if keys[after] > frame else after
+        span = keys[after] - keys[before]
+        mix.append((before, after, 0.0 if span == 0 or frame <= keys[before] else (frame - keys[before]) / span))
+    return mix
+
+
+def text_at(prompt: Prompt, frame: int) -> str:
+    """The prompt text in force at `frame`: its latest keyframe at or before it (the first keyframe before that).
+    Evaluation scores a travelling prompt's frames against these texts."""
+    keyed = keyframes(prompt)
+    return keyed[max((k for k in keyed if k <= frame), default=min(keyed))]

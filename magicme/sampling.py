@@ -19,8 +19,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from magicme.families import get_family
+from magicme.prompts import keyframes
 from magicme.rundir import make_run_dir
-from magicme.schema import check_sample_config, load_sample_config, resolved_config
+from magicme.schema import check_sample_config, load_sample_config, prompt_tokens, resolved_config
 from magicme.stages import STAGES, Sample, Stage
 from magicme.video_io import atomic_path, to_uint8, write_frames, write_video
 
@@ -64,13 +65,15 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
 
 
 def count_tokens(pipe, samples: list[Sample]) -> dict[str, int]:
-    """Token count of every prompt and negative prompt (identities expanded); too long a prompt is an error now,
-    before anything is written. Nothing is cut: long prompts are encoded in chunks (magicme/prompt_encoding.py)."""
+    """Token count of every prompt text (identities expanded; each keyframe of a travelling prompt); too long a
+    prompt is an error now, before anything is written. Nothing is cut: long prompts are encoded in chunks
+    (magicme/prompt_encoding.py)."""
     counts = {}
     for s in samples:
-        for key, text in (("prompt", s.prompt), ("negative_prompt", s.negative_prompt)):
-            if text not in counts:
-                counts[text] = pipe.prompts.check_length(text, f"prompts: the {key} {text[:40]!r}…")
+        for key, prompt in (("prompt", s.prompt), ("negative_prompt", s.negative_prompt)):
+            for text in keyframes(prompt).values():
+                if text not in counts:
+                    counts[text] = pipe.prompts.check_length(text, f"prompts: the {key} {text[:40]!r}…")
     return counts
 
 
@@ -108,7 +111,7 @@ def run_sampling(config_path: Path | str | None, overrides: list[str] | None = N
             if cfg.save_frames:
                 files["frames"] = write_frames(run_dir / stem, video)
             records.append({"index": sample.index, "prompt": sample.prompt, "negative_prompt": sample.negative_prompt,
-                            "seed": sample.seed, "gamma": sample.gamma, "tokens": tokens[sample.prompt],
+                            "seed": sample.seed, "gamma": sample.gamma, "tokens": prompt_tokens(sample.prompt, tokens),
                             "stage": stage.name, "files": files,
                             "frames": int(video.shape[0]), "height": int(video.shape[1]),
                             "width": int(video.shape[2]), "fps": cfg.fps, "seconds": round(seconds, 3), **info})

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from magicme.configfile import load_structured
 from magicme.errors import ConfigError
 from magicme.prompt_weights import WEIGHTINGS, weighting_problems
-from magicme.prompts import malformed_references, referenced_names
+from magicme.prompts import Prompt, keyframes, malformed_references, referenced_names
 from magicme.rundir import check_output_dir
 from magicme.families import FAMILIES, get_family
 from magicme.stages import STAGES, Sample, installed
@@ -188,6 +188,35 @@ def run_problems(cfg: DictConfig) -> list[str]:
     return [message for ok, message in checks if not ok]
 
 
+def prompt_value(value, where: str, cfg: DictConfig, empty_ok: bool) -> Prompt:
+    """A prompt (or negative prompt) as a string, or for prompt travel a {frame: text} mapping with integer frames in
+    [0, frames); every text checked for its weighting syntax and identity references. A one-keyframe mapping is the
+    plain prompt."""
+    if isinstance(value, str):
+        texts = {0: value}
+    elif isinstance(value, (dict, DictConfig)) and len(value) > 0:
+        texts = {}
+        for frame, text in value.items():
+            if not (isinstance(frame, int) and not isinstance(frame, bool) and 0 <= frame < cfg.frames):
+                raise ConfigError(f"{where}: keyframe {frame!r} is not an integer frame in [0, {cfg.frames}); write "
+                                  f"{{0: ..., 8: ...}} with frames counted from 0")
+            texts[frame] = text
+    else:
+        raise ConfigError(f"{where}: must be a string, or a mapping from frame numbers to prompts (prompt travel)")
+    for frame, text in texts.items():
+        key = where if len(texts) == 1 else f"{where}[{frame}]"
+        if not isinstance(text, str) or not (empty_ok or text.strip()):
+            raise ConfigError(f"{key}: must be a {'' if empty_ok else 'non-empty '}string")
+        problems = weighting_problems(text, cfg.prompt_weighting) if cfg.prompt_weighting in WEIGHTINGS else []
+        if problems:
+            raise ConfigError(f"{key}: {problems[0]}")
+        bad = malformed_references(text)
+        if bad:
+            raise ConfigError(f"{key}: {bad[0]!r} is not an identity name (letters, digits, _ and - only); write "
+                              f"embedding:NAME or <NAME> with a file stem from model.embeddings_dir")
+    return texts[0] if list(texts) == [0] else dict(sorted(texts.items()))
+
+
 def expand_samples(cfg: DictConfig, rng: random.Random | None = None) -> list[Sample]:
     """One Sample per (prompt, seed) with its negative prompt and γ; `-1` seeds are drawn now and kept."""
     rng = rng or random.SystemRandom()
@@ -202,11 +231,9 @@ def expand_samples(cfg: DictConfig, rng: random.Random | None = None) -> list[Sa
         unknown = set(entry) - set(PROMPT_KEYS)
         if unknown:
             raise ConfigError(f"prompts[{i}]: unknown key(s) {sorted(unknown)}; allowed: {', '.join(PROMPT_KEYS)}")
-        prompt, negative = entry.get("prompt"), entry.get("negative_prompt", cfg.negative_prompt)
-        if not (isinstance(prompt, str) and prompt.strip()):
-            raise ConfigError(f"prompts[{i}].prompt: must be a non-empty string")
-        if not isinstance(negative, str):
-            raise ConfigError(f"prompts[{i}].negative_prompt: must be a string")
+        prompt = prompt_value(entry.get("prompt"), f"prompts[{i}].prompt", cfg, empty_ok=False)
+        negative = prompt_value(entry.get("negative_prompt", cfg.negative_prompt), f"prompts[{i}].negative_prompt",
+                                cfg, empty_ok=True)
         seeds = entry.get("seeds", cfg.seeds)
         seeds = list(seeds) if isinstance(seeds, (list, tuple)) or OmegaConf.is_list(seeds) else [seeds]
         if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and -1 <= s < MAX_SEED for s in seeds):
@@ -214,15 +241,6 @@ def expand_samples(cfg: DictConfig, rng: random.Random | None = None) -> list[Sa
         gamma = entry.get("gamma", cfg.gamma)
         if not (isinstance(gamma, (int, float)) and not isinstance(gamma, bool) and 0.0 <= gamma < 1.0):
             raise ConfigError(f"prompts[{i}].gamma: {gamma!r} not a number in [0, 1)")
-        for key, text in (("prompt", prompt), ("negative_prompt", negative)):
-            problems = weighting_problems(text, cfg.prompt_weighting) if cfg.prompt_weighting in WEIGHTINGS else []
-            if problems:
-                raise ConfigError(f"prompts[{i}].{key}: {problems[0]}")
-            bad = malformed_references(text)
-            if bad:
-                raise ConfigError(f"prompts[{i}].{key}: {bad[0]!r} is not an identity name (letters, digits, _ "
-                                  f"and - only); write embedding:NAME or <NAME> with a file stem from "
-                                  f"model.embeddings_dir")
         for seed in seeds:
             samples.append(Sample(len(samples), prompt, negative, rng.randrange(MAX_SEED) if seed == -1 else seed,
                                   float(gamma)))
@@ -268,10 +286,15 @@ def check_sample_config(cfg: DictConfig) -> tuple[list[Sample], dict[str, Path]]
         raise ConfigError("cpu_offload: only meaningful with a GPU; set cpu_offload=false on a CPU")
     if cfg.attention == "xformers" and not installed("xformers"):
         raise ConfigError("attention: xformers is not installed; pip install xformers or use sdpa")
-    prompts = [s.prompt for s in samples] + [s.negative_prompt for s in samples]
+    prompts = [text for s in samples for p in (s.prompt, s.negative_prompt) for text in keyframes(p).values()]
     _, embeddings = check_model(cfg.model, cfg.frames, prompts)
     get_family(cfg.model.family).check(cfg.model)
     return samples, embeddings
+
+
+def prompt_tokens(prompt: Prompt, tokens: dict[str, int]) -> int:
+    """Token count of a prompt: of its longest keyframe when it travels."""
+    return max(tokens[text] for text in keyframes(prompt).values())
 
 
 def resolved_config(cfg: DictConfig, samples: list[Sample], tokens: dict[str, int]) -> DictConfig:
@@ -279,7 +302,8 @@ def resolved_config(cfg: DictConfig, samples: list[Sample], tokens: dict[str, in
     token counts of its prompt and negative prompt), so re-running it reproduces the run exactly."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved["prompts"] = [{"prompt": s.prompt, "negative_prompt": s.negative_prompt, "seeds": [s.seed],
-                            "gamma": s.gamma, "tokens": [tokens[s.prompt], tokens[s.negative_prompt]]}
+                            "gamma": s.gamma, "tokens": [prompt_tokens(s.prompt, tokens),
+                                                         prompt_tokens(s.negative_prompt, tokens)]}
                            for s in samples]
     resolved["seeds"] = sorted({s.seed for s in samples})
     return OmegaConf.create(resolved)

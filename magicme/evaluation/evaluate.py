@@ -21,7 +21,7 @@ from magicme.evaluation.metrics import (
 )
 from magicme.evaluation.report import contact_sheet, write_reports
 from magicme.evaluation.runs import check_decoded, group_key, load_references, load_runs
-from magicme.prompts import strip_id_tokens
+from magicme.prompts import strip_id_tokens, text_at
 from magicme.rundir import check_output_dir
 from magicme.video_io import read_video
 
@@ -40,6 +40,16 @@ class EvalSettings:
     face_upsample: int = 1  # dlib HOG upsampling: 1 finds faces down to ~40 px in a 512² frame
     batch_size: int = 32
     contact_frames: int = 8  # frames per video on the report's contact sheet
+
+
+def text_alignment(frame_clip, clip, frame_texts: list[str]) -> float:
+    """CLIP-T: mean cosine of each frame with its own prompt text (all frames share one text without travel)."""
+    texts = list(dict.fromkeys(frame_texts))
+    if len(texts) == 1:
+        return mean_similarity(frame_clip, clip.texts(texts))
+    features = clip.texts(texts)
+    return float(np.mean([mean_similarity(frame_clip[i:i + 1], features[texts.index(t):texts.index(t) + 1])
+                          for i, t in enumerate(frame_texts)]))
 
 
 def load_settings(path: Path | str | None, overrides: dict | None = None) -> EvalSettings:
@@ -96,14 +106,17 @@ def evaluate(samples: list[Path | str], references: Path | str, out: Path | str 
     for video in tqdm(videos, desc="evaluating", unit="video", disable=not progress):
         frames = read_video(video.path)
         check_decoded(video, frames)
-        picked = [frames[i] for i in frame_indices(len(frames), settings.frames_per_video)]
-        eval_prompt = strip_id_tokens(video.prompt)
+        indices = frame_indices(len(frames), settings.frames_per_video)
+        picked = [frames[i] for i in indices]
+        # each frame against the prompt in force at it (one text unless the prompt travels), ID tokens removed
+        frame_texts = [strip_id_tokens(text_at(video.prompt, i)) for i in indices]
+        eval_prompt = " → ".join(dict.fromkeys(frame_texts))
         frame_clip = clip.images(picked)
         row = {"run": video.run, "stage": video.stage, "index": video.index, "seed": video.seed,
                "gamma": video.gamma, "prompt": video.prompt, "eval_prompt": eval_prompt,
                "file": str(video.path), "frames": len(picked),
                "clip_i": mean_similarity(frame_clip, ref_clip),
-               "clip_t": mean_similarity(frame_clip, clip.texts([eval_prompt])),
+               "clip_t": text_alignment(frame_clip, clip, frame_texts),
                "dino": mean_similarity(dino.images(picked), ref_dino),
                "temporal": temporal_consistency(frame_clip)}
         if faces:

@@ -11,6 +11,7 @@ import numpy as np
 
 from magicme.errors import ConfigError
 from magicme.images import IMAGE_SUFFIXES, image_files, read_image
+from magicme.prompts import Prompt
 
 # Lossless frame folders first, then MP4 (what the paper's videos were), then GIF (palette-quantised).
 FILE_PREFERENCE = ("frames", "mp4", "gif")
@@ -22,7 +23,7 @@ class VideoSample:
     run: str  # the run folder's name, the label in tables and charts
     stage: str  # t2v / edit / face / tiled
     index: int
-    prompt: str
+    prompt: Prompt  # a string, or {frame: text} for prompt travel
     seed: int | None
     gamma: float | None
     path: Path
@@ -64,7 +65,7 @@ def load_run(folder: Path, label: str) -> list[VideoSample]:
                               f"videos")
         shape = tuple(record.get(k) for k in ("frames", "height", "width"))
         samples.append(VideoSample(label, str(record["stage"]), int(record.get("index", len(samples))),
-                                   str(record["prompt"]), record.get("seed"), record.get("gamma"), path,
+                                   read_prompt(record["prompt"]), record.get("seed"), record.get("gamma"), path,
                                    None if None in shape else shape))
     if not samples:
         raise ConfigError(f"{listing}: no samples listed; the sampling run wrote nothing")
@@ -93,6 +94,11 @@ def listed_file(folder: Path, name: object, where: str) -> Path:
         raise ConfigError(f"{where}: {escapes[0]} leads outside the run folder {folder} (to {escapes[0].resolve()}); "
                           f"a run folder may only list its own files, so fix or regenerate samples.jsonl")
     return path
+
+
+def read_prompt(value) -> Prompt:
+    """A record's prompt: a string, or a travelling prompt {frame: text} (JSON made its frame keys strings)."""
+    return {int(k): str(v) for k, v in value.items()} if isinstance(value, dict) else str(value)
 
 
 def check_decoded(sample: VideoSample, video: np.ndarray) -> None:

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from magicme.prompts import slug
+from magicme.prompts import Prompt, keyframes, slug
 
 BUILTIN_STAGES = (
     "magicme.stages.t2v",
@@ -41,15 +41,15 @@ class Sample:
     """One video to render: a prompt × seed, with the settings that may differ per prompt."""
 
     index: int
-    prompt: str
-    negative_prompt: str
+    prompt: Prompt  # a string, or {frame: text} for prompt travel (magicme/travel.py)
+    negative_prompt: Prompt
     seed: int
     gamma: float
 
     @property
     def name(self) -> str:
-        """File stem of its first-stage video: `NNNN-<prompt-slug>-<seed>`."""
-        return f"{self.index:04d}-{slug(self.prompt)}-{self.seed}"
+        """File stem of its first-stage video: `NNNN-<slug of the first keyframe's prompt>-<seed>`."""
+        return f"{self.index:04d}-{slug(next(iter(keyframes(self.prompt).values())))}-{self.seed}"
 
 
 @dataclass(frozen=True)
