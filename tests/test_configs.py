@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from magicme.prompts import referenced_names
-from magicme.schema import check_sample_config, load_sample_config, sample_schema
+from magicme.prompts import keyframes, referenced_names
+from magicme.schema import check_sample_config, expand_samples, load_sample_config, sample_schema
 from magicme.training.config import load_train_config
 
 SAMPLE = sorted(Path("configs/sample").glob("*.yaml")) + [Path("configs/tiny/sample.yaml")]
@@ -49,8 +49,8 @@ def test_shipped_sampling_configs_pass_every_check(path, tiny_bundle, tmp_path):
         f"model.embeddings_dir={tmp_path / 'emb'}", f"face.clipseg_model={tiny_bundle['clipseg']}",
         f"output_dir={tmp_path / 'out'}"])
     (tmp_path / "emb").mkdir()
-    prompts = [p if isinstance(p, str) else p.prompt for p in cfg.prompts]
-    for name in {n for p in prompts for n in referenced_names(p)}:  # the tiny identity under each name used
+    texts = [text for s in expand_samples(cfg) for text in keyframes(s.prompt).values()]
+    for name in {n for text in texts for n in referenced_names(text)}:  # the tiny identity under each name used
         (tmp_path / "emb" / f"{name}.pt").write_bytes(tiny_bundle["embedding"].read_bytes())
     samples, embeddings = check_sample_config(cfg)
     assert samples and not (tmp_path / "out").exists()
