@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+from diffusers.models.unets.unet_motion_model import UNetMotionOutput
 
 
 @dataclass(frozen=True)
@@ -187,8 +188,6 @@ def windowed_unet(unet: torch.nn.Module, settings: ContextSettings | None) -> It
                              windows, weights, **arguments)
         if not return_dict:
             return (fused,)
-        from diffusers.models.unets.unet_motion_model import UNetMotionOutput
-
         return UNetMotionOutput(sample=fused)
 
     unet.forward = windowed_forward

@@ -212,6 +212,26 @@ def test_short_calls_are_untouched(unet, frames):
     assert isinstance(inside_tuple, tuple) and torch.equal(inside_tuple[0], plain)
 
 
+def test_short_calls_reach_the_forward_as_given(unet):
+    """≤ length frames: the very call (positional arguments, keywords, return value) passes through."""
+    seen = []
+    class_forward = unet.forward
+
+    def spy(*args, **kwargs):
+        seen.append((args, kwargs, class_forward(*args, **kwargs)))
+        return seen[-1][2]
+
+    unet.forward = spy
+    try:
+        latents, t, rows = unet_inputs(unet, 4)
+        with torch.no_grad(), windowed_unet(unet, SETTINGS):
+            result = unet(latents, t, encoder_hidden_states=rows)
+    finally:
+        del unet.forward
+    (args, kwargs, returned), = seen
+    assert args == (latents, t) and kwargs == {"encoder_hidden_states": rows} and result is returned
+
+
 def test_no_settings_is_untouched(unet):
     latents, t, rows = unet_inputs(unet, 6)
     with torch.no_grad():
@@ -271,3 +291,22 @@ def test_an_existing_instance_forward_is_restored(unet):
         assert vars(unet)["forward"] is hooked
     finally:
         del unet.forward
+
+
+def test_pipelines_denoise_through_the_windows(tiny_pipeline):
+    """The unchanged diffusers loops (T2V with classifier-free guidance, V2V) run inside the block."""
+    kwargs = dict(gamma=0.1, frames=7, height=32, width=32, steps=2, guidance_scale=7.5, progress=False)
+
+    def t2v(settings):
+        with windowed_unet(tiny_pipeline.t2v.unet, settings):
+            return tiny_pipeline.text_to_video("a photo", "", torch.Generator().manual_seed(0), **kwargs)
+
+    plain = t2v(None)
+    assert (t2v(ContextSettings(8, 2)) == plain).all()  # 7 frames fit one window: untouched
+    windowed = t2v(ContextSettings(4, 2))
+    assert windowed.shape == plain.shape and (windowed != plain).any()
+    with windowed_unet(tiny_pipeline.t2v.unet, ContextSettings(4, 2, closed_loop=True)):
+        edited = tiny_pipeline.video_to_video(plain, "a photo", "", torch.Generator().manual_seed(0), gamma=0.1,
+                                              strength=0.6, steps=2, guidance_scale=7.5, progress=False)
+    assert edited.shape == plain.shape and bool(torch.isfinite(torch.from_numpy(edited)).all())
+    assert "forward" not in vars(tiny_pipeline.t2v.unet)
