@@ -55,7 +55,7 @@ class FramewiseGroupNorm(nn.GroupNorm):
 
 
 class FrameCount:
-    """The frame count of the `UNetMotionModel.forward` call in progress (None outside one).
+    """The frame count of the `UNetMotionModel.forward` call in progress (None outside a UNet call).
 
     Its hooks are methods rather than closures so that `copy.deepcopy` of the UNet copies hooks and norms onto the
     same new `FrameCount`."""
@@ -63,9 +63,10 @@ class FrameCount:
     def __init__(self) -> None:
         self.frames: int | None = None
 
-    def record(self, unet: nn.Module, args: tuple, kwargs: dict) -> None:
-        sample = args[0] if args else kwargs["sample"]
-        self.frames = int(sample.shape[2])
+    def record(self, block: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Read from the first down block's `num_frames`, not from the UNet's input: a forward over context windows
+        (magicme/context.py) runs the UNet's forward once per window, inside one call of the UNet."""
+        self.frames = int(kwargs["num_frames"])
 
     def clear(self, unet: nn.Module, args: tuple, output: object) -> None:
         self.frames = None
@@ -131,6 +132,6 @@ def apply_animatediff_numerics(unet: UNetMotionModel, motion_version: str, mode:
         _set_class(norm, FramePooledGroupNorm if pooled else nn.GroupNorm, frame_count)
     if frame_count is not None:
         setattr(unet, _HOOKS_ATTR, (
-            unet.register_forward_pre_hook(frame_count.record, with_kwargs=True),
+            unet.down_blocks[0].register_forward_pre_hook(frame_count.record, with_kwargs=True),
             unet.register_forward_hook(frame_count.clear, always_call=True),
         ))

@@ -15,11 +15,12 @@ import numpy as np
 import torch
 from diffusers import AnimateDiffPipeline, AnimateDiffVideoToVideoPipeline
 
-from magicme.prompt_encoding import PromptEncoder
-from magicme.steps import denoising_steps
-from magicme.prompts import Prompt, keyframes, travels
-from magicme.travel import interpolate, per_frame_conditioning
+from magicme.context import ContextSettings, windowed_unet
 from magicme.noise_prior import noise_latents, sample_noise_prior
+from magicme.prompt_encoding import PromptEncoder
+from magicme.prompts import Prompt, keyframes, travels
+from magicme.steps import denoising_steps
+from magicme.travel import interpolate, per_frame_conditioning
 
 
 def passthrough(pipeline, kwargs: dict, ours: dict) -> dict:
@@ -55,6 +56,7 @@ class MagicPipeline:
         self.max_frames = max_frames
         self.family = family
         self.prompts = PromptEncoder(t2v, prompt_weighting)  # `prompts.weighting` may be changed per run
+        self.context: ContextSettings | None = None  # context windows for videos longer than the motion module
 
     @property
     def device(self) -> torch.device:
@@ -99,7 +101,8 @@ class MagicPipeline:
         latents = sample_noise_prior(self.latent_shape(frames, height, width), gamma, generator,
                                      device=self.device, dtype=self.dtype)
         self.t2v.set_progress_bar_config(disable=not progress, leave=False)
-        with self.conditioned(prompt, negative_prompt, frames, pipeline_kwargs) as prompt_kwargs:
+        with windowed_unet(self.t2v.unet, self.context), \
+                self.conditioned(prompt, negative_prompt, frames, pipeline_kwargs) as prompt_kwargs:
             out = self.t2v(**passthrough(self.t2v, pipeline_kwargs, dict(
                 **prompt_kwargs, num_frames=frames, height=height, width=width, num_inference_steps=steps,
                 guidance_scale=guidance_scale, latents=latents, generator=generator, output_type="np",
@@ -135,7 +138,8 @@ class MagicPipeline:
         noise = sample_noise_prior(tuple(clean.shape), gamma, generator, device=self.device, dtype=self.dtype)
         noisy = noise_latents(clean, noise, scheduler, first_t)
         self.v2v.set_progress_bar_config(disable=not progress, leave=False)
-        with self.conditioned(prompt, negative_prompt, frames, pipeline_kwargs) as prompt_kwargs:
+        with windowed_unet(self.t2v.unet, self.context), \
+                self.conditioned(prompt, negative_prompt, frames, pipeline_kwargs) as prompt_kwargs:
             out = self.v2v(**passthrough(self.v2v, pipeline_kwargs, dict(
                 **prompt_kwargs, height=height, width=width, num_inference_steps=steps, guidance_scale=guidance_scale,
                 # diffusers keeps int(strength · steps) steps; asking for (n + 0.5) / steps makes that exactly n.

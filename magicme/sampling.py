@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from tqdm.auto import tqdm
 
+from magicme.context import ContextSettings
 from magicme.families import get_family
 from magicme.prompts import keyframes
 from magicme.rundir import make_run_dir
@@ -92,6 +93,7 @@ def run_sampling(config_path: Path | str | None, overrides: list[str] | None = N
                                              attention=cfg.attention, vae_slicing=cfg.vae_slicing,
                                              cpu_offload=cfg.cpu_offload)
     pipe.prompts.weighting = cfg.prompt_weighting
+    pipe.context = ContextSettings(**cfg.context) if cfg.context is not None else None
     tokens = count_tokens(pipe, samples)
     for stage in stages:
         stage.setup(pipe)

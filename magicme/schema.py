@@ -76,11 +76,22 @@ class VideoSettings:
 
 
 @dataclass
+class ContextConfig:
+    """Context windows: the motion module sees `length` frames at a time, windows overlapping by `overlap` frames,
+    their noise predictions fused at every step (magicme/context.py) — videos longer than the motion module."""
+
+    length: int = 16
+    overlap: int = 4
+    closed_loop: bool = False  # windows wrap around the end: a looping clip
+
+
+@dataclass
 class SampleConfig(VideoSettings):
     prompts: list[Any] = field(default_factory=list)  # strings, or {prompt, negative_prompt, seeds, gamma}
     stages: list[str] = field(default_factory=lambda: ["t2v"])  # a first stage (t2v/edit), then refinements
     input_video: Optional[str] = None  # re-render this video (MP4/GIF/frame folder): the edit stage replaces t2v
     input_strength: float = 0.6  # how much of the input video is re-noised and denoised with the ID prompt
+    context: Optional[ContextConfig] = None  # null = the whole video at once (frames ≤ the motion module's length)
     precision: str = "auto"  # auto = fp16 on GPU, fp32 on CPU
     device: str = "auto"  # auto = cuda, then mps, then cpu
     attention: str = "sdpa"  # or xformers
@@ -177,7 +188,11 @@ def stage_problems(cfg: DictConfig) -> list[str]:
 def run_problems(cfg: DictConfig) -> list[str]:
     """Device, precision, attention, outputs: the run-wide keys."""
     kind, _, index = cfg.device.partition(":")
+    context = cfg.context
     checks = [
+        (context is None or context.length >= 1, f"context.length: {context and context.length} must be at least 1"),
+        (context is None or 0 <= context.overlap < context.length,
+         f"context.overlap: {context and context.overlap} must be in [0, context.length)"),
         (cfg.precision in PRECISIONS, f"precision: {cfg.precision!r} is not one of {', '.join(PRECISIONS)}"),
         (cfg.device == "auto" or (kind in ("cpu", "cuda", "mps") and (index == "" or index.isdigit())),
          f"device: {cfg.device!r} is not auto, cpu, cuda, cuda:N or mps"),
@@ -247,10 +262,10 @@ def expand_samples(cfg: DictConfig, rng: random.Random | None = None) -> list[Sa
     return samples
 
 
-def check_model(model: DictConfig, frames: int | None, prompts: list[str], prefix: str = ""):
-    """The `model:` block's files (headers only), the frame count against the motion module and the identities
-    the prompts use; returns (ModelInfo, {identity name: file}). `prefix` names where the block sits
-    (`validation.` in training configs)."""
+def check_model(model: DictConfig, frames: int | None, prompts: list[str], prefix: str = "", context: bool = False):
+    """The `model:` block's files (headers only), the frames the motion module sees at once (the context window's
+    length when `context`) against its length, and the identities the prompts use; returns (ModelInfo,
+    {identity name: file}). `prefix` names where the block sits (`validation.` in training configs)."""
     from magicme.inspector import inspect_model
 
     names = list(dict.fromkeys(n for p in prompts for n in referenced_names(p)))
@@ -261,7 +276,11 @@ def check_model(model: DictConfig, frames: int | None, prompts: list[str], prefi
     info = report.info
     limit = info.motion.max_seq_length if info.motion is not None else None
     if frames is not None and limit is not None and frames > limit:
-        raise ConfigError(f"{prefix}frames: {frames} is more than the motion module's {limit} frames; lower it")
+        if context:
+            raise ConfigError(f"context.length: windows of {frames} frames are more than the motion module's {limit}; "
+                              f"lower context.length")
+        raise ConfigError(f"{prefix}frames: {frames} is more than the motion module's {limit} frames; lower it, or "
+                          f"set context: {{length: 16, overlap: 4}} to render it in overlapping windows")
     from magicme.embeddings import find_embeddings
 
     embeddings = find_embeddings(model.embeddings_dir) if names else {}
@@ -287,7 +306,8 @@ def check_sample_config(cfg: DictConfig) -> tuple[list[Sample], dict[str, Path]]
     if cfg.attention == "xformers" and not installed("xformers"):
         raise ConfigError("attention: xformers is not installed; pip install xformers or use sdpa")
     prompts = [text for s in samples for p in (s.prompt, s.negative_prompt) for text in keyframes(p).values()]
-    _, embeddings = check_model(cfg.model, cfg.frames, prompts)
+    frames_at_once = cfg.frames if cfg.context is None else min(cfg.frames, cfg.context.length)
+    _, embeddings = check_model(cfg.model, frames_at_once, prompts, context=cfg.context is not None)
     get_family(cfg.model.family).check(cfg.model)
     return samples, embeddings
 

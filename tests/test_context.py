@@ -1,6 +1,7 @@
 """Context windows (magicme/context.py): exact window layouts, the blending weights, the fusion of window
 predictions, and the UNet wrapper on the tiny bundle's real UNetMotionModel."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -310,3 +311,39 @@ def test_pipelines_denoise_through_the_windows(tiny_pipeline):
                                               strength=0.6, steps=2, guidance_scale=7.5, progress=False)
     assert edited.shape == plain.shape and bool(torch.isfinite(torch.from_numpy(edited)).all())
     assert "forward" not in vars(tiny_pipeline.t2v.unet)
+
+
+# --- through sample.py ------------------------------------------------------------------------------------------
+
+def sampled_frames(tmp_path, tiny_bundle, name: str, *overrides: str) -> np.ndarray:
+    from PIL import Image
+
+    import sample
+    from tests.test_sampling import write_config
+
+    config = write_config(tmp_path, tiny_bundle, prompts=["<tinyperson> man"], output_dir=str(tmp_path / name))
+    assert sample.main(["--config", str(config), "--quiet", "save_frames=true", "steps=1", *overrides]) == 0
+    (run_dir,) = (tmp_path / name).iterdir()
+    return np.stack([np.asarray(Image.open(p)) for p in sorted(next(run_dir.glob("*/")).glob("*.png"))])
+
+
+def test_long_videos_through_sample_py(tmp_path, tiny_bundle, capsys):
+    """v1 module (24 frames): 26 frames need context windows; with frames ≤ length the context changes nothing."""
+    v1 = [f"model.motion_module={tiny_bundle['motion_v1']}", "model.motion_loras=[]"]
+    assert sampled_frames(tmp_path, tiny_bundle, "long", *v1, "frames=26",
+                          "context={length: 8, overlap: 2}").shape == (26, 48, 64, 3)
+    short = sampled_frames(tmp_path, tiny_bundle, "short", *v1, "frames=4")
+    short_context = sampled_frames(tmp_path, tiny_bundle, "short-context", *v1, "frames=4",
+                                   "context={length: 8, overlap: 2}")
+    assert np.array_equal(short, short_context)
+
+    import sample
+    from tests.test_sampling import write_config
+
+    config = write_config(tmp_path, tiny_bundle, prompts=["man"])
+    for overrides, message in (([*v1, "frames=26"], "frames: 26 is more than the motion module's 24 frames"),
+                               ([*v1, "frames=30", "context={length: 25, overlap: 4}"],
+                                "context.length: windows of 25 frames are more than the motion module's 24"),
+                               (["context={length: 8, overlap: 8}"], "context.overlap: 8 must be in [0, context")):
+        assert sample.main(["--config", str(config), "--quiet", *overrides]) == 2
+        assert message in capsys.readouterr().err

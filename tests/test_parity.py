@@ -132,7 +132,7 @@ def test_diffusers_mode_is_stock_diffusers_exactly(stock_unets, version):
     switched_back = patched(patched(stock, version), version, "diffusers")
     assert torch.equal(run(switched_back, inputs), expected)
     assert all(type(m) is nn.GroupNorm for m in switched_back.modules() if isinstance(m, nn.GroupNorm))
-    assert not switched_back._forward_pre_hooks and not switched_back._forward_hooks
+    assert not switched_back.down_blocks[0]._forward_pre_hooks and not switched_back._forward_hooks
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -143,7 +143,7 @@ def test_idempotent_and_keeps_parameters(stock_unets, version):
     inputs = tiny_inputs(batch=1, frames=FRAMES)
     assert torch.equal(run(twice, inputs), run(once, inputs))
     hooks = 1 if version == "v1" else 0
-    assert len(twice._forward_pre_hooks) == hooks and len(twice._forward_hooks) == hooks
+    assert len(twice.down_blocks[0]._forward_pre_hooks) == hooks and len(twice._forward_hooks) == hooks
 
     state = twice.state_dict()
     assert list(state) == list(stock.state_dict())
