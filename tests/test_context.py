@@ -330,8 +330,10 @@ def sampled_frames(tmp_path, tiny_bundle, name: str, *overrides: str) -> np.ndar
 def test_long_videos_through_sample_py(tmp_path, tiny_bundle, capsys):
     """v1 module (24 frames): 26 frames need context windows; with frames ≤ length the context changes nothing."""
     v1 = [f"model.motion_module={tiny_bundle['motion_v1']}", "model.motion_loras=[]"]
-    assert sampled_frames(tmp_path, tiny_bundle, "long", *v1, "frames=26",
-                          "context={length: 8, overlap: 2}").shape == (26, 48, 64, 3)
+    long = sampled_frames(tmp_path, tiny_bundle, "long", *v1, "frames=26", "context={length: 8, overlap: 2}")
+    looped = sampled_frames(tmp_path, tiny_bundle, "loop", *v1, "frames=26",
+                            "context={length: 8, overlap: 2, closed_loop: true}")
+    assert long.shape == looped.shape == (26, 48, 64, 3) and not np.array_equal(long, looped)
     short = sampled_frames(tmp_path, tiny_bundle, "short", *v1, "frames=4")
     short_context = sampled_frames(tmp_path, tiny_bundle, "short-context", *v1, "frames=4",
                                    "context={length: 8, overlap: 2}")
