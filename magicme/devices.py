@@ -2,8 +2,6 @@
 
 import torch
 
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-
 
 def resolve_device(device: str = "auto") -> torch.device:
     """`auto` picks CUDA, then Apple MPS, then CPU."""

@@ -48,14 +48,13 @@ class MagicPipeline:
     # peak memory of a 16 × 512² video (H100, fp16: 12.4 → 5.3 GB for 4.53 → 4.70 s).
     vae_chunk = 4
 
-    def __init__(self, t2v: AnimateDiffPipeline, motion_version: str, max_frames: int, family: str = "sd15",
-                 prompt_weighting: str = "comfy"):
+    def __init__(self, t2v: AnimateDiffPipeline, motion_version: str, max_frames: int, family: str = "sd15"):
         self.t2v = t2v
         self.v2v = AnimateDiffVideoToVideoPipeline(**t2v.components)
         self.motion_version = motion_version
         self.max_frames = max_frames
         self.family = family
-        self.prompts = PromptEncoder(t2v, prompt_weighting)  # `prompts.weighting` may be changed per run
+        self.prompts = PromptEncoder(t2v)  # comfy weighting; a run sets `prompts.weighting` from its config
         self.context: ContextSettings | None = None  # context windows for videos longer than the motion module
 
     @property
