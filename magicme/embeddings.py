@@ -89,8 +89,13 @@ def load_into_pipeline(pipe, embeddings: dict[str, Path]) -> None:
         pipe.load_textual_inversion(vectors, token=token)
 
 
-def save_embedding(path: Path | str, vectors: torch.Tensor, name: str) -> None:
-    """Write `vectors` (N, D) in the A1111/ComfyUI layout (`.pt`) or as safetensors `{<name>: tensor}`."""
+def save_embedding(path: Path | str, vectors: torch.Tensor, name: str, class_word: str | None = None) -> None:
+    """Write `vectors` (N, D) in the A1111/ComfyUI layout (`.pt`) or as safetensors `{<name>: tensor}`.
+
+    `class_word` (the identity's class, "man"/"woman") is stored beside the vectors (`.pt`: key `class_word`;
+    safetensors: metadata `class_word`), so prompt templates can fill `{id}` without a hand-written map; other
+    tools ignore it.
+    """
     from safetensors.torch import save_file
 
     from magicme.video_io import atomic_path
@@ -98,7 +103,8 @@ def save_embedding(path: Path | str, vectors: torch.Tensor, name: str) -> None:
     path = Path(path)
     tensor = vectors.detach().to("cpu", torch.float32).contiguous()
     if path.suffix != ".safetensors":
-        save_torch({"string_to_param": {"*": tensor}, "name": name}, path)
+        extra = {"class_word": class_word} if class_word else {}
+        save_torch({"string_to_param": {"*": tensor}, "name": name, **extra}, path)
         return
     with atomic_path(path) as tmp:
-        save_file({f"<{name}>": tensor}, str(tmp))
+        save_file({f"<{name}>": tensor}, str(tmp), metadata={"class_word": class_word} if class_word else None)

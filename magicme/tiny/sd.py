@@ -123,5 +123,6 @@ def build_tiny_bundle(out: Path | str, seed: int = 0) -> dict[str, Path]:
     paths["clipseg"] = save_tiny_clipseg(out / "clipseg", out / "sd15" / "tokenizer", seed=seed)
     generator = torch.Generator().manual_seed(seed + 1)
     paths["embedding"] = out / "embeddings" / "tinyperson.pt"
-    save_embedding(paths["embedding"], torch.randn(4, TEXT_WIDTH, generator=generator) * 0.02, "tinyperson")
+    save_embedding(paths["embedding"], torch.randn(4, TEXT_WIDTH, generator=generator) * 0.02, "tinyperson",
+                   class_word="man")
     return paths
