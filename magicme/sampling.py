@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from magicme.context import ContextSettings
 from magicme.families import get_family
+from magicme.freeu import install_freeu
 from magicme.prompts import keyframes
 from magicme.rundir import make_run_dir
 from magicme.schema import check_sample_config, load_sample_config, prompt_tokens, resolved_config
@@ -94,6 +95,8 @@ def run_sampling(config_path: Path | str | None, overrides: list[str] | None = N
                                              cpu_offload=cfg.cpu_offload)
     pipe.prompts.weighting = cfg.prompt_weighting
     pipe.context = ContextSettings(**cfg.context) if cfg.context is not None else None
+    if cfg.freeu is not None:
+        install_freeu(pipe.t2v.unet, **cfg.freeu)
     tokens = count_tokens(pipe, samples)
     for stage in stages:
         stage.setup(pipe)

@@ -52,32 +52,35 @@ class BaseComponents:
     unet: UNet2DConditionModel
 
 
-def scheduler_spec(scheduler) -> tuple[type, dict]:
-    """The diffusers class and constructor arguments of a `model.scheduler` block `{name, kwargs}`."""
-    name, kwargs = scheduler.name, dict(scheduler.get("kwargs") or {})
+def scheduler_spec(scheduler, key: str = "model.scheduler") -> tuple[type, dict]:
+    """The diffusers class and constructor arguments of a scheduler block `{name, kwargs}` (`key` names it in
+    errors: `model.scheduler`, `face.scheduler`, …)."""
+    name, kwargs = scheduler["name"], dict(scheduler.get("kwargs") or {})
     class_name, preset = SCHEDULER_PRESETS.get(name, (name, {}))
     cls = getattr(diffusers, class_name, None)
     if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
-        raise ConfigError(f"model.scheduler.name: {name!r} is neither a preset ({', '.join(SCHEDULER_PRESETS)}) nor "
+        raise ConfigError(f"{key}.name: {name!r} is neither a preset ({', '.join(SCHEDULER_PRESETS)}) nor "
                           f"a diffusers scheduler class (e.g. EulerDiscreteScheduler, LCMScheduler)")
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
-        raise ConfigError(f"model.scheduler.kwargs: {class_name} has no setting {', '.join(unknown)}; it takes "
+        raise ConfigError(f"{key}.kwargs: {class_name} has no setting {', '.join(unknown)}; it takes "
                           f"{', '.join(sorted(accepted))}")
     return cls, {**SD15_BETAS, **preset, **kwargs}
 
 
-def make_scheduler(scheduler):
+def make_scheduler(scheduler, key: str = "model.scheduler"):
     """A fresh scheduler from a `{name, kwargs}` block."""
-    cls, kwargs = scheduler_spec(scheduler)
+    cls, kwargs = scheduler_spec(scheduler, key)
     return cls(**kwargs)
 
 
-def check(model) -> None:
+def check(model, schedulers: dict | None = None) -> None:
     """What needs this family's libraries to check (the files were already inspected from their headers by
-    magicme/inspector.py): the scheduler's class and settings. Raises `ConfigError`."""
-    scheduler_spec(model.scheduler)
+    magicme/inspector.py): the classes and settings of the model's scheduler and of `schedulers` (stages' own,
+    by config key). Raises `ConfigError`."""
+    for key, scheduler in {"model.scheduler": model.scheduler, **(schedulers or {})}.items():
+        scheduler_spec(scheduler, key)
 
 
 def load_base(base: str, base_config: str | None, dtype: torch.dtype, vae: AutoencoderKL | None = None) -> BaseComponents:
