@@ -26,13 +26,16 @@ from magicme.parity import apply_animatediff_numerics
 from magicme.pipeline import MagicPipeline
 
 NAME = "sd15"
-# SD1.5's training schedule, shared by every sampler so that they all denoise the model the base was trained for.
+# The beta schedule every sampler shares: AnimateDiff's linear betas 0.00085–0.012, which the original Magic-Me and
+# AnimateDiff sample (and the motion modules were trained) with. SD1.5 itself was trained with "scaled_linear" betas
+# over the same range; the original code uses "linear", and so do we.
 SD15_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "linear", "num_train_timesteps": 1000}
 # Named presets: a diffusers scheduler class and its settings. `model.scheduler.name` may also be any diffusers
 # scheduler class name, and `model.scheduler.kwargs` override a preset's settings (e.g. timestep_spacing: trailing).
 SCHEDULER_PRESETS = {
-    # AnimateDiff's DDIM: steps_offset 1 with "leading" spacing is what its diffusers-0.11 DDIM computed.
-    "ddim": ("DDIMScheduler", {"steps_offset": 1, "clip_sample": False, "set_alpha_to_one": False,
+    # The original's DDIM: steps_offset 1 with "leading" spacing is what its diffusers-0.11 DDIM computed, and
+    # set_alpha_to_one is its default (True): the last step lands on the clean sample.
+    "ddim": ("DDIMScheduler", {"steps_offset": 1, "clip_sample": False, "set_alpha_to_one": True,
                                "timestep_spacing": "leading"}),
     "euler": ("EulerDiscreteScheduler", {"steps_offset": 1, "timestep_spacing": "leading"}),
     "euler_a": ("EulerAncestralDiscreteScheduler", {"steps_offset": 1, "timestep_spacing": "leading"}),
