@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from magicme.configfile import load_structured
 from magicme.errors import ConfigError
+from magicme.grid import fill_prompt, placeholder_problem, resolve_identities
 from magicme.prompt_weights import WEIGHTINGS, weighting_problems
 from magicme.prompts import Prompt, keyframes, malformed_references, referenced_names
 from magicme.rundir import check_output_dir
@@ -94,6 +95,8 @@ class FreeUConfig:
 @dataclass
 class SampleConfig(VideoSettings):
     prompts: list[Any] = field(default_factory=list)  # strings, or {prompt, negative_prompt, seeds, gamma}
+    identities: Any = None  # null, [names] or all: every prompt's {id} filled per identity (magicme/grid.py)
+    class_words: dict[str, str] = field(default_factory=dict)  # {identity: class word} over the files' own
     stages: list[str] = field(default_factory=lambda: ["t2v"])  # a first stage (t2v/edit), then refinements
     input_video: Optional[str] = None  # re-render this video (MP4/GIF/frame folder): the edit stage replaces t2v
     input_strength: float = 0.6  # how much of the input video is re-noised and denoised with the ID prompt
@@ -249,15 +252,27 @@ def prompt_value(value, where: str, cfg: DictConfig, empty_ok: bool) -> Prompt:
         if bad:
             raise ConfigError(f"{key}: {bad[0]!r} is not an identity name (letters, digits, _ and - only); write "
                               f"embedding:NAME or <NAME> with a file stem from model.embeddings_dir")
+        problem = placeholder_problem(text, key, cfg.identities is not None, required=not empty_ok)
+        if problem:
+            raise ConfigError(problem)
     return texts[0] if list(texts) == [0] else dict(sorted(texts.items()))
 
 
-def expand_samples(cfg: DictConfig, rng: random.Random | None = None) -> list[Sample]:
-    """One Sample per (prompt, seed) with its negative prompt and γ; `-1` seeds are drawn now and kept."""
-    rng = rng or random.SystemRandom()
+@dataclass(frozen=True)
+class PromptEntry:
+    """One entry of `prompts:`, checked, as written: its seeds may hold -1 (random) and its texts `{id}`."""
+
+    prompt: Prompt
+    negative_prompt: Prompt
+    seeds: list[int]
+    gamma: float
+
+
+def prompt_entries(cfg: DictConfig) -> list[PromptEntry]:
+    """Every prompt entry with its negative prompt, seeds and γ (its own, else the config's)."""
     if len(cfg.prompts) == 0:
         raise ConfigError("prompts: no prompts given; add a list of prompts to the config")
-    samples = []
+    entries = []
     for i, entry in enumerate(cfg.prompts):
         if isinstance(entry, str):
             entry = {"prompt": entry}
@@ -276,9 +291,32 @@ def expand_samples(cfg: DictConfig, rng: random.Random | None = None) -> list[Sa
         gamma = entry.get("gamma", cfg.gamma)
         if not (isinstance(gamma, (int, float)) and not isinstance(gamma, bool) and 0.0 <= gamma < 1.0):
             raise ConfigError(f"prompts[{i}].gamma: {gamma!r} not a number in [0, 1)")
-        for seed in seeds:
-            samples.append(Sample(len(samples), prompt, negative, rng.randrange(MAX_SEED) if seed == -1 else seed,
-                                  float(gamma)))
+        entries.append(PromptEntry(prompt, negative, seeds, float(gamma)))
+    return entries
+
+
+def seed_slots(entries: list[PromptEntry]) -> list[tuple[int, int]]:
+    """(entry number, seed as written) of every prompt × seed, in grid order."""
+    return [(i, seed) for i, entry in enumerate(entries) for seed in entry.seeds]
+
+
+def expand_samples(cfg: DictConfig, rng: random.Random | None = None, seeds: list[int] | None = None) -> list[Sample]:
+    """One Sample per prompt × seed × identity, in that nesting (the grid order of samples.jsonl and grid.gif).
+
+    A `-1` seed is drawn now, once per prompt and seed (the identities of a grid share it), unless `seeds` gives
+    the seed of every prompt × seed (a resumed run's, read back from its config.yaml)."""
+    rng = rng or random.SystemRandom()
+    entries = prompt_entries(cfg)
+    identities = resolve_identities(cfg)
+    slots = seed_slots(entries)
+    if seeds is None:
+        seeds = [rng.randrange(MAX_SEED) if seed == -1 else seed for _, seed in slots]
+    samples = []
+    for (i, _), seed in zip(slots, seeds, strict=True):
+        entry = entries[i]
+        for name, word in (identities or {None: None}).items():
+            samples.append(Sample(len(samples), fill_prompt(entry.prompt, name, word),
+                                  fill_prompt(entry.negative_prompt, name, word), seed, entry.gamma, name))
     return samples
 
 
@@ -340,13 +378,24 @@ def prompt_tokens(prompt: Prompt, tokens: dict[str, int]) -> int:
 
 
 def resolved_config(cfg: DictConfig, samples: list[Sample], tokens: dict[str, int]) -> DictConfig:
-    """The config to save next to the outputs: every prompt with the seeds actually used (and, for the record, the
-    token counts of its prompt and negative prompt), so re-running it reproduces the run exactly."""
+    """The config to save next to the outputs: one entry per prompt × seed with the seed actually used (and, for the
+    record, the token counts of its prompt and negative prompt, the longest over a grid's identities), the grid's
+    identities by name with their class words; re-running it reproduces the run exactly, and a resumed run reads
+    its random seeds back from it."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    resolved["prompts"] = [{"prompt": s.prompt, "negative_prompt": s.negative_prompt, "seeds": [s.seed],
-                            "gamma": s.gamma, "tokens": [prompt_tokens(s.prompt, tokens),
-                                                         prompt_tokens(s.negative_prompt, tokens)]}
-                           for s in samples]
+    entries = prompt_entries(cfg)
+    slots = seed_slots(entries)
+    per_slot = len(samples) // len(slots)
+    resolved["prompts"] = []
+    for k, (i, _) in enumerate(slots):
+        group = samples[k * per_slot:(k + 1) * per_slot]
+        resolved["prompts"].append({
+            "prompt": entries[i].prompt, "negative_prompt": entries[i].negative_prompt, "seeds": [group[0].seed],
+            "gamma": entries[i].gamma, "tokens": [max(prompt_tokens(s.prompt, tokens) for s in group),
+                                                  max(prompt_tokens(s.negative_prompt, tokens) for s in group)]})
     resolved["seeds"] = sorted({s.seed for s in samples})
+    identities = resolve_identities(cfg)
+    if identities is not None:
+        resolved["identities"], resolved["class_words"] = list(identities), identities
     return OmegaConf.create(resolved)
 

@@ -39,18 +39,35 @@ BUILTIN_STAGES = (
 
 @dataclass(frozen=True)
 class Sample:
-    """One video to render: a prompt × seed, with the settings that may differ per prompt."""
+    """One video to render: a prompt × seed × identity, with the settings that may differ per prompt."""
 
-    index: int
+    index: int  # position in the grid: the order of samples.jsonl and grid.gif, not part of any name
     prompt: Prompt  # a string, or {frame: text} for prompt travel (magicme/travel.py)
     negative_prompt: Prompt
     seed: int
     gamma: float
+    identity: str | None = None  # the grid identity filled into the prompt's {id} (magicme/grid.py)
+    hashes: tuple[tuple[str, str], ...] = ()  # (stage, hash of what its video depends on): magicme/naming.py
+
+    @property
+    def slug(self) -> str:
+        """The readable part of its names: `[<identity>-]<words of the first keyframe>-<seed>`."""
+        words = slug(next(iter(keyframes(self.prompt).values())))
+        return f"{self.identity + '-' if self.identity else ''}{words}-{self.seed}"
+
+    def stage_hash(self, stage: str) -> str:
+        return dict(self.hashes)[stage]
+
+    @property
+    def hash(self) -> str:
+        """The hash of its first stage's video."""
+        return self.hashes[0][1]
 
     @property
     def name(self) -> str:
-        """File stem of its first-stage video: `NNNN-<slug of the first keyframe's prompt>-<seed>`."""
-        return f"{self.index:04d}-{slug(next(iter(keyframes(self.prompt).values())))}-{self.seed}"
+        """File stem of its first-stage video: `<slug>-<hash>`; the same sample always gets the same name and a
+        changed setting a new one."""
+        return f"{self.slug}-{self.hash}"
 
 
 @dataclass(frozen=True)
@@ -96,8 +113,8 @@ class Stage:
         raise NotImplementedError
 
     def output_stem(self, sample: Sample) -> str:
-        """First stages write `<sample>`, later ones `<sample>_<stage>`."""
-        return sample.name if self.first else f"{sample.name}_{self.name}"
+        """First stages write `<sample>`, later ones `<sample>-<hash of this stage's video>_<stage>`."""
+        return sample.name if self.first else f"{sample.name}-{sample.stage_hash(self.name)}_{self.name}"
 
 
 STAGES: dict[str, type[Stage]] = {}
