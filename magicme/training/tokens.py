@@ -5,6 +5,8 @@ embedding at the new ids; the frozen vocabulary matrix is never touched, so ever
 construction, the optimizer state is N×D (not 49k×768), and gradient clipping sees only the identity.
 """
 
+import copy
+
 import torch
 from torch import nn
 
@@ -47,6 +49,22 @@ class IdentityEmbedding(nn.Module):
         match = input_ids[..., None] == self.ids  # (B, L, N)
         which = match.to(torch.uint8).argmax(dim=-1)
         return torch.where(match.any(dim=-1, keepdim=True), self.vectors[which].to(frozen.dtype), frozen)
+
+
+class Vocabulary:
+    """The base's tokenizer and token embedding as loaded. Identities trained one after another in one process all
+    start from it: `fresh()` puts the loaded embedding back into the text encoder (resizing made a new one, so the
+    loaded table is untouched) and returns a copy of the loaded tokenizer, without the previous identity's tokens."""
+
+    def __init__(self, tokenizer, text_encoder):
+        self.tokenizer = copy.deepcopy(tokenizer)
+        self.text_encoder = text_encoder
+        self.embedding = text_encoder.get_input_embeddings()
+
+    def fresh(self):
+        self.text_encoder.set_input_embeddings(self.embedding)
+        self.text_encoder.config.vocab_size = self.embedding.num_embeddings
+        return copy.deepcopy(self.tokenizer)
 
 
 def add_identity_tokens(tokenizer, text_encoder, name: str, count: int, init: str) -> IdentityEmbedding:
