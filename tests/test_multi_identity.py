@@ -180,3 +180,19 @@ def test_several_identities_need_latest_or_auto_and_several_files_work(tmp_path,
     assert train.main(["--config", str(a), str(b), "max_steps=1", "--quiet"]) == 0
     assert len(list((tmp_path / "a" / "runs").glob("ann-*/ann.pt"))) == 1
     assert len(list((tmp_path / "b" / "runs").glob("bob-*/bob.pt"))) == 1
+
+
+def test_a_fresh_vocabulary_is_the_base_as_loaded(tiny_bundle):
+    from magicme.families.sd15 import load_base
+    from magicme.training.tokens import Vocabulary, add_identity_tokens, bake_identity
+
+    base = load_base(str(tiny_bundle["sd15"]), None, torch.float32)
+    rows = base.text_encoder.get_input_embeddings().weight.detach().clone()
+    vocabulary = Vocabulary(base.tokenizer, base.text_encoder)
+    for name in ("ann", "bob"):
+        tokenizer = vocabulary.fresh()
+        assert len(tokenizer) == len(base.tokenizer) and torch.equal(
+            base.text_encoder.get_input_embeddings().weight, rows)
+        bake_identity(base.text_encoder, add_identity_tokens(tokenizer, base.text_encoder, name, 4, "man"))
+        assert base.text_encoder.get_input_embeddings().weight.shape[0] == len(rows) + 4
+    assert len(base.tokenizer) == len(rows)  # the loaded tokenizer itself never gets identity tokens

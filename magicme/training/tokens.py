@@ -53,16 +53,17 @@ class IdentityEmbedding(nn.Module):
 
 class Vocabulary:
     """The base's tokenizer and token embedding as loaded. Identities trained one after another in one process all
-    start from it: `fresh()` puts the loaded embedding back into the text encoder (resizing made a new one, so the
-    loaded table is untouched) and returns a copy of the loaded tokenizer, without the previous identity's tokens."""
+    start from it: `fresh()` puts a copy of the loaded embedding into the text encoder and returns a copy of the
+    loaded tokenizer, neither holding the previous identity's tokens. Copies, because resizing the embedding for new
+    tokens swaps the weight inside the module it was given (transformers keeps the module's type that way)."""
 
     def __init__(self, tokenizer, text_encoder):
         self.tokenizer = copy.deepcopy(tokenizer)
+        self.embedding = copy.deepcopy(text_encoder.get_input_embeddings())
         self.text_encoder = text_encoder
-        self.embedding = text_encoder.get_input_embeddings()
 
     def fresh(self):
-        self.text_encoder.set_input_embeddings(self.embedding)
+        self.text_encoder.set_input_embeddings(copy.deepcopy(self.embedding))
         self.text_encoder.config.vocab_size = self.embedding.num_embeddings
         return copy.deepcopy(self.tokenizer)
 
