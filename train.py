@@ -17,11 +17,9 @@ from magicme.cli import quiet_libraries
 
 quiet_libraries()
 
-from accelerate import PartialState  # noqa: E402
-
 from magicme.errors import ConfigError  # noqa: E402
 from magicme.training.config import load_train_configs, validate_train_config  # noqa: E402
-from magicme.training.identities import Job, summary_table, train_identities  # noqa: E402
+from magicme.training.identities import Job, process_state, summary_table, train_identities  # noqa: E402
 from magicme.training.trainer import TrainingDiverged  # noqa: E402
 
 
@@ -52,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as err:
         print(f"error: training diverged: {err}", file=sys.stderr)
         return 3
-    if PartialState().is_main_process:
+    if process_state().is_main_process:
         print(summary_table(outcomes))
         for outcome in outcomes:
             print(f"wrote {outcome.output}")

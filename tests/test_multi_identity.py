@@ -196,3 +196,27 @@ def test_a_fresh_vocabulary_is_the_base_as_loaded(tiny_bundle):
         bake_identity(base.text_encoder, add_identity_tokens(tokenizer, base.text_encoder, name, 4, "man"))
         assert base.text_encoder.get_input_embeddings().weight.shape[0] == len(rows) + 4
     assert len(base.tokenizer) == len(rows)  # the loaded tokenizer itself never gets identity tokens
+
+
+def test_two_processes_share_out_the_identities_and_match_one_process(tmp_path, tiny_bundle, dataset):
+    """torchrun with 2 CPU processes (gloo; what `accelerate launch` runs per node): ann on one, bob on the other,
+    each embedding bit-identical to one process training both."""
+    sharded, single = tmp_path / "sharded", tmp_path / "single"
+    sharded.mkdir(), single.mkdir()
+    config = team_config(sharded, tiny_bundle, dataset, ["ann", "bob"])
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "2", "train.py", "--config", str(config), "--quiet"],
+                          env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    logs = {name: next((sharded / "runs").glob(f"{name}-*/train.log")).read_text() for name in ("ann", "bob")}
+    assert "in process 0 of 2" in logs["ann"] and "in process 1 of 2" in logs["bob"]
+    assert done.stdout.count("identity  status") == 1  # the main process prints the table of both
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each of the two processes: the sums inside a convolution depend on it
+    try:
+        assert train.main(["--config", str(team_config(single, tiny_bundle, dataset, ["ann", "bob"])), "--quiet"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    for name in ("ann", "bob"):
+        assert torch.equal(embedding_of(sharded / "runs", name), embedding_of(single / "runs", name))

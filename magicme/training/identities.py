@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from accelerate import PartialState
-from accelerate.utils import gather_object
+from accelerate.utils import gather_object, parse_flag_from_env
 from omegaconf import DictConfig
 
 from magicme.errors import ConfigError
@@ -92,11 +92,17 @@ def finished_outcome(cfg: DictConfig, decision: Decision) -> Outcome:
                    str(decision.point.run_dir / f"{cfg.name}.pt"))
 
 
+def process_state() -> PartialState:
+    """This process's place among those `accelerate launch` (or torchrun) started; on CPU too: accelerate's CPU
+    launch says so in ACCELERATE_USE_CPU, which only AcceleratorState reads by itself."""
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
 def train_identities(jobs: list[Job], resume: str | None = None, progress: bool = True) -> list[Outcome]:
     """Train every job (in this process, or its share of them under accelerate); returns the outcomes of all jobs in
     their order (on every process)."""
     check_resume_flag(resume, jobs)
-    state = PartialState()
+    state = process_state()
     decisions = [decide(job.cfg, resume) for job in jobs]  # every process reads the same run folders ...
     state.wait_for_everyone()  # ... before any process writes into one
     together = len(jobs) == 1 and state.num_processes > 1

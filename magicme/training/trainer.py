@@ -424,9 +424,10 @@ def train_identity(cfg: DictConfig, photos: list[Photo], point: ResumePoint | No
         for message in point.skipped if point else []:
             log.warning(message)
         kept = {image.path for image in data}
-        log.info("training %s on %d images (skipped, no %r found: %s), %d steps", cfg.name, len(data),
-                 cfg.mask_prompt, ", ".join(p.path.name for p in photos if p.path not in kept) or "none",
-                 cfg.max_steps)
+        log.info("training %s on %d images (skipped, no %r found: %s), %d steps, in process %d of %d%s", cfg.name,
+                 len(data), cfg.mask_prompt, ", ".join(p.path.name for p in photos if p.path not in kept) or "none",
+                 cfg.max_steps, accelerator.process_index, accelerator.num_processes,
+                 " (data-parallel)" if together else "")
         models = models or SharedModels(cfg, accelerator.device, DTYPES[cfg.mixed_precision])
         losses = run_training(accelerator, cfg, data, run_dir, point, progress, models, together)
     finally:
