@@ -27,7 +27,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from magicme.prompts import Prompt, keyframes, slug
-from magicme.steps import schedule_problems
+from magicme.steps import schedule_problems, scheduler_block_problems
 
 BUILTIN_STAGES = (
     "magicme.stages.t2v",
@@ -132,8 +132,8 @@ def installed(module: str) -> bool:
 
 
 def denoise_problems(key: str, settings, run_steps: int) -> list[str]:
-    """Range checks every partial-denoise stage shares: its strength and its optional steps / guidance_scale / gamma
-    (null = the run's or the sample's value), and the schedule they make (magicme/steps.py)."""
+    """Range checks every partial-denoise stage shares: its strength, its optional steps / guidance_scale / gamma
+    (null = the run's or the sample's value) and scheduler block, and the schedule they make (magicme/steps.py)."""
     checks = [
         (0.0 <= settings.strength <= 1.0, f"{key}.strength: {settings.strength} not in [0, 1]"),
         (settings.steps is None or settings.steps >= 1, f"{key}.steps: {settings.steps} must be >= 1"),
@@ -141,8 +141,16 @@ def denoise_problems(key: str, settings, run_steps: int) -> list[str]:
          f"{key}.guidance_scale: {settings.guidance_scale} must be >= 0"),
         (settings.gamma is None or 0.0 <= settings.gamma < 1.0, f"{key}.gamma: {settings.gamma} not in [0, 1)"),
     ]
-    problems = [message for ok, message in checks if not ok]
+    problems = [message for ok, message in checks if not ok] + scheduler_block_problems(f"{key}.scheduler",
+                                                                                          settings.scheduler)
     return problems or schedule_problems(f"{key}.strength", or_default(settings.steps, run_steps), settings.strength)
+
+
+def own_scheduler(pipe, key: str, block):
+    """A partial-denoise stage's own scheduler, made by the pipeline's model family; None = the model's."""
+    from magicme.families import get_family
+
+    return get_family(pipe.family).make_scheduler(block, key) if block is not None else None
 
 
 def or_default(value, default):

@@ -17,8 +17,7 @@ import numpy as np
 
 from magicme.errors import ConfigError
 from magicme.inspector import hf_model_present
-from magicme.stages import Stage, denoise_problems, installed, or_default, register_stage
-from magicme.steps import scheduler_block_problems
+from magicme.stages import Stage, denoise_problems, installed, or_default, own_scheduler, register_stage
 from magicme.vcd.geometry import Box, blurred_mask, crop_box, feather_mask, link_tracks, union_box
 
 log = logging.getLogger("magicme")
@@ -67,20 +66,18 @@ class FaceStage(Stage):
             (face.feather >= 0, f"face.feather: {face.feather} must be >= 0"),
             (face.mask in MASKS, f"face.mask: {face.mask!r} is not one of {', '.join(MASKS)}"),
         ]
-        return (problems + [message for ok, message in checks if not ok] + denoise_problems("face", face, cfg.steps)
-                + scheduler_block_problems("face.scheduler", face.scheduler))
+        return problems + [message for ok, message in checks if not ok] + denoise_problems("face", face, cfg.steps)
 
     def setup(self, pipe) -> None:
         """The face detector and the stage's own scheduler, made once per run."""
         from magicme.faces import ClipSegFaces, DlibFaces
-        from magicme.families import get_family
 
         s = self.settings
         if s.detector == "dlib":
             self.detector = DlibFaces(upsample=1, min_face=s.min_face, landmarks=s.mask == "segment")
         else:
             self.detector = ClipSegFaces(s.clipseg_model, s.prompt, s.threshold, s.min_face, device=pipe.device)
-        self.scheduler = get_family(pipe.family).make_scheduler(s.scheduler, "face.scheduler") if s.scheduler else None
+        self.scheduler = own_scheduler(pipe, "face.scheduler", s.scheduler)
         order = (self.scheduler or pipe.v2v.scheduler).order
         if s.mask == "segment" and order != 1:
             raise ConfigError(f"face.mask: segment holds the latents outside the face after every step, which needs a "

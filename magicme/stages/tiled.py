@@ -12,8 +12,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from magicme.stages import Stage, denoise_problems, installed, or_default, register_stage
-from magicme.steps import scheduler_block_problems
+from magicme.stages import Stage, denoise_problems, installed, or_default, own_scheduler, register_stage
 from magicme.vcd.geometry import tile_weight, tile_windows
 
 
@@ -54,17 +53,15 @@ class TiledStage(Stage):
              f"tiled.padding: {t.padding} must be a multiple of 8 in [0, tile/2)"),
             (0.0 <= t.sharpen <= 1.0, f"tiled.sharpen: {t.sharpen} not in [0, 1]"),
         ]
-        return (problems + [message for ok, message in checks if not ok] + denoise_problems("tiled", t, cfg.steps)
-                + scheduler_block_problems("tiled.scheduler", t.scheduler))
+        return problems + [message for ok, message in checks if not ok] + denoise_problems("tiled", t, cfg.steps)
 
     def setup(self, pipe) -> None:
         """The upscaler (a model file is read once, not once per video) and the stage's own scheduler."""
-        from magicme.families import get_family
         from magicme.upscale import Upscaler
 
         s = self.settings
         self.upscaler = Upscaler(s.upscaler, pipe.device)
-        self.scheduler = get_family(pipe.family).make_scheduler(s.scheduler, "tiled.scheduler") if s.scheduler else None
+        self.scheduler = own_scheduler(pipe, "tiled.scheduler", s.scheduler)
 
     def __call__(self, pipe, video, sample, generator):
         from magicme.vcd.resize import resize_video
