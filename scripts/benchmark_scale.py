@@ -15,9 +15,9 @@
   sample, as a fraction of a tiny sample's time (render and files: (t1 − fixed1) / samples).
   `sample_seconds` / `sample_seconds_2_processes`: a sample's stage time alone, in the 1- and 2-process runs (equal
   when the cores are free; their ratio shows contention).
-- Projection: the 2,400-video protocol grid (24 identities × 25 prompts × 4 seeds, T2V + Face + Tiled VCD) on 8 GPUs
-  from per-video seconds given on the command line (defaults: the H100 figures of README/docs/vcd.md) and the
-  measured scaling efficiency.
+- Projection: the 2,400-video protocol grid (24 identities × 25 prompts × 4 seeds, T2V + Face + Tiled VCD) on
+  `--gpus` GPUs at ideal scaling, from per-video seconds given on the command line (defaults: the H100 figures of
+  README/docs/vcd.md).
 Printed last as `name=value` lines. The machine may be shared: rerun when figures look contended.
 """
 
@@ -79,7 +79,9 @@ def sample_command(config: Path, run_dir: Path, processes: int) -> list[str]:
 
 def timed(command: list[str]) -> float:
     start = time.perf_counter()
-    subprocess.run(command, cwd=REPO, env=env(), check=True, capture_output=True)
+    result = subprocess.run(command, cwd=REPO, env=env(), capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
     return time.perf_counter() - start
 
 
@@ -174,7 +176,7 @@ def main() -> None:
         "overhead_ms_per_sample": round(per_sample_overhead * 1000, 2),
         "overhead_fraction": round(per_sample_overhead / ((t1 - fixed1) / samples), 4),
         "projection_gpu_video_seconds": round(gpu_video, 2), "projection_hours_1_gpu": round(hours_1, 2),
-        "projection_hours_8_gpus": round(hours_1 / args.gpus / min(1.0, scaling_render), 2),
+        "projection_hours_ideal": round(hours_1 / args.gpus, 2),
     }
     for name, value in figures.items():
         print(f"{name}={json.dumps(value) if not isinstance(value, str) else value}")
