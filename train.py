@@ -1,10 +1,13 @@
-"""Learn a person's ID tokens from 5-10 photos.
+"""Learn a person's ID tokens from 5-10 photos; several people in one command.
 
-    python train.py --config configs/train/example.yaml [key=value ...] [--resume latest|PATH]
-    accelerate launch train.py --config ...          # several GPUs, unchanged
+    python train.py --config configs/train/example.yaml [key=value ...] [--resume latest|auto|PATH]
+    python train.py --config configs/train/ann.yaml configs/train/bob.yaml       # one after another
+    python train.py --config configs/train/team.yaml --resume auto               # identities: [ann, bob, ...]
+    accelerate launch train.py --config ...          # one identity: data-parallel; several: shared out
 
-Writes <output_dir>/<name>-<timestamp>/ with <name>.pt (use it as `embedding:<name> man` in sample.py and
-ComfyUI), checkpoints, masks, validation videos, train.log and loss_curve.png. See docs/training.md.
+Writes <output_dir>/<name>-<timestamp>/ per identity with <name>.pt (use it as `embedding:<name> man` in sample.py
+and ComfyUI), checkpoints, masks, validation videos, train.log and loss_curve.png, then prints a summary table.
+See docs/training.md.
 """
 
 import argparse
@@ -15,29 +18,42 @@ from magicme.cli import quiet_libraries
 quiet_libraries()
 
 from magicme.errors import ConfigError  # noqa: E402
-from magicme.training.config import load_train_config, validate_train_config  # noqa: E402
-from magicme.training.trainer import TrainingDiverged, train  # noqa: E402
+from magicme.training.config import load_train_configs, validate_train_config  # noqa: E402
+from magicme.training.identities import Job, process_state, summary_table, train_identities  # noqa: E402
+from magicme.training.trainer import TrainingDiverged  # noqa: E402
+
+
+def split_arguments(configs: list[str], overrides: list[str]) -> tuple[list[str], list[str]]:
+    """`--config a.yaml b.yaml max_steps=2` gives argparse every word to --config: the key=value ones are
+    overrides."""
+    return [c for c in configs if "=" not in c], [c for c in configs if "=" in c] + overrides
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="training config (YAML)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. max_steps=200 lr=5e-4")
+    parser.add_argument("--config", required=True, nargs="+", help="training config(s) (YAML), one or more")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides for every config, e.g. max_steps=200")
     parser.add_argument("--resume", default=None,
-                        help="'latest', a run folder, or a state file <run>/checkpoints/state-step-N.pt")
+                        help="'latest', 'auto' (skip finished identities, continue partial ones, start the rest), "
+                             "a run folder, or a state file <run>/checkpoints/state-step-N.pt")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    configs, overrides = split_arguments(args.config, args.overrides)
     try:
-        cfg = load_train_config(args.config, args.overrides)
-        photos = validate_train_config(cfg)
-        run_dir = train(cfg, photos, resume=args.resume, progress=not args.quiet)
+        if not configs:
+            raise ConfigError("--config: give at least one YAML file")
+        jobs = [Job(cfg, validate_train_config(cfg)) for cfg in load_train_configs(configs, overrides)]
+        outcomes = train_identities(jobs, resume=args.resume, progress=not args.quiet)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except TrainingDiverged as err:
         print(f"error: training diverged: {err}", file=sys.stderr)
         return 3
-    print(f"wrote {run_dir / (cfg.name + '.pt')}")
+    if process_state().is_main_process:
+        print(summary_table(outcomes))
+        for outcome in outcomes:
+            print(f"wrote {outcome.output}")
     return 0
 
 

@@ -22,6 +22,7 @@ from magicme import manifest
 from magicme.context import ContextSettings
 from magicme.evaluation.runs import FILE_PREFERENCE
 from magicme.families import get_family
+from magicme.freeu import install_freeu
 from magicme.prompts import keyframes
 from magicme.resume import RunFolder
 from magicme.schema import check_sample_config, load_sample_config, prompt_tokens, resolved_config
@@ -110,6 +111,8 @@ def run_sampling(config_path: Path | str | None, overrides: list[str] | None = N
                                                  cpu_offload=cfg.cpu_offload)
         pipe.prompts.weighting = cfg.prompt_weighting
         pipe.context = ContextSettings(**cfg.context) if cfg.context is not None else None
+        if cfg.freeu is not None:
+            install_freeu(pipe.t2v.unet, **cfg.freeu)
         tokens = count_tokens(pipe, samples)
         for stage in stages:
             stage.setup(pipe)

@@ -26,6 +26,7 @@ from magicme.prompts import Prompt, keyframes, malformed_references, referenced_
 from magicme.rundir import check_output_dir
 from magicme.families import FAMILIES, get_family
 from magicme.stages import STAGES, Sample, installed
+from magicme.steps import SchedulerConfig
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 NUMERICS = ("original", "diffusers")
@@ -38,12 +39,6 @@ PROMPT_KEYS = ("prompt", "negative_prompt", "seeds", "gamma", "tokens")  # token
 class MotionLoraConfig:
     path: str = "???"
     strength: float = 1.0
-
-
-@dataclass
-class SchedulerConfig:
-    name: str = "ddim"  # a preset (ddim, euler, euler_a, dpmpp_2m, dpmpp_2m_karras) or a diffusers scheduler class
-    kwargs: dict[str, Any] = field(default_factory=dict)  # constructor settings over the preset's
 
 
 @dataclass
@@ -87,6 +82,17 @@ class ContextConfig:
 
 
 @dataclass
+class FreeUConfig:
+    """FreeU on every sampler's UNet (magicme/freeu.py); the defaults are the Magic-Me ComfyUI graph's FreeU_V2."""
+
+    version: int = 2  # 2 = ComfyUI's FreeU_V2 (structure-aware backbone factor), 1 = FreeU / diffusers' constant b
+    b1: float = 1.1  # backbone factor where the decoder has 4x the base channels (SD1.5: 1280)
+    b2: float = 1.2  # ... 2x the base channels (640)
+    s1: float = 0.9  # low-frequency scale of the skip features there
+    s2: float = 0.4
+
+
+@dataclass
 class SampleConfig(VideoSettings):
     prompts: list[Any] = field(default_factory=list)  # strings, or {prompt, negative_prompt, seeds, gamma}
     identities: Any = None  # null, [names] or all: every prompt's {id} filled per identity (magicme/grid.py)
@@ -95,6 +101,7 @@ class SampleConfig(VideoSettings):
     input_video: Optional[str] = None  # re-render this video (MP4/GIF/frame folder): the edit stage replaces t2v
     input_strength: float = 0.6  # how much of the input video is re-noised and denoised with the ID prompt
     context: Optional[ContextConfig] = None  # null = the whole video at once (frames ≤ the motion module's length)
+    freeu: Optional[FreeUConfig] = None  # null = off; {} = the graph's FreeU_V2 (b1 1.1, b2 1.2, s1 0.9, s2 0.4)
     precision: str = "auto"  # auto = fp16 on GPU, fp32 on CPU
     device: str = "auto"  # auto = cuda, then mps, then cpu
     attention: str = "sdpa"  # or xformers
@@ -119,16 +126,26 @@ def sample_schema() -> DictConfig:
 
 
 def normalise_shorthands(layer: DictConfig) -> None:
-    """`model.scheduler: euler` (the short form, and what older configs say) → `{name: euler}`."""
-    model = layer.get("model")
-    if isinstance(model, DictConfig) and isinstance(model.get("scheduler"), str):
-        model.scheduler = {"name": model.scheduler}
+    """`scheduler: euler` (the short form, and what older configs say) → `{name: euler}`, in `model:` and in every
+    stage block (`face.scheduler`, `tiled.scheduler`)."""
+    for block in layer.values():
+        if isinstance(block, DictConfig) and isinstance(block.get("scheduler"), str):
+            block.scheduler = {"name": block.scheduler}
+
+
+def open_stage_schedulers(cfg: DictConfig) -> None:
+    """A stage's own `scheduler:` block is free-form once set (any diffusers scheduler's settings); its shape is
+    checked with the stage (magicme/steps.py `scheduler_block_problems`)."""
+    for block in cfg.values():
+        if isinstance(block, DictConfig) and isinstance(block.get("scheduler"), DictConfig) and block is not cfg.model:
+            OmegaConf.set_struct(block.scheduler, False)
 
 
 def load_sample_config(path: Path | str | None, overrides: list[str] | None = None) -> DictConfig:
     """Defaults ← YAML file ← `key=value` overrides, type-checked against the schema; a clip in `input_video`
     makes the first stage `edit` (re-render the clip) instead of `t2v`."""
-    cfg = load_structured(sample_schema(), path, overrides, normalise=normalise_shorthands)
+    cfg = load_structured(sample_schema(), path, overrides, normalise=normalise_shorthands,
+                          relax=open_stage_schedulers)
     if cfg.input_video is not None and list(cfg.stages[:1]) == ["t2v"]:
         cfg.stages[0] = "edit"
     return cfg
@@ -192,8 +209,11 @@ def stage_problems(cfg: DictConfig) -> list[str]:
 def run_problems(cfg: DictConfig) -> list[str]:
     """Device, precision, attention, outputs: the run-wide keys."""
     kind, _, index = cfg.device.partition(":")
-    context = cfg.context
+    context, freeu = cfg.context, cfg.freeu
     checks = [
+        (freeu is None or freeu.version in (1, 2), f"freeu.version: {freeu and freeu.version} is not 1 or 2"),
+        (freeu is None or min(freeu.b1, freeu.b2, freeu.s1, freeu.s2) >= 0,
+         "freeu: b1, b2, s1 and s2 must be >= 0 (1 = unchanged)"),
         (context is None or context.length >= 1, f"context.length: {context and context.length} must be at least 1"),
         (context is None or 0 <= context.overlap < context.length,
          f"context.overlap: {context and context.overlap} must be in [0, context.length)"),
@@ -347,7 +367,9 @@ def check_sample_config(cfg: DictConfig) -> tuple[list[Sample], dict[str, Path]]
     prompts = [text for s in samples for p in (s.prompt, s.negative_prompt) for text in keyframes(p).values()]
     frames_at_once = cfg.frames if cfg.context is None else min(cfg.frames, cfg.context.length)
     _, embeddings = check_model(cfg.model, frames_at_once, prompts, context=cfg.context is not None)
-    get_family(cfg.model.family).check(cfg.model)
+    stage_schedulers = {f"{name}.scheduler": cfg[name].scheduler for name in cfg.stages
+                        if name in cfg and cfg[name].get("scheduler") is not None}
+    get_family(cfg.model.family).check(cfg.model, stage_schedulers)
     return samples, embeddings
 
 

@@ -27,6 +27,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from magicme.prompts import Prompt, keyframes, slug
+from magicme.steps import schedule_problems
 
 BUILTIN_STAGES = (
     "magicme.stages.t2v",
@@ -130,9 +131,9 @@ def installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def denoise_problems(key: str, settings) -> list[str]:
+def denoise_problems(key: str, settings, run_steps: int) -> list[str]:
     """Range checks every partial-denoise stage shares: its strength and its optional steps / guidance_scale / gamma
-    (null = the run's or the sample's value)."""
+    (null = the run's or the sample's value), and the schedule they make (magicme/steps.py)."""
     checks = [
         (0.0 <= settings.strength <= 1.0, f"{key}.strength: {settings.strength} not in [0, 1]"),
         (settings.steps is None or settings.steps >= 1, f"{key}.steps: {settings.steps} must be >= 1"),
@@ -140,7 +141,8 @@ def denoise_problems(key: str, settings) -> list[str]:
          f"{key}.guidance_scale: {settings.guidance_scale} must be >= 0"),
         (settings.gamma is None or 0.0 <= settings.gamma < 1.0, f"{key}.gamma: {settings.gamma} not in [0, 1)"),
     ]
-    return [message for ok, message in checks if not ok]
+    problems = [message for ok, message in checks if not ok]
+    return problems or schedule_problems(f"{key}.strength", or_default(settings.steps, run_steps), settings.strength)
 
 
 def or_default(value, default):

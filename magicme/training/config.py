@@ -1,5 +1,6 @@
 """The training config (the original's `configs/ceo.yaml`, made explicit), checked before anything loads."""
 
+import copy
 import importlib.util
 import json
 import random
@@ -54,8 +55,10 @@ class ValidationConfig(VideoSettings):
 @dataclass
 class TrainConfig:
     name: str = "???"  # the identity's name: the embedding is <name>.pt, used as embedding:<name>
-    images_dir: str = "???"  # 5-10 photos (jpg/png/webp, any size and aspect)
+    images_dir: str = "???"  # 5-10 photos (jpg/png/webp, any size and aspect); `{name}` = each identity's name
     class_word: str = "man"
+    identities: list[str] = field(default_factory=list)  # several identities in one config (instead of `name`)
+    class_words: dict[str, str] = field(default_factory=dict)  # identity → class word, where not `class_word`
     num_tokens: int = 4
     init: str = "rare"  # "rare" (the original's rare-token ids) or a word whose embedding starts every token
     caption_template: str = "photo of a {id}"  # {id} becomes the ID tokens and the class word
@@ -82,9 +85,63 @@ class TrainConfig:
     log_with: Optional[str] = None  # tensorboard | wandb (if installed)
 
 
+NAME_FIELD = "{name}"  # in images_dir: the identity's name (dataset/{name} is the default with `identities`)
+SHARED_KEYS = ("model.base", "model.base_config", "model.clipseg", "mixed_precision", "log_with")
+
+
 def load_train_config(path: Path | str, overrides: list[str] | None = None) -> DictConfig:
     """The config file over the defaults, then `key=value` overrides; any malformed input is one ConfigError."""
     return load_structured(TrainConfig, path, overrides)
+
+
+def expand_identities(cfg: DictConfig, where: str = "config") -> list[DictConfig]:
+    """One config per identity: `identities: [ann, bob]` becomes an `ann` and a `bob` config (`images_dir` with
+    `{name}` filled, default `dataset/{name}`; class word from `class_words`, else `class_word`); a config with
+    `name` is itself. Each result is an ordinary single-identity config (what its run's config.yaml records)."""
+    if not cfg.identities:
+        _check(not cfg.class_words, f"{where}: class_words: only with identities: [...]; set class_word instead")
+        return [cfg]
+    _check(OmegaConf.is_missing(cfg, "name"),
+           f"{where}: name and identities both set; give name (one identity) or identities (several)")
+    names = list(cfg.identities)
+    for repeated in sorted({n for n in names if names.count(n) > 1})[:1]:
+        raise ConfigError(f"{where}: identities: {repeated!r} is listed twice; list each identity once")
+    for unknown in sorted(set(cfg.class_words) - set(names))[:1]:
+        raise ConfigError(f"{where}: class_words: {unknown!r} is not in identities; add it there or remove it")
+    images = f"dataset/{NAME_FIELD}" if OmegaConf.is_missing(cfg, "images_dir") else cfg.images_dir
+    _check(NAME_FIELD in images or len(names) == 1,
+           f"{where}: images_dir: {images!r} has no {NAME_FIELD}; identities need one photo folder each, e.g. "
+           f"images_dir: dataset/{NAME_FIELD}")
+    expanded = []
+    for name in names:
+        one = copy.deepcopy(cfg)
+        one.identities, one.class_words = [], {}
+        one.name, one.images_dir = name, images.replace(NAME_FIELD, name)
+        one.class_word = cfg.class_words.get(name, cfg.class_word)
+        expanded.append(one)
+    return expanded
+
+
+def load_train_configs(paths: list[Path | str], overrides: list[str] | None = None) -> list[DictConfig]:
+    """Every identity of every config file (`train.py --config a.yaml b.yaml`), overrides applied to each. Their
+    names must differ, and the keys that decide the loaded models (`SHARED_KEYS`) must agree: the models are loaded
+    once for all of them."""
+    configs = [(str(path), one) for path in paths
+               for one in expand_identities(load_train_config(path, overrides), str(path))]
+    seen: dict[str, str] = {}
+    for where, cfg in configs:
+        if OmegaConf.is_missing(cfg, "name"):
+            continue  # validate_train_config names the missing key
+        _check(cfg.name not in seen,
+               f"name: {cfg.name!r} is in both {seen.get(cfg.name)} and {where}; train each identity once")
+        seen[cfg.name] = where
+    first_where, first = configs[0]
+    for where, cfg in configs[1:]:
+        for key in SHARED_KEYS:
+            a, b = OmegaConf.select(first, key), OmegaConf.select(cfg, key)
+            _check(a == b, f"{key}: {a!r} in {first_where} but {b!r} in {where}; identities trained together "
+                           f"share the loaded models, so train these separately")
+    return [cfg for _, cfg in configs]
 
 
 def _check(condition: bool, message: str) -> None:

@@ -5,6 +5,8 @@ embedding at the new ids; the frozen vocabulary matrix is never touched, so ever
 construction, the optimizer state is N×D (not 49k×768), and gradient clipping sees only the identity.
 """
 
+import copy
+
 import torch
 from torch import nn
 
@@ -47,6 +49,23 @@ class IdentityEmbedding(nn.Module):
         match = input_ids[..., None] == self.ids  # (B, L, N)
         which = match.to(torch.uint8).argmax(dim=-1)
         return torch.where(match.any(dim=-1, keepdim=True), self.vectors[which].to(frozen.dtype), frozen)
+
+
+class Vocabulary:
+    """The base's tokenizer and token embedding as loaded. Identities trained one after another in one process all
+    start from it: `fresh()` puts a copy of the loaded embedding into the text encoder and returns a copy of the
+    loaded tokenizer, neither holding the previous identity's tokens. Copies, because resizing the embedding for new
+    tokens swaps the weight inside the module it was given (transformers keeps the module's type that way)."""
+
+    def __init__(self, tokenizer, text_encoder):
+        self.tokenizer = copy.deepcopy(tokenizer)
+        self.embedding = copy.deepcopy(text_encoder.get_input_embeddings())
+        self.text_encoder = text_encoder
+
+    def fresh(self):
+        self.text_encoder.set_input_embeddings(copy.deepcopy(self.embedding))
+        self.text_encoder.config.vocab_size = self.embedding.num_embeddings
+        return copy.deepcopy(self.tokenizer)
 
 
 def add_identity_tokens(tokenizer, text_encoder, name: str, count: int, init: str) -> IdentityEmbedding:

@@ -40,7 +40,9 @@ from magicme.training.data import (
     Photo, TrainImage, TrainingBatches, caption_ids, derive_seed, load_training_images, save_overlays, working_size,
 )
 from magicme.training.loss import latent_mask, masked_mse
-from magicme.training.tokens import IdentityEmbedding, add_identity_tokens, bake_identity, token_names
+from magicme.training.tokens import (
+    IdentityEmbedding, Vocabulary, add_identity_tokens, bake_identity, token_names,
+)
 from magicme.video_io import atomic_path
 
 log = logging.getLogger("magicme.train")
@@ -57,7 +59,7 @@ class TrainingDiverged(Exception):
 
 @dataclass
 class DiffusionLoss:
-    """The frozen half of a training step: VAE encoding, SD1.5's training noise schedule, the UNet and the masked
+    """The frozen half of a training step: VAE encoding, the original's noise schedule (AnimateDiff's linear betas), the UNet and the masked
     ε-loss. Only `text_encoder` (holding the identity vectors) carries gradients."""
 
     vae: torch.nn.Module
@@ -137,9 +139,9 @@ def is_run_dir(folder: Path) -> bool:
     return (folder / "config.yaml").is_file() and (folder / "checkpoints").is_dir()
 
 
-def newest_run(output_dir: str, name: str) -> Path:
-    """`--resume latest`: the most recently started run of `name` that has a state. Run folders are named by their
-    start time, `<name>-YYYYmmdd-HHMMSS[-N]`, so another identity such as `<name>-b` never matches."""
+def newest_run(output_dir: str, name: str) -> Path | None:
+    """The most recently started run of `name` that has a state, or None. Run folders are named by their start
+    time, `<name>-YYYYmmdd-HHMMSS[-N]`, so another identity such as `<name>-b` never matches."""
     pattern = re.compile(rf"{re.escape(name)}-(\d{{8}}-\d{{6}})(?:-(\d+))?")
     folder = Path(output_dir)
     runs = []
@@ -147,10 +149,7 @@ def newest_run(output_dir: str, name: str) -> Path:
         match = pattern.fullmatch(run.name)
         if match and is_run_dir(run) and state_files(run):
             runs.append((match[1], int(match[2] or 0), run))
-    if not runs:
-        raise ConfigError(f"--resume latest: no checkpoint of {name!r} under {output_dir}; give a run folder or "
-                          "start a new run")
-    return max(runs)[2]
+    return max(runs)[2] if runs else None
 
 
 def check_optimizer_state(saved, vectors: torch.Tensor) -> None:
@@ -229,7 +228,11 @@ def find_resume_point(resume: str, cfg: DictConfig) -> ResumePoint:
     """
     flag = f"--resume {resume}"
     if resume == "latest":
-        point = newest_good_state(newest_run(cfg.output_dir, cfg.name), flag)
+        run = newest_run(cfg.output_dir, cfg.name)
+        if run is None:
+            raise ConfigError(f"--resume latest: no checkpoint of {cfg.name!r} under {cfg.output_dir}; give a run "
+                              "folder or start a new run")
+        point = newest_good_state(run, flag)
     else:
         path = Path(resume)
         if not path.exists():
@@ -314,33 +317,53 @@ def save_loss_curve(path: Path, losses: list[float]) -> None:
 
 
 class Validator:
-    """Renders validation videos with the inference base + motion module, loaded once, with the current vectors."""
+    """Renders validation videos with the inference base + motion module and the current vectors. Each
+    `validation.model` is loaded once per process and shared by every identity trained in it; each identity's
+    tokens are added to it once."""
 
-    def __init__(self, cfg: DictConfig, name: str, class_word: str):
-        self.cfg, self.name, self.class_word = cfg, name, class_word
-        self.pipe = None
+    def __init__(self):
+        self.pipes: dict[str, object] = {}
+        self.names: set[tuple[str, str]] = set()
 
-    def __call__(self, vectors: torch.Tensor, out_dir: Path) -> None:
+    def __call__(self, cfg: DictConfig, name: str, class_word: str, vectors: torch.Tensor, out_dir: Path) -> None:
         from magicme.families import get_family
         from magicme.video_io import write_video
 
-        if self.pipe is None:
-            self.pipe = get_family(self.cfg.model.family).load(self.cfg.model)
-            self.pipe.prompts.weighting = self.cfg.prompt_weighting
-            self.pipe.t2v.load_textual_inversion(vectors.detach().float().cpu(), token=f"<{self.name}>")
-        tokenizer, encoder = self.pipe.t2v.tokenizer, self.pipe.t2v.text_encoder
-        ids = tokenizer.convert_tokens_to_ids(token_names(self.name, len(vectors)))
+        key = OmegaConf.to_yaml(cfg.model)
+        if key not in self.pipes:
+            self.pipes[key] = get_family(cfg.model.family).load(cfg.model)
+        pipe = self.pipes[key]
+        pipe.prompts.weighting = cfg.prompt_weighting
+        if (key, name) not in self.names:
+            pipe.t2v.load_textual_inversion(vectors.detach().float().cpu(), token=f"<{name}>")
+            self.names.add((key, name))
+        tokenizer, encoder = pipe.t2v.tokenizer, pipe.t2v.text_encoder
+        ids = tokenizer.convert_tokens_to_ids(token_names(name, len(vectors)))
         with torch.no_grad():
             encoder.get_input_embeddings().weight[ids] = vectors.detach().to(encoder.device, encoder.dtype)
-        for i, template in enumerate(self.cfg.prompts):
-            prompt = fill_identity(template, f"<{self.name}> {self.class_word}")
-            for seed in self.cfg.seeds:
-                video = self.pipe.text_to_video(
-                    prompt, self.cfg.negative_prompt, torch.Generator().manual_seed(seed), gamma=self.cfg.gamma,
-                    frames=self.cfg.frames, height=self.cfg.height, width=self.cfg.width, steps=self.cfg.steps,
-                    guidance_scale=self.cfg.guidance_scale, progress=False,
+        for i, template in enumerate(cfg.prompts):
+            prompt = fill_identity(template, f"<{name}> {class_word}")
+            for seed in cfg.seeds:
+                video = pipe.text_to_video(
+                    prompt, cfg.negative_prompt, torch.Generator().manual_seed(seed), gamma=cfg.gamma,
+                    frames=cfg.frames, height=cfg.height, width=cfg.width, steps=cfg.steps,
+                    guidance_scale=cfg.guidance_scale, progress=False,
                 )
-                write_video(out_dir / f"{i:04d}-{slug(prompt)}-{seed}", video, self.cfg.fps)
+                write_video(out_dir / f"{i:04d}-{slug(prompt)}-{seed}", video, cfg.fps)
+
+
+class SharedModels:
+    """What every identity a process trains uses, loaded once: the frozen base (tokenizer, text encoder, VAE, UNet)
+    and the validation pipelines. Each identity starts from the vocabulary as loaded (`Vocabulary.fresh`), so no
+    identity's tokens reach another's training."""
+
+    def __init__(self, cfg: DictConfig, device: torch.device, dtype: torch.dtype):
+        base = load_base(cfg.model.base, cfg.model.base_config, torch.float32)
+        self.text_encoder = base.text_encoder.requires_grad_(False)
+        self.vocabulary = Vocabulary(base.tokenizer, self.text_encoder)
+        self.vae = base.vae.requires_grad_(False).to(device, dtype)
+        self.unet = base.unet.requires_grad_(False).to(device, dtype)
+        self.validator = Validator()
 
 
 def restore(state: dict, identity: IdentityEmbedding, optimizer, scaler) -> tuple[int, list[float]]:
@@ -355,10 +378,11 @@ def restore(state: dict, identity: IdentityEmbedding, optimizer, scaler) -> tupl
     return int(state["step"]), list(state["losses"])
 
 
-def person_masks(accelerator: Accelerator, cfg: DictConfig, photos: list[Photo]) -> list[TrainImage]:
+def person_masks(accelerator: Accelerator, cfg: DictConfig, photos: list[Photo], together: bool) -> list[TrainImage]:
     """The photos with their CLIPSeg person masks, made before any run folder: "no person in any photo" is a
-    ConfigError that leaves nothing behind. The main process computes the masks, the others read its cache."""
-    with accelerator.main_process_first():
+    ConfigError that leaves nothing behind. Processes training one identity `together`: the main process computes
+    the masks, the others read its cache."""
+    with accelerator.main_process_first() if together else contextlib.nullcontext():
         return load_training_images(
             photos, lambda: ClipSegSegmenter(cfg.model.clipseg, device=accelerator.device),
             model_identity(cfg.model.clipseg), cfg.mask_prompt, cfg.mask_threshold, Path(cfg.mask_cache_dir),
@@ -366,15 +390,31 @@ def person_masks(accelerator: Accelerator, cfg: DictConfig, photos: list[Photo])
         )
 
 
-def train(cfg: DictConfig, photos: list[Photo], resume: str | None = None, progress: bool = True) -> Path:
-    """Train the ID tokens on the photos `validate_train_config` decoded; returns the run folder with `<name>.pt`."""
-    point = find_resume_point(resume, cfg) if resume else None
+@dataclass
+class Trained:
+    """One identity's training in this process: where, how far, how long."""
+
+    run_dir: Path
+    resumed_from: int  # the step it continued from (0: a new run)
+    steps: int
+    final_loss: float | None
+    seconds: float
+    models: SharedModels  # for the next identity
+
+
+def train_identity(cfg: DictConfig, photos: list[Photo], point: ResumePoint | None, models: SharedModels | None,
+                   together: bool, progress: bool) -> Trained:
+    """One identity, with the models of the identities before it (`models`; loaded here when None).
+
+    `together`: all processes train this identity data-parallel (the main one writes); otherwise this process
+    trains it alone (sharded identities: no collective call at all, since other processes train others)."""
+    start = time.perf_counter()
     if point is not None:
         cfg.seed = int(point.state["seed"])  # a resumed run keeps drawing from its own streams
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=cfg.log_with, project_dir=cfg.output_dir)
-    data = person_masks(accelerator, cfg, photos)
-    run_dir, lock = shared_run_dir(accelerator, cfg, point)
-    main = accelerator.is_main_process
+    data = person_masks(accelerator, cfg, photos, together)
+    run_dir, lock = shared_run_dir(accelerator, cfg, point) if together else claim_run_dir(cfg, point)
+    main = accelerator.is_main_process or not together
     if not main:  # one process reports progress
         log.setLevel(logging.WARNING)
     file_log = logging.FileHandler(run_dir / "train.log") if main else logging.NullHandler()
@@ -384,41 +424,50 @@ def train(cfg: DictConfig, photos: list[Photo], resume: str | None = None, progr
         for message in point.skipped if point else []:
             log.warning(message)
         kept = {image.path for image in data}
-        log.info("training %s on %d images (skipped, no %r found: %s), %d steps", cfg.name, len(data),
-                 cfg.mask_prompt, ", ".join(p.path.name for p in photos if p.path not in kept) or "none",
-                 cfg.max_steps)
-        run_training(accelerator, cfg, data, run_dir, point, progress)
+        log.info("training %s on %d images (skipped, no %r found: %s), %d steps, in process %d of %d%s", cfg.name,
+                 len(data), cfg.mask_prompt, ", ".join(p.path.name for p in photos if p.path not in kept) or "none",
+                 cfg.max_steps, accelerator.process_index, accelerator.num_processes,
+                 " (data-parallel)" if together else "")
+        models = models or SharedModels(cfg, accelerator.device, DTYPES[cfg.mixed_precision])
+        losses = run_training(accelerator, cfg, data, run_dir, point, progress, models, together)
     finally:
         log.removeHandler(file_log)
         file_log.close()
         if lock is not None:
             lock.release()
-    return run_dir
+    return Trained(run_dir, int(point.state["step"]) if point else 0, len(losses),
+                   losses[-1] if losses else None, time.perf_counter() - start, models)
 
 
 def run_training(accelerator: Accelerator, cfg: DictConfig, data: list[TrainImage], run_dir: Path,
-                 point: ResumePoint | None, progress: bool) -> None:
-    """The loop, in a claimed run folder: models, steps, checkpoints, validation videos, the final files."""
-    main = accelerator.is_main_process
+                 point: ResumePoint | None, progress: bool, models: SharedModels, together: bool) -> list[float]:
+    """The loop, in a claimed run folder: steps, checkpoints, validation videos, the final files; returns the
+    losses of every step."""
+    main = accelerator.is_main_process or not together
     accelerator.project_configuration = ProjectConfiguration(project_dir=str(run_dir))  # tracker logs go here
-    stream = f"{cfg.seed}/{accelerator.process_index}"  # each process draws its own batches
+    # each process of a data-parallel run draws its own batches; an identity trained alone draws stream 0, so it
+    # gets the same vectors whichever process (and after whichever identities) trains it
+    stream = f"{cfg.seed}/{accelerator.process_index if together else 0}"
     set_seed(derive_seed(stream, "global") % 2**32)
-    device, weight_dtype = accelerator.device, DTYPES[cfg.mixed_precision]
+    device = accelerator.device
     torch.backends.cudnn.benchmark = device.type == "cuda"  # every step has the same shapes: tune convolutions once
 
-    base = load_base(cfg.model.base, cfg.model.base_config, torch.float32)
-    tokenizer, text_encoder = base.tokenizer, base.text_encoder
-    text_encoder.requires_grad_(False)
+    text_encoder = models.text_encoder
+    tokenizer = models.vocabulary.fresh()
     identity = add_identity_tokens(tokenizer, text_encoder, cfg.name, cfg.num_tokens, cfg.init)
     tokens = " ".join(token_names(cfg.name, cfg.num_tokens)) + f" {cfg.class_word}"
     if cfg.gradient_checkpointing:  # the UNet's activations are what fills memory; the text encoder's are small
-        base.unet.enable_gradient_checkpointing()
+        models.unet.enable_gradient_checkpointing()
+    else:
+        models.unet.disable_gradient_checkpointing()
     optimizer = torch.optim.AdamW([identity.vectors], lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay,
                                   eps=1e-8)
-    text_encoder, optimizer = accelerator.prepare(text_encoder, optimizer)
-    loss_fn = DiffusionLoss(base.vae.requires_grad_(False).to(device, weight_dtype),
-                            base.unet.requires_grad_(False).to(device, weight_dtype),
-                            DDPMScheduler(**SD15_BETAS), cfg.noise_offset, weight_dtype)
+    if together:
+        text_encoder, optimizer = accelerator.prepare(text_encoder, optimizer)
+    else:  # no DistributedDataParallel: the other processes train other identities
+        text_encoder, optimizer = text_encoder.to(device), accelerator.prepare(optimizer)
+    loss_fn = DiffusionLoss(models.vae, models.unet, DDPMScheduler(**SD15_BETAS), cfg.noise_offset,
+                            DTYPES[cfg.mixed_precision])
     step, losses = 0, []
     if point is not None:
         step, losses = restore(point.state, identity, optimizer, accelerator.scaler)
@@ -433,15 +482,15 @@ def run_training(accelerator: Accelerator, cfg: DictConfig, data: list[TrainImag
     encode = caption_ids(tokenizer)
     if cfg.log_with:
         accelerator.init_trackers("magicme", config=OmegaConf.to_container(cfg, resolve=True))
-    validator = Validator(cfg.validation, cfg.name, cfg.class_word)
-    bar = tqdm(total=cfg.max_steps, initial=step, desc=f"train {cfg.name}", disable=not (progress and main))
+    bar = tqdm(total=cfg.max_steps, initial=step, desc=f"train {cfg.name}",
+               disable=not (progress and accelerator.is_main_process))
     text_encoder.train()
     while step < cfg.max_steps:
         batch = batches(step)
         generator = torch.Generator().manual_seed(derive_seed(stream, "noise", step))
         loss = loss_fn(text_encoder, batch.pixels, batch.masks, encode(batch.captions), generator,
                        accelerator.autocast)
-        value = accelerator.gather(loss.detach()[None]).float()
+        value = (accelerator.gather(loss.detach()[None]) if together else loss.detach()[None]).float()
         if not torch.isfinite(value).all():
             raise TrainingDiverged(f"loss became {value.sum().item()} at step {step + 1}; the last good "
                                    f"checkpoint is kept in {checkpoints} (lower lr, or use mixed_precision=no)")
@@ -456,20 +505,26 @@ def run_training(accelerator: Accelerator, cfg: DictConfig, data: list[TrainImag
         accelerator.log({"loss": losses[-1], "lr": cfg.lr}, step=step)
         if main and (step % cfg.checkpoint_every == 0 or step == cfg.max_steps):
             save_checkpoint(checkpoints, cfg.name, cfg.seed, step, identity.vectors, optimizer, losses,
-                            accelerator.scaler)
+                            accelerator.scaler, cfg.class_word)
             save_loss_curve(run_dir / "loss_curve.png", losses)
             log.info("step %d loss %.5f (mean of last %d: %.5f)", step, losses[-1], min(50, len(losses)),
                      float(np.mean(losses[-50:])))
         if main and cfg.validation.every and step % cfg.validation.every == 0:
             start = time.perf_counter()
-            validator(identity.vectors, run_dir / "samples" / f"step-{step}")
+            models.validator(cfg.validation, cfg.name, cfg.class_word, identity.vectors,
+                             run_dir / "samples" / f"step-{step}")
             log.info("validation videos for step %d in %.1f s", step, time.perf_counter() - start)
     bar.close()
     bake_identity(accelerator.unwrap_model(text_encoder), identity)
     if main:
         finish(run_dir, cfg, step, losses)
-    accelerator.wait_for_everyone()  # no process leaves while another still writes the run's last files
-    accelerator.end_training()
+    if together:
+        accelerator.wait_for_everyone()  # no process leaves while another still writes the run's last files
+        accelerator.end_training()
+    else:
+        for tracker in accelerator.trackers:  # the process group stays: this process may train more identities
+            tracker.finish()
+    return losses
 
 
 def finish(run_dir: Path, cfg: DictConfig, step: int, losses: list[float]) -> None:
@@ -485,14 +540,15 @@ def finish(run_dir: Path, cfg: DictConfig, step: int, losses: list[float]) -> No
 
 
 def save_checkpoint(folder: Path, name: str, seed: int, step: int, vectors: torch.Tensor, optimizer,
-                    losses: list[float], scaler=None) -> None:
-    """The embedding (A1111 `.pt` and safetensors) and everything needed to resume, each written atomically.
+                    losses: list[float], scaler=None, class_word: str | None = None) -> None:
+    """The embedding (A1111 `.pt` and safetensors, carrying the class word) and everything needed to resume, each
+    written atomically.
 
     `scaler` is accelerate's fp16 GradScaler (None otherwise): its loss scale took many steps to settle.
     """
     vectors = vectors.detach().float().cpu()
-    save_embedding(folder / f"{name}-step-{step}.pt", vectors, name)
-    save_embedding(folder / f"{name}-step-{step}.safetensors", vectors, name)
+    save_embedding(folder / f"{name}-step-{step}.pt", vectors, name, class_word=class_word)
+    save_embedding(folder / f"{name}-step-{step}.safetensors", vectors, name, class_word=class_word)
     state = {"name": name, "seed": seed, "step": step, "vectors": vectors, "optimizer": optimizer.state_dict(),
              "rng": global_rng_state(), "losses": losses,
              "scaler": scaler.state_dict() if scaler is not None else None}
