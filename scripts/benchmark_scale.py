@@ -7,6 +7,9 @@
   torch thread per process. `scaling_wall` = t1 / (2 · t2) over the whole command; `scaling_render` does the same
   after subtracting each command's fixed cost (imports, model loading, merging), measured as the same command on the
   finished folder (nothing left to render).
+  Control: two independent 1-process runs on half the prompts each, started together (the old way);
+  `scaling_hand_split` is what the machine allows two processes, `launch_vs_hand_split` = t_hand / t2 (1 = the
+  launch costs nothing over splitting by hand).
 - Resume: a 1-process run is killed (SIGKILL) once half the samples are in its manifest, then run again;
   `resume_rerendered` counts samples finished before the kill that the resume rendered again (goal: 0),
   `resume_rendered` what it rendered (= `resume_left_at_kill`, the samples unfinished at the kill, the one in flight
@@ -49,13 +52,14 @@ from magicme.tiny.sd import build_tiny_bundle  # noqa: E402
 WORDS = ["walking", "running", "smiling", "dancing", "reading", "cooking", "singing", "jumping"]
 
 
-def write_config(folder: Path, bundle: dict, args) -> Path:
+def write_config(folder: Path, bundle: dict, args, prompts: range | None = None, name: str = "grid") -> Path:
     cfg = {"model": {"base": str(bundle["sd15"]), "base_config": None, "vae": None,
                      "motion_module": str(bundle["motion_v2"]), "embeddings_dir": str(bundle["embedding"].parent)},
-           "prompts": [f"a photo of embedding:tinyperson man {WORDS[i % len(WORDS)]} {i}" for i in range(args.prompts)],
+           "prompts": [f"a photo of embedding:tinyperson man {WORDS[i % len(WORDS)]} {i}"
+                       for i in (prompts or range(args.prompts))],
            "seeds": list(range(args.seeds)), "steps": args.steps, "frames": args.frames, "width": args.size,
            "height": args.size, "device": "cpu", "output_dir": str(folder / "out")}
-    path = folder / "grid.yaml"
+    path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
 
@@ -82,6 +86,16 @@ def timed(command: list[str]) -> float:
     result = subprocess.run(command, cwd=REPO, env=env(), capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+    return time.perf_counter() - start
+
+
+def timed_together(commands: list[list[str]]) -> float:
+    """Wall time of independent commands started at once (the old way: one process per device, a share each)."""
+    start = time.perf_counter()
+    processes = [subprocess.Popen(c, cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 for c in commands]
+    if any(p.wait() != 0 for p in processes):
+        raise RuntimeError("a hand-split run failed")
     return time.perf_counter() - start
 
 
@@ -145,12 +159,17 @@ def main() -> None:
     samples = args.prompts * args.seeds
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        config = write_config(tmp, build_tiny_bundle(tmp / "tiny"), args)
+        bundle = build_tiny_bundle(tmp / "tiny")
+        config = write_config(tmp, bundle, args)
+        half = args.prompts // 2
+        halves = [write_config(tmp, bundle, args, range(0, half), "first"),
+                  write_config(tmp, bundle, args, range(half, args.prompts), "second")]
         one, two, killed = tmp / "one", tmp / "two", tmp / "killed"
         t1 = timed(sample_command(config, one, 1))
         fixed1 = timed(sample_command(config, one, 1))
         t2 = timed(sample_command(config, two, 2))
         fixed2 = timed(sample_command(config, two, 2))
+        t_hand = timed_together([sample_command(c, tmp / c.stem, 1) for c in halves])
         per_sample = sum(r["seconds"] for r in manifest.read_records(one)) / samples
         per_sample_2 = sum(r["seconds"] for r in manifest.read_records(two)) / samples
         before = kill_at_half(config, killed, samples)
@@ -168,7 +187,8 @@ def main() -> None:
         "samples": samples, "settings": f"{args.frames}x{args.size}^2x{args.steps}steps, 1 thread per process",
         "t1_seconds": round(t1, 2), "t2_seconds": round(t2, 2), "fixed1_seconds": round(fixed1, 2),
         "fixed2_seconds": round(fixed2, 2), "scaling_wall": round(scaling_wall, 3),
-        "scaling_render": round(scaling_render, 3), "sample_seconds": round(per_sample, 3),
+        "scaling_render": round(scaling_render, 3), "hand_split_seconds": round(t_hand, 2),
+        "scaling_hand_split": round(t1 / (2 * t_hand), 3), "launch_vs_hand_split": round(t_hand / t2, 3), "sample_seconds": round(per_sample, 3),
         "sample_seconds_2_processes": round(per_sample_2, 3), "sample_seconds_with_files": round((t1 - fixed1) / samples, 3),
         "resume_killed_after": done_before, "resume_seconds": round(t_resume, 2),
         "resume_left_at_kill": samples - done_before, "resume_rendered": len(again), "resume_rerendered": rerendered,
