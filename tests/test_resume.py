@@ -132,3 +132,5 @@ def test_a_second_writer_and_a_stranger_folder_are_refused(tmp_path, config, cou
     assert run(config, folder) == 2
     assert "holds notes.txt but no config.yaml" in capsys.readouterr().err
     assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"] and count_stage.calls == []
+    assert sample.main(["--config", str(config), "--quiet", "--force-new"]) == 2
+    assert "--force-new: only with --run-dir" in capsys.readouterr().err
