@@ -1,9 +1,11 @@
 """What a run folder has finished, recorded so that any process may be killed at any moment.
 
 Each process of a launch appends one JSON line per stage video to its own shard, `manifest/rank-<N>.jsonl`, after
-that video's files are in place (written atomically), flushed and fsynced: a process killed at any point loses at
-most the sample it was rendering, and no two processes ever write one file. A line cut short by a kill is skipped
-when reading and closed off before the next append.
+that video's files are in place (written atomically), and flushes it: a process killed at any point loses at most
+the sample it was rendering, and no two processes ever write one file. A line cut short by a kill is skipped when
+reading and closed off before the next append. (No fsync: it would survive only a machine crash, costs milliseconds
+per record — more than a tiny sample's whole bookkeeping — and after such a crash an empty file, which the rename of
+an unsynced write can leave, does not count as finished.)
 
 A stage video is finished when a record carries its hash (magicme/naming.py) and every file the record lists
 exists; a sample is finished when all its stages are. `samples.jsonl`, what evaluation reads, is merged from the
@@ -22,7 +24,7 @@ SAMPLES_FILE = "samples.jsonl"
 
 
 class ShardWriter:
-    """Appends records to one process's shard, each durable before the next sample starts."""
+    """Appends records to one process's shard, each in the file before the next sample starts."""
 
     def __init__(self, run_dir: Path, rank: int):
         self.path = Path(run_dir) / MANIFEST_DIR / f"rank-{rank}.jsonl"
@@ -34,7 +36,6 @@ class ShardWriter:
     def append(self, record: dict) -> None:
         self.handle.write((json.dumps(record) + "\n").encode())
         self.handle.flush()
-        os.fsync(self.handle.fileno())
 
     def close(self) -> None:
         self.handle.close()
@@ -61,13 +62,17 @@ def read_records(run_dir: Path) -> list[dict]:
 
 
 def finished_videos(run_dir: Path, records: list[dict]) -> dict[str, dict]:
-    """{stage hash: its latest record} of the stage videos whose listed files all exist."""
+    """{stage hash: its latest record} of the stage videos whose listed files all exist (and are not empty)."""
     done = {}
     for record in records:
         files = record.get("files")
-        if isinstance(files, dict) and files and all((Path(run_dir) / name).exists() for name in files.values()):
+        if isinstance(files, dict) and files and all(present(Path(run_dir) / str(name)) for name in files.values()):
             done[record["hash"]] = record
     return done
+
+
+def present(path: Path) -> bool:
+    return path.is_dir() or (path.is_file() and path.stat().st_size > 0)
 
 
 def finished(sample: Sample, done: dict[str, dict]) -> bool:

@@ -121,6 +121,7 @@ def sample_schema() -> DictConfig:
             schema[name] = OmegaConf.structured(stage.Config)
     OmegaConf.set_struct(schema, True)
     OmegaConf.set_struct(schema.model.scheduler.kwargs, False)  # free-form: any setting of the scheduler class
+    OmegaConf.set_struct(schema.class_words, False)  # keyed by identity names
     return schema
 
 

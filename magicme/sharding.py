@@ -66,13 +66,13 @@ class Launch:
 
 
 def stage_cost(cfg: DictConfig, stage: str) -> float:
-    """Relative cost of one stage's video: frames × pixels denoised × steps actually run (a partial denoise runs
-    steps × strength); face crops count as `face.size`², an upscale as `scale`² times the frame."""
+    """Relative cost of one stage's video: frames × pixels denoised × steps run (a partial denoise runs its `steps`
+    whatever its strength: magicme/steps.py); face crops count as `face.size`², an upscale as `scale`² times the
+    frame."""
     block = cfg[stage] if STAGES[stage].Config is not None else {}
     pixels = block["size"] ** 2 if "size" in block else cfg.height * cfg.width
     steps = block.get("steps") or cfg.steps
-    strength = block["strength"] if "strength" in block else (cfg.input_strength if stage == "edit" else 1.0)
-    return float(cfg.frames * pixels * block.get("scale", 1) ** 2 * steps * strength)
+    return float(cfg.frames * pixels * block.get("scale", 1) ** 2 * steps)
 
 
 def sample_cost(cfg: DictConfig, sample: Sample) -> float:
