@@ -22,7 +22,7 @@ MODELS=${MODELS_DIR:-models}
 HF_URL=${HF_ENDPOINT:-https://huggingface.co}
 ALL_GROUPS="sd15 base vae motion lora clipseg upscaler eval embeddings"
 EMBEDDINGS="altman andrew_ng bengio beyonce biden eli harry hermione hinton huang ironman jack_chen johnson lecun
-lifeifei lisa mona monroe musk obama scarlett taylor zuck"
+lifeifei lisa mona monroe musk obama scarlett taylor trump zuck"
 EMBEDDINGS_URL=https://raw.githubusercontent.com/Zhen-Dong/Magic-ComfyUI/HEAD/models/embeddings
 EMBEDDINGS_LFS_URL=https://media.githubusercontent.com/media/Zhen-Dong/Magic-ComfyUI/HEAD/models/embeddings
 

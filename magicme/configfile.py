@@ -62,10 +62,12 @@ def parse_overrides(overrides: list[str] | None) -> DictConfig:
 
 
 def load_structured(schema: type | DictConfig, path: Path | str | None, overrides: list[str] | dict | None = None,
-                    flag: str = "--config", normalise: Callable[[DictConfig], None] | None = None) -> DictConfig:
+                    flag: str = "--config", normalise: Callable[[DictConfig], None] | None = None,
+                    relax: Callable[[DictConfig], None] | None = None) -> DictConfig:
     """Defaults of `schema` (a dataclass, or a structured DictConfig) ← YAML file ← overrides, type-checked,
     interpolations resolved now. `normalise(layer)` may rewrite a user layer in place before it is merged (e.g. a
-    shorthand string for a block)."""
+    shorthand string for a block); `relax(cfg)` may open free-form nodes of the config merged so far (a block a
+    previous layer created) to new keys."""
     def fresh() -> DictConfig:
         return copy.deepcopy(schema) if isinstance(schema, DictConfig) else OmegaConf.structured(schema)
 
@@ -81,6 +83,8 @@ def load_structured(schema: type | DictConfig, path: Path | str | None, override
         for where, layer in layers:  # one layer at a time, so an error names the file or the command line
             if normalise is not None:
                 normalise(layer)
+            if relax is not None:
+                relax(cfg)
             cfg = OmegaConf.merge(cfg, layer)
         where = " + ".join(w for w, _ in layers)
         # resolve `${...}` interpolations now, so a broken one is reported here, not when some key is first read

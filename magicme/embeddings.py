@@ -47,6 +47,20 @@ def resolve_names(prompts: list[str], available: dict[str, Path], where: str = "
     return needed
 
 
+def read_class_word(path: Path | str) -> str | None:
+    """The class word an embedding file stores (see `save_embedding`), or None; reads a safetensors header only, a
+    `.pt` memory-mapped, so listing the identities of a grid costs no tensor reads."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from magicme.inspector import safetensors_header
+
+        word = safetensors_header(path).get("__metadata__", {}).get("class_word")
+    else:
+        data = load_checkpoint(path, "embedding file")
+        word = data.get("class_word") if isinstance(data, dict) else None
+    return word if isinstance(word, str) and word.strip() else None
+
+
 def load_embedding_file(path: Path | str) -> torch.Tensor:
     """Read the (N, D) token vectors from an A1111/ComfyUI `.pt`, a diffusers `.bin` or a safetensors file."""
     path = Path(path)

@@ -19,7 +19,7 @@ from magicme.context import ContextSettings, windowed_unet
 from magicme.noise_prior import noise_latents, sample_noise_prior
 from magicme.prompt_encoding import PromptEncoder
 from magicme.prompts import Prompt, keyframes, travels
-from magicme.steps import denoising_steps
+from magicme.steps import schedule_length
 from magicme.travel import interpolate, per_frame_conditioning
 
 
@@ -118,31 +118,77 @@ class MagicPipeline:
         latents = torch.cat([vae.encode(pixels[i:i + chunk]).latent_dist.mode() for i in range(0, len(pixels), chunk)])
         return (latents * vae.config.scaling_factor).permute(1, 0, 2, 3).unsqueeze(0).to(self.dtype)
 
-    def video_to_video(self, video: np.ndarray, prompt: Prompt, negative_prompt: Prompt, generator: torch.Generator, *,
-                       gamma: float, strength: float, steps: int, guidance_scale: float,
-                       progress: bool = True, **pipeline_kwargs) -> np.ndarray:
-        """Partially noise `video` (strength s → round(s·steps) steps) with the prior and denoise it with `prompt`.
+    @contextlib.contextmanager
+    def using_scheduler(self, scheduler):
+        """The video→video pipeline with `scheduler` in place of the model's for one call (a stage's own sampler,
+        as the Magic-Me graph's face detailer ran Euler while T2V ran DPM++ 2M Karras); None = the model's."""
+        own = self.v2v.scheduler
+        if scheduler is not None:
+            self.v2v.scheduler = scheduler
+        try:
+            yield self.v2v.scheduler
+        finally:
+            self.v2v.scheduler = own
 
-        Strength 0 returns the input unchanged (no VAE round trip); strength 1 is T2V guided only by the video's
-        frame count and size. Other keyword arguments go to `AnimateDiffVideoToVideoPipeline.__call__`.
+    def video_to_video(self, video: np.ndarray, prompt: Prompt, negative_prompt: Prompt, generator: torch.Generator, *,
+                       gamma: float, strength: float, steps: int, guidance_scale: float, progress: bool = True,
+                       scheduler=None, mask: np.ndarray | None = None, **pipeline_kwargs) -> np.ndarray:
+        """Noise `video` with the prior to the level `strength` selects and denoise it for `steps` steps with
+        `prompt`: the last `steps` of a schedule of int(steps / strength) (magicme/steps.py, ComfyUI's `denoise`).
+
+        `mask` ((H, W) or (F, H, W) in [0, 1], the video's size) makes it inpainting: after every step the latents
+        where the mask is 0 are put back to the video's own, noised to the next step's level (clean after the last),
+        so only the masked region is regenerated (ComfyUI's `noise_mask`). Strength 0 returns the input unchanged
+        (no VAE round trip). `scheduler` replaces the model's for this call. Other keyword arguments go to
+        `AnimateDiffVideoToVideoPipeline.__call__`.
         """
         frames, height, width, _ = video.shape
-        n = denoising_steps(strength, steps)
-        if n == 0:
+        if strength == 0:
             return video.copy()
-        scheduler = self.v2v.scheduler
-        scheduler.set_timesteps(steps, device=self.device)
-        first_t = scheduler.timesteps[(steps - n) * scheduler.order]
-        clean = self.encode_video(video)
-        noise = sample_noise_prior(tuple(clean.shape), gamma, generator, device=self.device, dtype=self.dtype)
-        noisy = noise_latents(clean, noise, scheduler, first_t)
-        self.v2v.set_progress_bar_config(disable=not progress, leave=False)
-        with windowed_unet(self.t2v.unet, self.context), \
-                self.conditioned(prompt, negative_prompt, frames, pipeline_kwargs) as prompt_kwargs:
-            out = self.v2v(**passthrough(self.v2v, pipeline_kwargs, dict(
-                **prompt_kwargs, height=height, width=width, num_inference_steps=steps, guidance_scale=guidance_scale,
-                # diffusers keeps int(strength · steps) steps; asking for (n + 0.5) / steps makes that exactly n.
-                strength=min(1.0, (n + 0.5) / steps), latents=noisy, generator=generator, output_type="np",
-                decode_chunk_size=self.vae_chunk,
-            )))
+        length = schedule_length(steps, strength)
+        with self.using_scheduler(scheduler) as sched:
+            sched.set_timesteps(length, device=self.device)
+            run = sched.timesteps[(length - steps) * sched.order:]
+            clean = self.encode_video(video)
+            noise = sample_noise_prior(tuple(clean.shape), gamma, generator, device=self.device, dtype=self.dtype)
+            noisy = noise_latents(clean, noise, sched, run[0])
+            ours = dict(height=height, width=width, num_inference_steps=length, guidance_scale=guidance_scale,
+                        # diffusers keeps int(strength · length) steps; (steps + 0.5) / length makes that exactly steps
+                        strength=min(1.0, (steps + 0.5) / length), latents=noisy, generator=generator,
+                        output_type="np", decode_chunk_size=self.vae_chunk)
+            if mask is not None:
+                if sched.order != 1:
+                    raise ValueError(f"masked denoising needs a first-order scheduler; {type(sched).__name__} has "
+                                     f"order {sched.order}")
+                keep = 1.0 - self.latent_mask(mask, clean.shape)
+                ours["callback_on_step_end"] = keep_known_latents(
+                    clean, noise, run, keep, then=pipeline_kwargs.pop("callback_on_step_end", None))
+            self.v2v.set_progress_bar_config(disable=not progress, leave=False)
+            with windowed_unet(self.t2v.unet, self.context), \
+                    self.conditioned(prompt, negative_prompt, frames, pipeline_kwargs) as prompt_kwargs:
+                out = self.v2v(**passthrough(self.v2v, pipeline_kwargs, {**prompt_kwargs, **ours}))
         return np.asarray(out.frames[0], dtype=np.float32)
+
+    def latent_mask(self, mask: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
+        """A pixel mask ((H, W) or (F, H, W)) at the latents' resolution, (1, 1, F or 1, h, w), bilinear as
+        ComfyUI's `prepare_mask` resizes a noise mask."""
+        pixels = torch.as_tensor(np.asarray(mask, dtype=np.float32), device=self.device)
+        pixels = pixels.reshape(-1, 1, *pixels.shape[-2:])
+        small = torch.nn.functional.interpolate(pixels, size=tuple(shape[-2:]), mode="bilinear")
+        return small.permute(1, 0, 2, 3).unsqueeze(0).to(self.dtype)
+
+
+def keep_known_latents(clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, keep: torch.Tensor,
+                       then=None):
+    """A `callback_on_step_end` that, after step i, sets the latents where `keep` is 1 to `clean` noised to the
+    level of step i + 1 (`clean` itself after the last step), blending by `keep` in between; `then` is the caller's
+    own callback, run afterwards (as ComfyUI re-imposes them before each model call; for first-order samplers the
+    two are the same)."""
+    def callback(pipe, i: int, t, tensors: dict) -> dict:
+        latents = tensors["latents"]
+        known = clean if i + 1 >= len(timesteps) else noise_latents(clean, noise, pipe.scheduler, timesteps[i + 1])
+        # keep·known + (1 − keep)·latents: exactly `known` where keep is 1, exactly `latents` where it is 0
+        tensors = {**tensors, "latents": keep * known.to(latents.dtype) + (1 - keep) * latents}
+        return then(pipe, i, t, tensors) if then is not None else tensors
+
+    return callback

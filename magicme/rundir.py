@@ -1,5 +1,5 @@
-"""Output folders: one way to create a timestamped run folder, checked before any model loads, and a lock so two
-processes never write into one run folder."""
+"""Output folders: one way to create a timestamped run folder, checked before any model loads, a lock so two
+processes never write into one run folder, and moving a folder aside instead of deleting it."""
 
 import os
 from datetime import datetime
@@ -32,6 +32,17 @@ def make_run_dir(output_dir: Path | str, stem: str, key: str = "output_dir") -> 
             return run_dir
         except FileExistsError:
             run_dir, n = base.with_name(f"{base.name}-{n}"), n + 1
+
+
+def move_aside(folder: Path | str) -> Path:
+    """Rename `folder` to `<name>.old-<YYYYmmdd-HHMMSS>[-N]` beside it: starting afresh never deletes a result."""
+    folder = Path(folder)
+    base = folder.with_name(f"{folder.name}.old-{datetime.now():%Y%m%d-%H%M%S}")
+    target, n = base, 1
+    while target.exists():
+        target, n = base.with_name(f"{base.name}-{n}"), n + 1
+    folder.rename(target)
+    return target
 
 
 class RunLock:

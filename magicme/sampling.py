@@ -1,12 +1,12 @@
 """A sampling run: check the config, load the models once, put every sample through the configured stages, record
 everything.
 
-Outputs go to `<output_dir>/<config-stem>-<timestamp>/` (layout in docs/DESIGN.md). The folder is created only
-after the config is valid, the stages' inputs are read and the models have loaded, so a bad config leaves nothing
-behind.
+Outputs go to `--run-dir DIR` (created, or continued: magicme/resume.py), else to a new
+`<output_dir>/<config-stem>-<timestamp>/` (layout in docs/DESIGN.md). Under `accelerate launch` the processes share
+the samples (magicme/sharding.py). A folder is created only after the config is valid, the stages' inputs are read
+and the models have loaded, so a bad config leaves nothing behind.
 """
 
-import json
 import logging
 import math
 import time
@@ -14,17 +14,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from PIL import Image
 from tqdm.auto import tqdm
 
+from magicme import manifest
 from magicme.context import ContextSettings
+from magicme.evaluation.runs import FILE_PREFERENCE
 from magicme.families import get_family
+from magicme.freeu import install_freeu
 from magicme.prompts import keyframes
-from magicme.rundir import make_run_dir
+from magicme.resume import RunFolder
 from magicme.schema import check_sample_config, load_sample_config, prompt_tokens, resolved_config
+from magicme.sharding import Launch, assign, sample_cost
 from magicme.stages import STAGES, Sample, Stage
-from magicme.video_io import atomic_path, to_uint8, write_frames, write_video
+from magicme.video_io import atomic_path, read_video, to_uint8, write_frames, write_video
 
 log = logging.getLogger("magicme")
 RANDOM_WEIGHTS_MARKER = "RANDOM_WEIGHTS.txt"  # written by the tiny-model builder
@@ -44,25 +48,32 @@ def thumbnail(video: np.ndarray, cell: int = 256) -> np.ndarray:
     return np.stack([np.asarray(Image.fromarray(f).resize(size, Image.Resampling.LANCZOS)) for f in to_uint8(video)])
 
 
-def write_grid(path: Path, thumbnails: list[np.ndarray], fps: int) -> None:
-    """All samples side by side in one GIF, for a quick look at a run."""
+def write_grid(path: Path, thumbnails: list[np.ndarray], fps: int, width: int = 2048) -> None:
+    """All samples side by side in one GIF, for a quick look at a run; cells shrink so a big grid stays `width` px."""
     frames = min(len(t) for t in thumbnails)
     cols = math.ceil(math.sqrt(len(thumbnails)))
     rows = math.ceil(len(thumbnails) / cols)
     ch, cw = max(t.shape[1] for t in thumbnails), max(t.shape[2] for t in thumbnails)
+    scale = min(1.0, width / (cols * max(ch, cw)))
+    ch, cw = max(1, round(ch * scale)), max(1, round(cw * scale))
     sheets = []
     for f in range(frames):
         sheet = Image.new("RGB", (cols * cw, rows * ch))
         for i, thumbs in enumerate(thumbnails):
-            sheet.paste(Image.fromarray(thumbs[f]), ((i % cols) * cw, (i // cols) * ch))
+            cell = Image.fromarray(thumbs[f])
+            cell = cell if scale == 1.0 else cell.resize((cw, ch), Image.Resampling.LANCZOS)
+            sheet.paste(cell, ((i % cols) * cw, (i // cols) * ch))
         sheets.append(sheet)
     with atomic_path(path) as tmp:
         sheets[0].save(tmp, format="GIF", save_all=True, append_images=sheets[1:], duration=round(1000 / fps), loop=0)
 
 
-def write_jsonl(path: Path, records: list[dict]) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+def first_stage_video(run_dir: Path, record: dict) -> np.ndarray:
+    """A first-stage video read back from its files (lossless frames first), so grid.gif is the same whichever
+    process rendered a sample and whether the run was interrupted."""
+    files = record["files"]
+    kind = next(k for k in FILE_PREFERENCE if k in files)
+    return read_video(run_dir / files[kind])
 
 
 def count_tokens(pipe, samples: list[Sample]) -> dict[str, int]:
@@ -79,46 +90,87 @@ def count_tokens(pipe, samples: list[Sample]) -> dict[str, int]:
 
 
 def run_sampling(config_path: Path | str | None, overrides: list[str] | None = None, progress: bool = True,
-                 cfg: DictConfig | None = None) -> Path:
-    """Render every sample of a config (or of an already loaded `cfg`); returns the run folder."""
+                 cfg: DictConfig | None = None, run_dir: Path | str | None = None, force_new: bool = False) -> Path:
+    """Render every sample of a config (or of an already loaded `cfg`) not finished yet in `run_dir`, sharing them
+    among the processes of an `accelerate launch`; returns the run folder."""
     cfg = cfg if cfg is not None else load_sample_config(config_path, overrides)
+    launch = Launch()
     samples, embeddings = check_sample_config(cfg)
+    device = launch.device(cfg.device)
     stages: list[Stage] = [STAGES[name](cfg, progress) for name in cfg.stages]
     for stage in stages:
         stage.prepare()
-    if uses_random_weights(cfg.model):
-        log.warning("these models are the tiny RANDOM-WEIGHT test bundle: the videos will be noise. "
-                    "Run `bash download_checkpoint.sh` and use configs/sample/example.yaml for real videos.")
-    pipe = get_family(cfg.model.family).load(cfg.model, embeddings, device=cfg.device, precision=cfg.precision,
-                                             attention=cfg.attention, vae_slicing=cfg.vae_slicing,
-                                             cpu_offload=cfg.cpu_offload)
-    pipe.prompts.weighting = cfg.prompt_weighting
-    pipe.context = ContextSettings(**cfg.context) if cfg.context is not None else None
-    tokens = count_tokens(pipe, samples)
-    for stage in stages:
-        stage.setup(pipe)
-    run_dir = make_run_dir(cfg.output_dir, Path(config_path).stem if config_path else "sample")
-    with atomic_path(run_dir / "config.yaml") as tmp:
-        OmegaConf.save(resolved_config(cfg, samples, tokens), tmp)
-    records, first_videos = [], []
-    for sample in tqdm(samples, desc="samples", disable=not progress):
-        generator = torch.Generator("cpu").manual_seed(sample.seed)
-        video = None
+    folder = RunFolder(run_dir, force_new)
+    try:
+        samples = launch.on_main(lambda: folder.claim(cfg, samples, embeddings))
+        if launch.is_main and uses_random_weights(cfg.model):
+            log.warning("these models are the tiny RANDOM-WEIGHT test bundle: the videos will be noise. "
+                        "Run `bash download_checkpoint.sh` and use configs/sample/example.yaml for real videos.")
+        pipe = get_family(cfg.model.family).load(cfg.model, embeddings, device=device, precision=cfg.precision,
+                                                 attention=cfg.attention, vae_slicing=cfg.vae_slicing,
+                                                 cpu_offload=cfg.cpu_offload)
+        pipe.prompts.weighting = cfg.prompt_weighting
+        pipe.context = ContextSettings(**cfg.context) if cfg.context is not None else None
+        if cfg.freeu is not None:
+            install_freeu(pipe.t2v.unet, **cfg.freeu)
+        tokens = count_tokens(pipe, samples)
         for stage in stages:
-            start = time.perf_counter()
-            video, info = stage(pipe, video, sample, generator)
-            seconds = time.perf_counter() - start
-            stem = stage.output_stem(sample)
-            files = write_video(run_dir / stem, video, cfg.fps, tuple(cfg.formats))
-            if cfg.save_frames:
-                files["frames"] = write_frames(run_dir / stem, video)
-            records.append({"index": sample.index, "prompt": sample.prompt, "negative_prompt": sample.negative_prompt,
-                            "seed": sample.seed, "gamma": sample.gamma, "tokens": prompt_tokens(sample.prompt, tokens),
-                            "stage": stage.name, "files": files,
-                            "frames": int(video.shape[0]), "height": int(video.shape[1]),
-                            "width": int(video.shape[2]), "fps": cfg.fps, "seconds": round(seconds, 3), **info})
-            write_jsonl(run_dir / "samples.jsonl", records)
-            if stage.first:
-                first_videos.append(thumbnail(video))
-    write_grid(run_dir / "grid.gif", first_videos, cfg.fps)
-    return run_dir
+            stage.setup(pipe)
+        stem = Path(config_path).stem if config_path else "sample"
+        out, todo = launch.on_main(lambda: start_run(folder, cfg, samples, tokens, stem))
+        share = assign([sample_cost(cfg, samples[i]) for i in todo], launch.world)[launch.rank]
+        render(pipe, cfg, stages, [samples[todo[i]] for i in share], tokens, out, launch.rank, progress)
+        launch.wait_for_everyone()
+        if launch.is_main:
+            finish_run(out, cfg, samples)
+    finally:
+        folder.release()
+    return out
+
+
+def start_run(folder: RunFolder, cfg: DictConfig, samples: list[Sample], tokens: dict[str, int],
+              stem: str) -> tuple[Path, list[int]]:
+    """The main process opens the folder and merges what earlier runs finished; the run folder and the positions
+    of the samples still to render."""
+    out = folder.open(cfg, resolved_config(cfg, samples, tokens), stem)
+    manifest.merge(out, samples)
+    done = manifest.finished_videos(out, manifest.read_records(out))
+    todo = [i for i, sample in enumerate(samples) if not manifest.finished(sample, done)]
+    if len(todo) < len(samples):
+        log.info("%d of %d samples already finished in %s", len(samples) - len(todo), len(samples), out)
+    return out, todo
+
+
+def render(pipe, cfg: DictConfig, stages: list[Stage], samples: list[Sample], tokens: dict[str, int], out: Path,
+           rank: int, progress: bool) -> None:
+    """Put this process's samples through the stages; each stage's files, then its record, as soon as it is done."""
+    shard = manifest.ShardWriter(out, rank)
+    try:
+        for sample in tqdm(samples, desc=f"samples (process {rank})", disable=not progress):
+            generator = torch.Generator("cpu").manual_seed(sample.seed)
+            video = None
+            for stage in stages:
+                start = time.perf_counter()
+                video, info = stage(pipe, video, sample, generator)
+                seconds = time.perf_counter() - start
+                stem = stage.output_stem(sample)
+                files = write_video(out / stem, video, cfg.fps, tuple(cfg.formats))
+                if cfg.save_frames:
+                    files["frames"] = write_frames(out / stem, video)
+                shard.append({
+                    "index": sample.index, "name": stem, "hash": sample.stage_hash(stage.name),
+                    "identity": sample.identity, "prompt": sample.prompt, "negative_prompt": sample.negative_prompt,
+                    "seed": sample.seed, "gamma": sample.gamma, "tokens": prompt_tokens(sample.prompt, tokens),
+                    "stage": stage.name, "files": files, "frames": int(video.shape[0]),
+                    "height": int(video.shape[1]), "width": int(video.shape[2]), "fps": cfg.fps,
+                    "seconds": round(seconds, 3), **info})
+    finally:
+        shard.close()
+
+
+def finish_run(out: Path, cfg: DictConfig, samples: list[Sample]) -> None:
+    """samples.jsonl from every process's shard, and grid.gif of the first stages, in grid order."""
+    records = manifest.merge(out, samples)
+    first = [r for r in records if r["stage"] == cfg.stages[0]]
+    if first:
+        write_grid(out / "grid.gif", [thumbnail(first_stage_video(out, r)) for r in first], cfg.fps)

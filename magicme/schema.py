@@ -20,11 +20,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from magicme.configfile import load_structured
 from magicme.errors import ConfigError
+from magicme.grid import fill_prompt, placeholder_problem, resolve_identities
 from magicme.prompt_weights import WEIGHTINGS, weighting_problems
 from magicme.prompts import Prompt, keyframes, malformed_references, referenced_names
 from magicme.rundir import check_output_dir
 from magicme.families import FAMILIES, get_family
 from magicme.stages import STAGES, Sample, installed
+from magicme.steps import SchedulerConfig
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 NUMERICS = ("original", "diffusers")
@@ -37,12 +39,6 @@ PROMPT_KEYS = ("prompt", "negative_prompt", "seeds", "gamma", "tokens")  # token
 class MotionLoraConfig:
     path: str = "???"
     strength: float = 1.0
-
-
-@dataclass
-class SchedulerConfig:
-    name: str = "ddim"  # a preset (ddim, euler, euler_a, dpmpp_2m, dpmpp_2m_karras) or a diffusers scheduler class
-    kwargs: dict[str, Any] = field(default_factory=dict)  # constructor settings over the preset's
 
 
 @dataclass
@@ -86,12 +82,26 @@ class ContextConfig:
 
 
 @dataclass
+class FreeUConfig:
+    """FreeU on every sampler's UNet (magicme/freeu.py); the defaults are the Magic-Me ComfyUI graph's FreeU_V2."""
+
+    version: int = 2  # 2 = ComfyUI's FreeU_V2 (structure-aware backbone factor), 1 = FreeU / diffusers' constant b
+    b1: float = 1.1  # backbone factor where the decoder has 4x the base channels (SD1.5: 1280)
+    b2: float = 1.2  # ... 2x the base channels (640)
+    s1: float = 0.9  # low-frequency scale of the skip features there
+    s2: float = 0.4
+
+
+@dataclass
 class SampleConfig(VideoSettings):
     prompts: list[Any] = field(default_factory=list)  # strings, or {prompt, negative_prompt, seeds, gamma}
+    identities: Any = None  # null, [names] or all: every prompt's {id} filled per identity (magicme/grid.py)
+    class_words: dict[str, str] = field(default_factory=dict)  # {identity: class word} over the files' own
     stages: list[str] = field(default_factory=lambda: ["t2v"])  # a first stage (t2v/edit), then refinements
     input_video: Optional[str] = None  # re-render this video (MP4/GIF/frame folder): the edit stage replaces t2v
     input_strength: float = 0.6  # how much of the input video is re-noised and denoised with the ID prompt
     context: Optional[ContextConfig] = None  # null = the whole video at once (frames ≤ the motion module's length)
+    freeu: Optional[FreeUConfig] = None  # null = off; {} = the graph's FreeU_V2 (b1 1.1, b2 1.2, s1 0.9, s2 0.4)
     precision: str = "auto"  # auto = fp16 on GPU, fp32 on CPU
     device: str = "auto"  # auto = cuda, then mps, then cpu
     attention: str = "sdpa"  # or xformers
@@ -115,16 +125,26 @@ def sample_schema() -> DictConfig:
 
 
 def normalise_shorthands(layer: DictConfig) -> None:
-    """`model.scheduler: euler` (the short form, and what older configs say) → `{name: euler}`."""
-    model = layer.get("model")
-    if isinstance(model, DictConfig) and isinstance(model.get("scheduler"), str):
-        model.scheduler = {"name": model.scheduler}
+    """`scheduler: euler` (the short form, and what older configs say) → `{name: euler}`, in `model:` and in every
+    stage block (`face.scheduler`, `tiled.scheduler`)."""
+    for block in layer.values():
+        if isinstance(block, DictConfig) and isinstance(block.get("scheduler"), str):
+            block.scheduler = {"name": block.scheduler}
+
+
+def open_stage_schedulers(cfg: DictConfig) -> None:
+    """A stage's own `scheduler:` block is free-form once set (any diffusers scheduler's settings); its shape is
+    checked with the stage (magicme/steps.py `scheduler_block_problems`)."""
+    for block in cfg.values():
+        if isinstance(block, DictConfig) and isinstance(block.get("scheduler"), DictConfig) and block is not cfg.model:
+            OmegaConf.set_struct(block.scheduler, False)
 
 
 def load_sample_config(path: Path | str | None, overrides: list[str] | None = None) -> DictConfig:
     """Defaults ← YAML file ← `key=value` overrides, type-checked against the schema; a clip in `input_video`
     makes the first stage `edit` (re-render the clip) instead of `t2v`."""
-    cfg = load_structured(sample_schema(), path, overrides, normalise=normalise_shorthands)
+    cfg = load_structured(sample_schema(), path, overrides, normalise=normalise_shorthands,
+                          relax=open_stage_schedulers)
     if cfg.input_video is not None and list(cfg.stages[:1]) == ["t2v"]:
         cfg.stages[0] = "edit"
     return cfg
@@ -188,8 +208,11 @@ def stage_problems(cfg: DictConfig) -> list[str]:
 def run_problems(cfg: DictConfig) -> list[str]:
     """Device, precision, attention, outputs: the run-wide keys."""
     kind, _, index = cfg.device.partition(":")
-    context = cfg.context
+    context, freeu = cfg.context, cfg.freeu
     checks = [
+        (freeu is None or freeu.version in (1, 2), f"freeu.version: {freeu and freeu.version} is not 1 or 2"),
+        (freeu is None or min(freeu.b1, freeu.b2, freeu.s1, freeu.s2) >= 0,
+         "freeu: b1, b2, s1 and s2 must be >= 0 (1 = unchanged)"),
         (context is None or context.length >= 1, f"context.length: {context and context.length} must be at least 1"),
         (context is None or 0 <= context.overlap < context.length,
          f"context.overlap: {context and context.overlap} must be in [0, context.length)"),
@@ -229,15 +252,27 @@ def prompt_value(value, where: str, cfg: DictConfig, empty_ok: bool) -> Prompt:
         if bad:
             raise ConfigError(f"{key}: {bad[0]!r} is not an identity name (letters, digits, _ and - only); write "
                               f"embedding:NAME or <NAME> with a file stem from model.embeddings_dir")
+        problem = placeholder_problem(text, key, cfg.identities is not None, required=not empty_ok)
+        if problem:
+            raise ConfigError(problem)
     return texts[0] if list(texts) == [0] else dict(sorted(texts.items()))
 
 
-def expand_samples(cfg: DictConfig, rng: random.Random | None = None) -> list[Sample]:
-    """One Sample per (prompt, seed) with its negative prompt and γ; `-1` seeds are drawn now and kept."""
-    rng = rng or random.SystemRandom()
+@dataclass(frozen=True)
+class PromptEntry:
+    """One entry of `prompts:`, checked, as written: its seeds may hold -1 (random) and its texts `{id}`."""
+
+    prompt: Prompt
+    negative_prompt: Prompt
+    seeds: list[int]
+    gamma: float
+
+
+def prompt_entries(cfg: DictConfig) -> list[PromptEntry]:
+    """Every prompt entry with its negative prompt, seeds and γ (its own, else the config's)."""
     if len(cfg.prompts) == 0:
         raise ConfigError("prompts: no prompts given; add a list of prompts to the config")
-    samples = []
+    entries = []
     for i, entry in enumerate(cfg.prompts):
         if isinstance(entry, str):
             entry = {"prompt": entry}
@@ -256,9 +291,32 @@ def expand_samples(cfg: DictConfig, rng: random.Random | None = None) -> list[Sa
         gamma = entry.get("gamma", cfg.gamma)
         if not (isinstance(gamma, (int, float)) and not isinstance(gamma, bool) and 0.0 <= gamma < 1.0):
             raise ConfigError(f"prompts[{i}].gamma: {gamma!r} not a number in [0, 1)")
-        for seed in seeds:
-            samples.append(Sample(len(samples), prompt, negative, rng.randrange(MAX_SEED) if seed == -1 else seed,
-                                  float(gamma)))
+        entries.append(PromptEntry(prompt, negative, seeds, float(gamma)))
+    return entries
+
+
+def seed_slots(entries: list[PromptEntry]) -> list[tuple[int, int]]:
+    """(entry number, seed as written) of every prompt × seed, in grid order."""
+    return [(i, seed) for i, entry in enumerate(entries) for seed in entry.seeds]
+
+
+def expand_samples(cfg: DictConfig, rng: random.Random | None = None, seeds: list[int] | None = None) -> list[Sample]:
+    """One Sample per prompt × seed × identity, in that nesting (the grid order of samples.jsonl and grid.gif).
+
+    A `-1` seed is drawn now, once per prompt and seed (the identities of a grid share it), unless `seeds` gives
+    the seed of every prompt × seed (a resumed run's, read back from its config.yaml)."""
+    rng = rng or random.SystemRandom()
+    entries = prompt_entries(cfg)
+    identities = resolve_identities(cfg)
+    slots = seed_slots(entries)
+    if seeds is None:
+        seeds = [rng.randrange(MAX_SEED) if seed == -1 else seed for _, seed in slots]
+    samples = []
+    for (i, _), seed in zip(slots, seeds, strict=True):
+        entry = entries[i]
+        for name, word in (identities or {None: None}).items():
+            samples.append(Sample(len(samples), fill_prompt(entry.prompt, name, word),
+                                  fill_prompt(entry.negative_prompt, name, word), seed, entry.gamma, name))
     return samples
 
 
@@ -308,7 +366,9 @@ def check_sample_config(cfg: DictConfig) -> tuple[list[Sample], dict[str, Path]]
     prompts = [text for s in samples for p in (s.prompt, s.negative_prompt) for text in keyframes(p).values()]
     frames_at_once = cfg.frames if cfg.context is None else min(cfg.frames, cfg.context.length)
     _, embeddings = check_model(cfg.model, frames_at_once, prompts, context=cfg.context is not None)
-    get_family(cfg.model.family).check(cfg.model)
+    stage_schedulers = {f"{name}.scheduler": cfg[name].scheduler for name in cfg.stages
+                        if name in cfg and cfg[name].get("scheduler") is not None}
+    get_family(cfg.model.family).check(cfg.model, stage_schedulers)
     return samples, embeddings
 
 
@@ -318,13 +378,24 @@ def prompt_tokens(prompt: Prompt, tokens: dict[str, int]) -> int:
 
 
 def resolved_config(cfg: DictConfig, samples: list[Sample], tokens: dict[str, int]) -> DictConfig:
-    """The config to save next to the outputs: every prompt with the seeds actually used (and, for the record, the
-    token counts of its prompt and negative prompt), so re-running it reproduces the run exactly."""
+    """The config to save next to the outputs: one entry per prompt × seed with the seed actually used (and, for the
+    record, the token counts of its prompt and negative prompt, the longest over a grid's identities), the grid's
+    identities by name with their class words; re-running it reproduces the run exactly, and a resumed run reads
+    its random seeds back from it."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    resolved["prompts"] = [{"prompt": s.prompt, "negative_prompt": s.negative_prompt, "seeds": [s.seed],
-                            "gamma": s.gamma, "tokens": [prompt_tokens(s.prompt, tokens),
-                                                         prompt_tokens(s.negative_prompt, tokens)]}
-                           for s in samples]
+    entries = prompt_entries(cfg)
+    slots = seed_slots(entries)
+    per_slot = len(samples) // len(slots)
+    resolved["prompts"] = []
+    for k, (i, _) in enumerate(slots):
+        group = samples[k * per_slot:(k + 1) * per_slot]
+        resolved["prompts"].append({
+            "prompt": entries[i].prompt, "negative_prompt": entries[i].negative_prompt, "seeds": [group[0].seed],
+            "gamma": entries[i].gamma, "tokens": [max(prompt_tokens(s.prompt, tokens) for s in group),
+                                                  max(prompt_tokens(s.negative_prompt, tokens) for s in group)]})
     resolved["seeds"] = sorted({s.seed for s in samples})
+    identities = resolve_identities(cfg)
+    if identities is not None:
+        resolved["identities"], resolved["class_words"] = list(identities), identities
     return OmegaConf.create(resolved)
 

@@ -41,15 +41,15 @@ def to_uint8(video: np.ndarray) -> np.ndarray:
 
 
 def write_video(stem: Path, video: np.ndarray, fps: int, formats: tuple[str, ...] = ("mp4", "gif")) -> dict[str, str]:
-    """Write `video` as `stem.mp4` (H.264, yuv420p) and/or `stem.gif`; returns {format: file name}."""
+    """Write `video` as `stem.mp4` (H.264, yuv420p, reproducible bytes) and/or `stem.gif`; returns {format: file
+    name}."""
     frames = to_uint8(video)
     written = {}
     for fmt in formats:
         target = stem.with_name(f"{stem.name}.{fmt}")
         with atomic_path(target) as tmp:
             if fmt == "mp4":
-                iio.imwrite(tmp, frames, plugin="pyav", codec="libx264", fps=fps,
-                            out_pixel_format="yuv420p", extension=".mp4")
+                write_mp4(tmp, frames, fps)
             elif fmt == "gif":
                 pil = [Image.fromarray(f) for f in frames]
                 pil[0].save(tmp, format="GIF", save_all=True, append_images=pil[1:],
@@ -58,6 +58,23 @@ def write_video(stem: Path, video: np.ndarray, fps: int, formats: tuple[str, ...
                 raise ValueError(f"unknown video format {fmt!r}")
         written[fmt] = target.name
     return written
+
+
+# x264's macroblock-tree rate control gave different bytes for the same frames from one encode to the next; without
+# it an encode is reproducible (for a given thread count, which x264 derives from the CPU count).
+X264_PARAMS = "mbtree=0"
+
+
+def write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
+    """uint8 frames as H.264 (yuv420p) in an MP4, the same bytes for the same frames."""
+    import av
+
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps, options={"x264-params": X264_PARAMS})
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
 
 
 def write_frames(folder: Path, video: np.ndarray) -> str:

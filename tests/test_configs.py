@@ -60,3 +60,23 @@ def test_shipped_sampling_configs_pass_every_check(path, tiny_bundle, tmp_path):
 def test_training_configs_load(path):
     cfg = load_train_config(path)
     assert cfg.name and cfg.class_word and cfg.validation.prompts
+
+
+def test_paper_preset_passes_the_model_doctor(tiny_bundle, tmp_path, capsys):
+    """configs/sample/paper.yaml (the graph's settings) through scripts/check_models.py's structure checks, its
+    files swapped for the tiny bundle's: every row passes, stages [t2v, face] and [t2v, face, tiled]."""
+    from magicme.doctor import check_sample_config as doctor
+    from magicme.inspector import FAIL
+
+    (tmp_path / "emb").mkdir()
+    for name in ("altman", "scarlett"):
+        (tmp_path / "emb" / f"{name}.pt").write_bytes(tiny_bundle["embedding"].read_bytes())
+    swaps = [f"model.base={tiny_bundle['sd15']}", "model.base_config=null", "model.vae=null",
+             f"model.motion_module={tiny_bundle['motion_v2']}",
+             f"model.motion_loras=[{{path: {tiny_bundle['motion_lora']}, strength: 0.6}}]",
+             f"model.embeddings_dir={tmp_path / 'emb'}", f"face.clipseg_model={tiny_bundle['clipseg']}"]
+    for stages in ("[t2v,face]", "[t2v,face,tiled]"):
+        cfg = load_sample_config("configs/sample/paper.yaml", [*swaps, f"stages={stages}"])
+        assert cfg.freeu.version == 2 and cfg.face.scheduler["name"] == "euler" and cfg.tiled.sharpen == 0.2
+        report = doctor(cfg, models_dir=tmp_path / "no-extras")
+        assert [c for c in report.checks if c.status == FAIL] == []  # optional extras are warnings

@@ -110,7 +110,8 @@ def test_fetch_is_idempotent_and_falls_back(tmp_path):
     assert (models / "vae/sd-vae-ft-mse/config.json").read_text() == "weights of stabilityai/sd-vae-ft-mse/config.json\n"
     assert (models / "eval/dino-vits16/pytorch_model.bin").is_file()  # model.safetensors missing upstream
     assert (models / "embeddings/zuck.pt").read_bytes().startswith(b"PK")
-    assert "embeddings  23/23  files  complete" in result.stdout
+    assert "embeddings  24/24  files  complete" in result.stdout  # the 24 published characters, trump.pt included
+    assert (models / "embeddings/trump.pt").is_file()
     calls = (tmp_path / "calls.log").read_text()
     assert calls.count("--head") == 2  # one reachability probe per host: huggingface.co, raw.githubusercontent.com
     calls = calls.count("\n")

@@ -19,6 +19,7 @@ def test_ddim_is_configured_as_animatediff():
     cfg = scheduler("ddim").config
     assert (cfg.beta_start, cfg.beta_end, cfg.beta_schedule) == (0.00085, 0.012, "linear")
     assert cfg.steps_offset == 1 and cfg.clip_sample is False
+    assert cfg.set_alpha_to_one is True  # the original builds DDIMScheduler with the default: last step = x0
     ddim = scheduler("ddim")
     ddim.set_timesteps(25)
     assert ddim.timesteps[0].item() == 961 and ddim.timesteps[-1].item() == 1  # AnimateDiff's schedule

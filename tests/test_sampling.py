@@ -12,7 +12,7 @@ import yaml
 
 import sample
 from magicme.embeddings import save_embedding
-from magicme.steps import denoising_steps
+from magicme.steps import schedule_length
 from magicme.video_io import read_video
 
 
@@ -69,7 +69,7 @@ def test_saved_config_reproduces_the_run(tmp_path, tiny_bundle):
     (first,) = run_dirs(tmp_path)
     assert sample.main(["--config", str(first / "config.yaml"), "--quiet"]) == 0
     second = next(d for d in run_dirs(tmp_path) if d != first)
-    for folder in sorted(p for p in first.iterdir() if p.is_dir()):
+    for folder in sorted(p for p in first.iterdir() if p.is_dir() and p.name != "manifest"):
         assert np.array_equal(read_video(folder), read_video(second / folder.name))
 
 
@@ -81,19 +81,24 @@ def test_same_seed_same_video_different_seed_different(tiny_pipeline):
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 
-def test_video_to_video_strength(tiny_pipeline, monkeypatch):
+def test_video_to_video_runs_the_last_steps_of_a_schedule_of_steps_over_strength(tiny_pipeline, monkeypatch):
+    """ComfyUI's `denoise`: strength s with n steps runs the last n timesteps of an int(n / s)-step schedule."""
     video = np.random.default_rng(0).random((3, 32, 32, 3), dtype=np.float32)
-    kwargs = dict(gamma=0.1, steps=10, guidance_scale=1.0, progress=False)
-    assert np.array_equal(tiny_pipeline.video_to_video(video, "x", "", torch.Generator(), strength=0.0, **kwargs),
-                          video)
-    calls = []
+    kwargs = dict(gamma=0.1, guidance_scale=1.0, progress=False)
+    assert np.array_equal(tiny_pipeline.video_to_video(video, "x", "", torch.Generator(), strength=0.0, steps=10,
+                                                       **kwargs), video)
+    seen = []
     unet_forward = tiny_pipeline.v2v.unet.forward
-    monkeypatch.setattr(tiny_pipeline.v2v.unet, "forward", lambda *a, **k: calls.append(1) or unet_forward(*a, **k))
-    for strength in (0.2, 0.25, 0.56, 1.0):
-        calls.clear()
+    monkeypatch.setattr(tiny_pipeline.v2v.unet, "forward",
+                        lambda *a, **k: seen.append(int(a[1])) or unet_forward(*a, **k))
+    for strength, steps, length in ((0.2, 20, 100), (0.8, 20, 25), (0.3, 3, 10), (0.9, 7, 7), (1.0, 5, 5)):
+        assert schedule_length(steps, strength) == length
+        seen.clear()
         out = tiny_pipeline.video_to_video(video, "x", "", torch.Generator().manual_seed(0), strength=strength,
-                                           **kwargs)
-        assert len(calls) == round(strength * 10) == denoising_steps(strength, 10)
+                                           steps=steps, **kwargs)
+        reference = type(tiny_pipeline.v2v.scheduler).from_config(tiny_pipeline.v2v.scheduler.config)
+        reference.set_timesteps(length)
+        assert seen == reference.timesteps[-steps:].tolist()
         assert out.shape == video.shape
 
 

@@ -3,6 +3,7 @@ end to end on the tiny bundle, bad inputs."""
 
 import json
 import logging
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,13 +13,12 @@ from PIL import Image
 from skimage import data as skdata
 
 import sample
-from magicme.faces import ClipSegFaces, DlibFaces, boxes_from_probabilities
+from magicme.faces import ClipSegFaces, DlibFaces, regions_from_probabilities
 from magicme.schema import load_sample_config
 from magicme.stages import STAGES, Sample
 from magicme.stages.edit import prepare_input_video
 from magicme.stages.face import refine_faces
 from magicme.stages.tiled import blend_tiles
-from magicme.steps import denoising_steps
 from magicme.vcd.geometry import crop_box, feather_mask, link_tracks, tile_weight, tile_windows, union_box
 from magicme.vcd.resize import lanczos_matrix
 from magicme.vcd.resize import resize_video
@@ -26,7 +26,7 @@ from magicme.video_io import write_video
 from tests.test_sampling import write_config
 
 
-def identity(video):
+def identity(video, mask=None):
     return video
 
 
@@ -169,7 +169,7 @@ def test_lanczos_resize_matches_pillow(size, new):
 def test_face_paste_is_exact_inside_the_face_and_outside_it():
     video = np.random.default_rng(2).random((2, 96, 96, 3), dtype=np.float32) * 0.5
     tracks = [[(40, 30, 57, 47)]]  # 17 px face × 48/17 = a 48 px crop = the stage size: no resampling
-    out = refine_faces(video, tracks, lambda crop: crop + 0.25, crop_factor=48 / 17, size=48, feather=5)
+    out = refine_faces(video, tracks, lambda crop, mask: crop + 0.25, crop_factor=48 / 17, size=48, feather=5)
     x0, y0, x1, y1 = tracks[0][0]
     outside = np.ones((96, 96), bool)
     outside[y0:y1, x0:x1] = False
@@ -183,6 +183,8 @@ class RecordingPipe:
     """MagicPipeline's `video_to_video` interface with an identity denoiser; records the calls."""
 
     device = torch.device("cpu")
+    family = "sd15"
+    v2v = SimpleNamespace(scheduler=SimpleNamespace(order=1))
 
     def __init__(self):
         self.calls = []
@@ -216,7 +218,7 @@ def astronaut_256():
     return resize_video(np.stack([skdata.astronaut().astype(np.float32) / 255.0] * 2), 256, 256)
 
 
-def test_stage_strength_zero_changes_nothing_and_s_runs_round_s_steps(tiny_pipeline, astronaut_256, monkeypatch):
+def test_stage_strength_zero_changes_nothing_and_steps_are_the_steps_run(tiny_pipeline, astronaut_256, monkeypatch):
     calls = []
     forward = tiny_pipeline.v2v.unet.forward
     monkeypatch.setattr(tiny_pipeline.v2v.unet, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
@@ -226,13 +228,13 @@ def test_stage_strength_zero_changes_nothing_and_s_runs_round_s_steps(tiny_pipel
     assert np.array_equal(out, astronaut_256) and calls == []
     face.settings.strength = 0.5
     out, info = face(tiny_pipeline, astronaut_256, SAMPLE, torch.Generator().manual_seed(0))
-    assert len(calls) == denoising_steps(0.5, 8) == 4 and not info["passed_through"]
+    assert len(calls) == 8 and not info["passed_through"]  # the last 8 of a 16-step schedule
     assert not np.array_equal(out, astronaut_256)
     calls.clear()
     tiled = make_stage("tiled", tiny_pipeline, "tiled.tile=64", "tiled.padding=8", "tiled.strength=0.25")
     small = resize_video(astronaut_256, 64, 64)
     out, info = tiled(tiny_pipeline, small, SAMPLE, torch.Generator().manual_seed(0))
-    assert out.shape == (2, 128, 128, 3) and len(calls) == info["tiles"] * denoising_steps(0.25, 8) == 4 * 2
+    assert out.shape == (2, 128, 128, 3) and len(calls) == info["tiles"] * 8 == 4 * 8
 
 
 def test_dlib_detection_does_not_depend_on_memory_layout(astronaut_256):
@@ -249,7 +251,12 @@ def test_clipseg_probabilities_become_one_box_per_region():
     probs[:, 30:34, 40:44] = 0.9  # 4 px: below min_face
     probs[1, 40:48, 0:12] = 0.6
     probs[:, 0:3, 50:60] = 0.4  # below the threshold
-    assert boxes_from_probabilities(probs, 0.5, 5) == [[(10, 5, 30, 20)], [(10, 5, 30, 20), (0, 40, 12, 48)]]
+    boxes, masks = regions_from_probabilities(probs, 0.5, 5)
+    assert boxes == [[(10, 5, 30, 20)], [(10, 5, 30, 20), (0, 40, 12, 48)]]
+    expected = np.zeros((2, 50, 60), bool)
+    expected[:, 5:20, 10:30] = True
+    expected[1, 40:48, 0:12] = True
+    assert np.array_equal(masks, expected)  # the small region is not part of the face mask either
 
 
 def test_clipseg_detector_runs_from_the_model_files(tiny_bundle):

@@ -297,3 +297,43 @@ def test_tiled_stage_overrides_gamma_steps_guidance_and_strength(assets, tiled):
     assert same(overridden.video(0, "tiled"), tiled.video(1, "tiled"))
     weaker = tiled_run(assets, "tiled-strength", prompts=[PROMPT], tiled={"strength": 0.5})
     assert not same(weaker.video(0, "tiled"), tiled.video(0, "tiled"))
+
+
+# ------------------------------------------------------------------------------- the graph's VCD knobs (issue 12)
+
+def test_face_segment_mask_changes_only_pixels_near_the_face_and_box_mode_differs(assets, face):
+    """face.mask segment (the default): pixels farther than `feather` px from the face's landmark hull come out
+    bit-identical to the input; pixels of the face change. face.mask box regenerates the whole face box instead."""
+    from scipy import ndimage
+
+    from magicme.faces import DlibFaces
+
+    source = read_pngs(assets["face_video"])
+    _, hulls = DlibFaces(min_face=10, landmarks=True).segment(source.astype(np.float32) / 255.0)
+    near = ndimage.binary_dilation(hulls.any(axis=0), structure=np.ones((11, 11)))  # feather 5 reaches 5 px
+    changed = (face.video(0, "face") != source).any(axis=(0, 3))
+    assert changed[hulls.any(axis=0)].any() and not changed[~near].any()
+    boxed = face_run(assets, "face-box", prompts=[PROMPT], face={"mask": "box"})
+    assert not same(boxed.video(0, "face"), face.video(0, "face"))
+
+
+def test_stage_schedulers_and_tiled_sharpen_change_the_result(assets, face, tiled):
+    assert not same(face_run(assets, "face-euler", prompts=[PROMPT], face={"scheduler": "euler"}).video(0, "face"),
+                    face.video(0, "face"))
+    assert not same(tiled_run(assets, "tiled-euler", prompts=[PROMPT], tiled={"scheduler": "euler"}).video(0, "tiled"),
+                    tiled.video(0, "tiled"))
+    assert not same(tiled_run(assets, "tiled-sharp", prompts=[PROMPT], tiled={"sharpen": 0.5}).video(0, "tiled"),
+                    tiled.video(0, "tiled"))
+
+
+def test_freeu_reaches_every_sampler_and_at_one_changes_nothing(assets, t2v):
+    """freeu with b = s = 1 renders T2V bit-identical to no FreeU; the graph's FreeU_V2 changes it, and V1 differs
+    from V2 (the tiny UNet's 2×-base decoder level is where b2/s2 act)."""
+    ones = render(assets, "freeu-ones", [PROMPT], freeu={"b1": 1.0, "b2": 1.0, "s1": 1.0, "s2": 1.0})
+    v2 = render(assets, "freeu-v2", [PROMPT], freeu={})
+    v1 = render(assets, "freeu-v1", [PROMPT], freeu={"version": 1})
+    assert same(ones.video(0), t2v.video(0))
+    assert not same(v2.video(0), t2v.video(0)) and not same(v1.video(0), v2.video(0))
+    tiled_plain = tiled_run(assets, "tiled-plain", prompts=[PROMPT])
+    tiled_freeu = tiled_run(assets, "tiled-freeu", prompts=[PROMPT], freeu={})
+    assert not same(tiled_freeu.video(0, "tiled"), tiled_plain.video(0, "tiled"))

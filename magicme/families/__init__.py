@@ -1,10 +1,13 @@
 """Model families: which base architecture a `model:` block describes (`model.family`).
 
-A family is one module with two functions:
+A family is one module with these functions:
 
-    check(model) -> magicme.inspector.ModelInfo
-        Everything knowable before loading, from file headers only: do the files exist, are they the formats and
-        versions this family runs, do they fit each other. Raises `ConfigError` on the first problem.
+    check(model, schedulers) -> None
+        What needs the family's libraries to check before loading (the files were already read from their headers
+        by magicme/inspector.py): the model's scheduler and the stages' own (`schedulers`, by config key).
+        Raises `ConfigError` on the first problem.
+    make_scheduler(scheduler, key) -> a diffusers scheduler
+        A fresh scheduler from a `{name, kwargs}` block (a stage's own sampler).
     load(model, embeddings, *, device, precision, attention, vae_slicing, cpu_offload) -> MagicPipeline
         The loaded pipeline (magicme/pipeline.py): text→video and video→video with the 3D noise prior.
 

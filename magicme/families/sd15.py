@@ -26,13 +26,16 @@ from magicme.parity import apply_animatediff_numerics
 from magicme.pipeline import MagicPipeline
 
 NAME = "sd15"
-# SD1.5's training schedule, shared by every sampler so that they all denoise the model the base was trained for.
+# The beta schedule every sampler shares: AnimateDiff's linear betas 0.00085–0.012, which the original Magic-Me and
+# AnimateDiff sample (and the motion modules were trained) with. SD1.5 itself was trained with "scaled_linear" betas
+# over the same range; the original code uses "linear", and so do we.
 SD15_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "linear", "num_train_timesteps": 1000}
 # Named presets: a diffusers scheduler class and its settings. `model.scheduler.name` may also be any diffusers
 # scheduler class name, and `model.scheduler.kwargs` override a preset's settings (e.g. timestep_spacing: trailing).
 SCHEDULER_PRESETS = {
-    # AnimateDiff's DDIM: steps_offset 1 with "leading" spacing is what its diffusers-0.11 DDIM computed.
-    "ddim": ("DDIMScheduler", {"steps_offset": 1, "clip_sample": False, "set_alpha_to_one": False,
+    # The original's DDIM: steps_offset 1 with "leading" spacing is what its diffusers-0.11 DDIM computed, and
+    # set_alpha_to_one is its default (True): the last step lands on the clean sample.
+    "ddim": ("DDIMScheduler", {"steps_offset": 1, "clip_sample": False, "set_alpha_to_one": True,
                                "timestep_spacing": "leading"}),
     "euler": ("EulerDiscreteScheduler", {"steps_offset": 1, "timestep_spacing": "leading"}),
     "euler_a": ("EulerAncestralDiscreteScheduler", {"steps_offset": 1, "timestep_spacing": "leading"}),
@@ -52,32 +55,35 @@ class BaseComponents:
     unet: UNet2DConditionModel
 
 
-def scheduler_spec(scheduler) -> tuple[type, dict]:
-    """The diffusers class and constructor arguments of a `model.scheduler` block `{name, kwargs}`."""
-    name, kwargs = scheduler.name, dict(scheduler.get("kwargs") or {})
+def scheduler_spec(scheduler, key: str = "model.scheduler") -> tuple[type, dict]:
+    """The diffusers class and constructor arguments of a scheduler block `{name, kwargs}` (`key` names it in
+    errors: `model.scheduler`, `face.scheduler`, …)."""
+    name, kwargs = scheduler["name"], dict(scheduler.get("kwargs") or {})
     class_name, preset = SCHEDULER_PRESETS.get(name, (name, {}))
     cls = getattr(diffusers, class_name, None)
     if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
-        raise ConfigError(f"model.scheduler.name: {name!r} is neither a preset ({', '.join(SCHEDULER_PRESETS)}) nor "
+        raise ConfigError(f"{key}.name: {name!r} is neither a preset ({', '.join(SCHEDULER_PRESETS)}) nor "
                           f"a diffusers scheduler class (e.g. EulerDiscreteScheduler, LCMScheduler)")
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
-        raise ConfigError(f"model.scheduler.kwargs: {class_name} has no setting {', '.join(unknown)}; it takes "
+        raise ConfigError(f"{key}.kwargs: {class_name} has no setting {', '.join(unknown)}; it takes "
                           f"{', '.join(sorted(accepted))}")
     return cls, {**SD15_BETAS, **preset, **kwargs}
 
 
-def make_scheduler(scheduler):
+def make_scheduler(scheduler, key: str = "model.scheduler"):
     """A fresh scheduler from a `{name, kwargs}` block."""
-    cls, kwargs = scheduler_spec(scheduler)
+    cls, kwargs = scheduler_spec(scheduler, key)
     return cls(**kwargs)
 
 
-def check(model) -> None:
+def check(model, schedulers: dict | None = None) -> None:
     """What needs this family's libraries to check (the files were already inspected from their headers by
-    magicme/inspector.py): the scheduler's class and settings. Raises `ConfigError`."""
-    scheduler_spec(model.scheduler)
+    magicme/inspector.py): the classes and settings of the model's scheduler and of `schedulers` (stages' own,
+    by config key). Raises `ConfigError`."""
+    for key, scheduler in {"model.scheduler": model.scheduler, **(schedulers or {})}.items():
+        scheduler_spec(scheduler, key)
 
 
 def load_base(base: str, base_config: str | None, dtype: torch.dtype, vae: AutoencoderKL | None = None) -> BaseComponents:

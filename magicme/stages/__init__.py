@@ -27,6 +27,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from magicme.prompts import Prompt, keyframes, slug
+from magicme.steps import schedule_problems
 
 BUILTIN_STAGES = (
     "magicme.stages.t2v",
@@ -38,18 +39,35 @@ BUILTIN_STAGES = (
 
 @dataclass(frozen=True)
 class Sample:
-    """One video to render: a prompt × seed, with the settings that may differ per prompt."""
+    """One video to render: a prompt × seed × identity, with the settings that may differ per prompt."""
 
-    index: int
+    index: int  # position in the grid: the order of samples.jsonl and grid.gif, not part of any name
     prompt: Prompt  # a string, or {frame: text} for prompt travel (magicme/travel.py)
     negative_prompt: Prompt
     seed: int
     gamma: float
+    identity: str | None = None  # the grid identity filled into the prompt's {id} (magicme/grid.py)
+    hashes: tuple[tuple[str, str], ...] = ()  # (stage, hash of what its video depends on): magicme/naming.py
+
+    @property
+    def slug(self) -> str:
+        """The readable part of its names: `[<identity>-]<words of the first keyframe>-<seed>`."""
+        words = slug(next(iter(keyframes(self.prompt).values())))
+        return f"{self.identity + '-' if self.identity else ''}{words}-{self.seed}"
+
+    def stage_hash(self, stage: str) -> str:
+        return dict(self.hashes)[stage]
+
+    @property
+    def hash(self) -> str:
+        """The hash of its first stage's video."""
+        return self.hashes[0][1]
 
     @property
     def name(self) -> str:
-        """File stem of its first-stage video: `NNNN-<slug of the first keyframe's prompt>-<seed>`."""
-        return f"{self.index:04d}-{slug(next(iter(keyframes(self.prompt).values())))}-{self.seed}"
+        """File stem of its first-stage video: `<slug>-<hash>`; the same sample always gets the same name and a
+        changed setting a new one."""
+        return f"{self.slug}-{self.hash}"
 
 
 @dataclass(frozen=True)
@@ -95,8 +113,8 @@ class Stage:
         raise NotImplementedError
 
     def output_stem(self, sample: Sample) -> str:
-        """First stages write `<sample>`, later ones `<sample>_<stage>`."""
-        return sample.name if self.first else f"{sample.name}_{self.name}"
+        """First stages write `<sample>`, later ones `<sample>-<hash of this stage's video>_<stage>`."""
+        return sample.name if self.first else f"{sample.name}-{sample.stage_hash(self.name)}_{self.name}"
 
 
 STAGES: dict[str, type[Stage]] = {}
@@ -113,9 +131,9 @@ def installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def denoise_problems(key: str, settings) -> list[str]:
+def denoise_problems(key: str, settings, run_steps: int) -> list[str]:
     """Range checks every partial-denoise stage shares: its strength and its optional steps / guidance_scale / gamma
-    (null = the run's or the sample's value)."""
+    (null = the run's or the sample's value), and the schedule they make (magicme/steps.py)."""
     checks = [
         (0.0 <= settings.strength <= 1.0, f"{key}.strength: {settings.strength} not in [0, 1]"),
         (settings.steps is None or settings.steps >= 1, f"{key}.steps: {settings.steps} must be >= 1"),
@@ -123,7 +141,8 @@ def denoise_problems(key: str, settings) -> list[str]:
          f"{key}.guidance_scale: {settings.guidance_scale} must be >= 0"),
         (settings.gamma is None or 0.0 <= settings.gamma < 1.0, f"{key}.gamma: {settings.gamma} not in [0, 1)"),
     ]
-    return [message for ok, message in checks if not ok]
+    problems = [message for ok, message in checks if not ok]
+    return problems or schedule_problems(f"{key}.strength", or_default(settings.steps, run_steps), settings.strength)
 
 
 def or_default(value, default):

@@ -10,6 +10,7 @@ import numpy as np
 
 from magicme.errors import ConfigError
 from magicme.stages import Stage, register_stage
+from magicme.steps import schedule_problems
 
 
 @register_stage
@@ -27,7 +28,7 @@ class EditVideo(Stage):
             problems.append(f"input_video: {cfg.input_video} not found; give an MP4/GIF file or a folder of frames")
         if not 0.0 <= cfg.input_strength <= 1.0:
             problems.append(f"input_strength: {cfg.input_strength} not in [0, 1]")
-        return problems
+        return problems + schedule_problems("input_strength", cfg.steps, cfg.input_strength)
 
     def __init__(self, cfg, progress: bool = False):
         super().__init__(cfg, progress)

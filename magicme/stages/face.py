@@ -1,21 +1,29 @@
 """Face VCD: find the face in every frame, crop one square box (`crop_factor` × the face) for all frames, upscale
 the crop to `size`, re-noise it with the 3D prior at `strength` and denoise it with the sample's ID prompt, then
-paste it back with a feathered mask over the face only."""
+paste it back over the face only.
+
+`mask: segment` (the Magic-Me graph's detailer): only the face's segmentation is regenerated — the crop's latents
+outside it are held to the crop's own at every step — and the result is pasted through that mask blurred by
+`feather` px. `mask: box`: the whole crop is regenerated and pasted through the face box with a linear
+`feather`-px edge.
+"""
 
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
+from magicme.errors import ConfigError
 from magicme.inspector import hf_model_present
 from magicme.stages import Stage, denoise_problems, installed, or_default, register_stage
-from magicme.steps import denoising_steps
-from magicme.vcd.geometry import Box, crop_box, feather_mask, link_tracks, union_box
+from magicme.steps import scheduler_block_problems
+from magicme.vcd.geometry import Box, blurred_mask, crop_box, feather_mask, link_tracks, union_box
 
 log = logging.getLogger("magicme")
 DETECTORS = ("clipseg", "dlib")
+MASKS = ("segment", "box")
 
 
 @dataclass
@@ -28,10 +36,12 @@ class FaceConfig:
     crop_factor: float = 3.0  # crop box = crop_factor × the face box (ComfyUI graph: 3)
     size: int = 512  # the crop is denoised at size × size (guide size 512)
     strength: float = 0.8  # denoise 0.8
-    feather: int = 5  # px of the paste mask's soft edge
-    steps: Optional[int] = None  # None = the run's steps
+    mask: str = "segment"  # segment: regenerate and paste only the face's segmentation (graph); box: the face box
+    feather: int = 5  # px of the paste mask's soft edge (segment: a Gaussian blur, as the graph's SEGSPaste)
+    steps: Optional[int] = None  # steps actually run (of a schedule of steps / strength); None = the run's steps
     guidance_scale: Optional[float] = None  # None = the run's
     gamma: Optional[float] = None  # None = the sample's γ
+    scheduler: Optional[Any] = None  # {name, kwargs} as model.scheduler; None = the model's (graph: euler)
 
 
 @register_stage
@@ -55,45 +65,59 @@ class FaceStage(Stage):
             (face.crop_factor >= 1.0, f"face.crop_factor: {face.crop_factor} must be >= 1"),
             (face.size >= 8 and face.size % 8 == 0, f"face.size: {face.size} must be a positive multiple of 8"),
             (face.feather >= 0, f"face.feather: {face.feather} must be >= 0"),
+            (face.mask in MASKS, f"face.mask: {face.mask!r} is not one of {', '.join(MASKS)}"),
         ]
-        return problems + [message for ok, message in checks if not ok] + denoise_problems("face", face)
+        return (problems + [message for ok, message in checks if not ok] + denoise_problems("face", face, cfg.steps)
+                + scheduler_block_problems("face.scheduler", face.scheduler))
 
     def setup(self, pipe) -> None:
-        """The face detector, loaded once per run on the pipeline's device."""
+        """The face detector and the stage's own scheduler, made once per run."""
         from magicme.faces import ClipSegFaces, DlibFaces
+        from magicme.families import get_family
 
         s = self.settings
         if s.detector == "dlib":
-            self.detector = DlibFaces(upsample=1, min_face=s.min_face)
+            self.detector = DlibFaces(upsample=1, min_face=s.min_face, landmarks=s.mask == "segment")
         else:
             self.detector = ClipSegFaces(s.clipseg_model, s.prompt, s.threshold, s.min_face, device=pipe.device)
+        self.scheduler = get_family(pipe.family).make_scheduler(s.scheduler, "face.scheduler") if s.scheduler else None
+        order = (self.scheduler or pipe.v2v.scheduler).order
+        if s.mask == "segment" and order != 1:
+            raise ConfigError(f"face.mask: segment holds the latents outside the face after every step, which needs a "
+                              f"first-order scheduler (this one has order {order}); set face.scheduler (e.g. euler) "
+                              "or face.mask=box")
 
     def __call__(self, pipe, video, sample, generator):
         s = self.settings
-        tracks = link_tracks(self.detector.boxes(video))
+        boxes, masks = self.detector.segment(video) if s.mask == "segment" else (self.detector.boxes(video), None)
+        tracks = link_tracks(boxes)
         if not tracks:
             log.warning("face stage: no face found; the video passes through unchanged")
             return video.copy(), {"faces": 0, "passed_through": True}
-        steps = or_default(s.steps, self.run.steps)
-        if denoising_steps(s.strength, steps) == 0:
+        if s.strength == 0:
             # nothing to denoise: skip the crop's resampling round trip too, so the video comes back unchanged
             return video.copy(), {"faces": len(tracks), "passed_through": True}
 
-        def denoise(crop: np.ndarray) -> np.ndarray:
+        def denoise(crop: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
             return pipe.video_to_video(
                 crop, sample.prompt, sample.negative_prompt, generator, gamma=or_default(s.gamma, sample.gamma),
-                strength=s.strength, steps=steps, guidance_scale=or_default(s.guidance_scale, self.run.guidance_scale),
-                progress=False,
+                strength=s.strength, steps=or_default(s.steps, self.run.steps), mask=mask, scheduler=self.scheduler,
+                guidance_scale=or_default(s.guidance_scale, self.run.guidance_scale), progress=False,
             )
 
-        refined = refine_faces(video, tracks, denoise, s.crop_factor, s.size, s.feather, pipe.device)
+        refined = refine_faces(video, tracks, denoise, s.crop_factor, s.size, s.feather, pipe.device, masks)
         return refined, {"faces": len(tracks), "passed_through": False,
                          "boxes": [list(union_box(t)) for t in tracks]}
 
 
 def refine_faces(video: np.ndarray, tracks: list[list[Box]], denoise, crop_factor: float, size: int,
-                 feather: int, device="cpu") -> np.ndarray:
-    """Crop each track's box from all frames, `denoise` it at size × size, paste it back over the face only."""
+                 feather: int, device="cpu", masks: np.ndarray | None = None) -> np.ndarray:
+    """Crop each track's box from all frames, `denoise(crop, mask)` it at size × size, paste it back over the face.
+
+    With `masks` ((F, H, W) face segmentations), the track's mask is their union over frames inside its face box
+    (the graph's "combined mask"): `denoise` regenerates only that region and the paste goes through it blurred
+    by `feather` px. Without, the whole crop is regenerated and pasted through the face box with a linear edge.
+    """
     from magicme.vcd.resize import resize_video
 
     out = video.copy()
@@ -101,12 +125,18 @@ def refine_faces(video: np.ndarray, tracks: list[list[Box]], denoise, crop_facto
     for track in tracks:
         face = union_box(track)
         x0, y0, x1, y1 = crop_box(face, crop_factor, h, w)
-        crop = resize_video(out[:, y0:y1, x0:x1], size, size, device)
-        refined = resize_video(denoise(crop), y1 - y0, x1 - x0, device)
         local_face = (face[0] - x0, face[1] - y0, face[2] - x0, face[3] - y0)
-        mask = feather_mask(y1 - y0, x1 - x0, local_face, feather)[None, ..., None]
+        if masks is None:
+            region, paste = None, feather_mask(y1 - y0, x1 - x0, local_face, feather)
+        else:
+            region = np.zeros((y1 - y0, x1 - x0), dtype=np.float32)
+            region[local_face[1]:local_face[3], local_face[0]:local_face[2]] = \
+                masks[:, face[1]:face[3], face[0]:face[2]].any(axis=0)
+            paste = blurred_mask(region, feather)
+        crop = resize_video(out[:, y0:y1, x0:x1], size, size, device)
+        refined = resize_video(denoise(crop, region), y1 - y0, x1 - x0, device)
+        weight = paste[None, ..., None]
         under = out[:, y0:y1, x0:x1]
-        # exactly the input where the mask is 0 and exactly the refined crop where it is 1 (no float round-off)
-        out[:, y0:y1, x0:x1] = np.where(mask == 1.0, refined, under + mask * (refined - under))
+        # exactly the input where the weight is 0 and exactly the refined crop where it is 1 (no float round-off)
+        out[:, y0:y1, x0:x1] = np.where(weight == 1.0, refined, under + weight * (refined - under))
     return out
-

@@ -59,7 +59,7 @@ class TrainingDiverged(Exception):
 
 @dataclass
 class DiffusionLoss:
-    """The frozen half of a training step: VAE encoding, SD1.5's training noise schedule, the UNet and the masked
+    """The frozen half of a training step: VAE encoding, the original's noise schedule (AnimateDiff's linear betas), the UNet and the masked
     ε-loss. Only `text_encoder` (holding the identity vectors) carries gradients."""
 
     vae: torch.nn.Module

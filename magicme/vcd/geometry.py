@@ -62,6 +62,35 @@ def feather_mask(height: int, width: int, region: Box, feather: int) -> np.ndarr
     return np.clip(dist / feather, 0.0, 1.0).astype(np.float32)
 
 
+def gaussian_kernel(size: int, sigma: float) -> np.ndarray:
+    """A normalised 1-D Gaussian of `size` taps centred on the middle one (as torchvision's GaussianBlur)."""
+    x = np.linspace(-(size - 1) / 2, (size - 1) / 2, size)
+    pdf = np.exp(-0.5 * (x / sigma) ** 2)
+    return pdf / pdf.sum()
+
+
+def blurred_mask(mask: np.ndarray, feather: int, sigma: float = 10.0) -> np.ndarray:
+    """(H, W) float32 paste weights: `mask` blurred as the Impact Pack's SEGSPaste feathers (a Gaussian of
+    2·feather + 1 taps with σ = 10, edges reflected; the kernel shrinks to fit masks smaller than it).
+
+    The kernel reaches `feather` px at most, so pixels farther than that from the mask get exactly 0.
+    """
+    weights = np.asarray(mask, dtype=np.float64)
+    size = 2 * feather + 1
+    if feather <= 0:
+        return weights.astype(np.float32)
+    if min(weights.shape) <= size:
+        size = int(min(weights.shape) / 2)
+        size += size % 2 == 0
+        if size < 3:
+            return weights.astype(np.float32)
+    kernel, r = gaussian_kernel(size, sigma), size // 2
+    padded = np.pad(weights, r, mode="reflect")
+    rows = sum(kernel[i] * padded[i:i + weights.shape[0]] for i in range(size))
+    both = sum(kernel[i] * rows[:, i:i + weights.shape[1]] for i in range(size))
+    return both.astype(np.float32)
+
+
 def tile_windows(length: int, tile: int, padding: int) -> list[tuple[int, int]]:
     """Tiles along one axis, as UltimateSDUpscale lays them: ceil(length / tile) tiles of `tile` px, evenly
     spaced so the last ends at the edge, each widened by `padding` px of context on both sides (clipped to the
