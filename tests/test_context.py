@@ -324,7 +324,8 @@ def sampled_frames(tmp_path, tiny_bundle, name: str, *overrides: str) -> np.ndar
     config = write_config(tmp_path, tiny_bundle, prompts=["<tinyperson> man"], output_dir=str(tmp_path / name))
     assert sample.main(["--config", str(config), "--quiet", "save_frames=true", "steps=1", *overrides]) == 0
     (run_dir,) = (tmp_path / name).iterdir()
-    return np.stack([np.asarray(Image.open(p)) for p in sorted(next(run_dir.glob("*/")).glob("*.png"))])
+    (frames,) = [d for d in run_dir.iterdir() if d.is_dir() and any(d.glob("*.png"))]  # the sample's PNG folder
+    return np.stack([np.asarray(Image.open(p)) for p in sorted(frames.glob("*.png"))])
 
 
 def test_long_videos_through_sample_py(tmp_path, tiny_bundle, capsys):

@@ -86,7 +86,7 @@ def test_travel_through_sample_py(tmp_path, tiny_bundle):
     assert not np.array_equal(travel, plain) and not np.array_equal(travel, last)
     assert not np.array_equal(negative_travel, negative_first_keyframe)  # the negative prompt travels too
     assert records[2]["prompt"] == {"0": "<tinyperson> man smiling", "3": "<tinyperson> man crying"}
-    assert records[2]["files"]["mp4"].startswith("0002-tinyperson-man-smiling-1")  # named after the first keyframe
+    assert records[2]["files"]["mp4"].startswith("tinyperson-man-smiling-1-")  # named after the first keyframe
 
 
 @pytest.mark.parametrize("prompt, message", [
