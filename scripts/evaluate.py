@@ -2,14 +2,17 @@
 
     python scripts/evaluate.py --samples outputs/run-a [outputs/run-b ...] --references dataset/<name>
         [--out DIR] [--config configs/eval/default.yaml] [--device auto] [--clip MODEL] [--dino MODEL]
-        [--frames-per-video K] [--no-faces]
+        [--frames-per-video K] [--no-faces] [--no-cache]
 
-Writes metrics.json, metrics.csv and report.html into --out (default: <first run>/eval/). Models are local folders
+Writes metrics.json, metrics.csv and report.html into --out (default: <first run>/eval/). Each video's scores are
+kept in <run>/eval_cache.jsonl: evaluating the run again scores only videos it has not scored with these models and
+settings. Models are local folders
 (default models/eval/clip-vit-large-patch14 and models/eval/dino-vits16) or Hub ids you name explicitly.
 See docs/evaluation.md.
 """
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -36,17 +39,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dino", help="DINO model folder or Hub id")
     parser.add_argument("--frames-per-video", type=int, help="evenly spaced frames scored per video (0 = all)")
     parser.add_argument("--no-faces", action="store_true", help="skip the dlib face identity metric")
+    parser.add_argument("--no-cache", action="store_true", help="score every video again (and do not record them)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     transformers_logging.disable_progress_bar()  # weight-loading bars would bury the evaluation's own bar
     overrides = {"device": args.device, "clip": args.clip, "dino": args.dino,
-                 "frames_per_video": args.frames_per_video, "faces": False if args.no_faces else None}
+                 "frames_per_video": args.frames_per_video, "faces": False if args.no_faces else None, "cache": False if args.no_cache else None}
     try:
         out = evaluate(args.samples, args.references, args.out, load_settings(args.config, overrides),
                        progress=not args.quiet)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    counts = json.loads((out / "metrics.json").read_text())["cache"]
+    print(f"scored {counts['computed']} videos, {counts['cached']} from the runs' eval_cache.jsonl")
     print(f"wrote {out / 'report.html'}")
     return 0
 

@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 
 from magicme.prompts import keyframes, referenced_names
 from magicme.schema import check_sample_config, expand_samples, load_sample_config, sample_schema
-from magicme.training.config import load_train_config
+from magicme.training.config import load_train_configs
 
 SAMPLE = sorted(Path("configs/sample").glob("*.yaml")) + [Path("configs/tiny/sample.yaml")]
 TRAIN = sorted(Path("configs/train").glob("*.yaml")) + [Path("configs/tiny/train.yaml")]
@@ -58,8 +58,8 @@ def test_shipped_sampling_configs_pass_every_check(path, tiny_bundle, tmp_path):
 
 @pytest.mark.parametrize("path", TRAIN, ids=str)
 def test_training_configs_load(path):
-    cfg = load_train_config(path)
-    assert cfg.name and cfg.class_word and cfg.validation.prompts
+    for cfg in load_train_configs([path]):  # one per identity of an `identities:` config
+        assert cfg.name and cfg.class_word and cfg.validation.prompts
 
 
 def test_paper_preset_passes_the_model_doctor(tiny_bundle, tmp_path, capsys):

@@ -28,6 +28,7 @@ class VideoSample:
     gamma: float | None
     path: Path
     shape: tuple | None = None  # (frames, height, width) as samples.jsonl records it
+    folder: Path | None = None  # the run folder (its eval_cache.jsonl keeps the scores)
 
 
 def run_labels(folders: list[Path]) -> list[str]:
@@ -66,7 +67,7 @@ def load_run(folder: Path, label: str) -> list[VideoSample]:
         shape = tuple(record.get(k) for k in ("frames", "height", "width"))
         samples.append(VideoSample(label, str(record["stage"]), int(record.get("index", len(samples))),
                                    read_prompt(record["prompt"]), record.get("seed"), record.get("gamma"), path,
-                                   None if None in shape else shape))
+                                   None if None in shape else shape, folder))
     if not samples:
         raise ConfigError(f"{listing}: no samples listed; the sampling run wrote nothing")
     return samples
@@ -101,14 +102,15 @@ def read_prompt(value) -> Prompt:
     return {int(k): str(v) for k, v in value.items()} if isinstance(value, dict) else str(value)
 
 
-def check_decoded(sample: VideoSample, video: np.ndarray) -> None:
-    """The decoded video must be the one samples.jsonl describes; a mismatch means files from another run.
+def check_decoded(sample: VideoSample, shape: tuple) -> None:
+    """The decoded video's (frames, height, width) must be what samples.jsonl describes; a mismatch means files
+    from another run.
 
     GIFs are exempt from the frame count: Pillow merges identical consecutive frames when writing them.
     """
     if sample.shape is None:
         return
-    expected, found = sample.shape, video.shape[:3]
+    expected, found = sample.shape, tuple(shape)
     if sample.path.suffix.lower() == ".gif":
         expected, found = expected[1:], found[1:]
     if tuple(expected) != tuple(found):
@@ -123,8 +125,8 @@ def load_runs(folders: list[Path | str]) -> list[VideoSample]:
     return [s for folder, label in zip(folders, run_labels(folders)) for s in load_run(folder, label)]
 
 
-def load_references(folder: Path | str) -> tuple[list[str], list[np.ndarray]]:
-    """The identity's photos (names, float [0, 1] (H, W, 3) arrays), e.g. `dataset/<name>/`; sub-folders such as
+def load_references(folder: Path | str) -> tuple[list[Path], list[np.ndarray]]:
+    """The identity's photos (files, float [0, 1] (H, W, 3) arrays), e.g. `dataset/<name>/`; sub-folders such as
     cached masks are ignored."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -133,7 +135,7 @@ def load_references(folder: Path | str) -> tuple[list[str], list[np.ndarray]]:
     files = image_files(folder)
     if not files:
         raise ConfigError(f"--references: {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    return [p.name for p in files], [read_image(path, "reference photo") for path in files]
+    return files, [read_image(path, "reference photo") for path in files]
 
 
 def group_key(sample: VideoSample, runs: list[str]) -> tuple[int, int, str]:
