@@ -26,8 +26,12 @@ def main(argv: list[str] | None = None) -> int:
                         "(finished samples are skipped); default: a new <output_dir>/<config>-<time>/")
     parser.add_argument("--force-new", action="store_true", help="with --run-dir: move an existing run there aside "
                         "to <run-dir>.old-<time> and start afresh (nothing is deleted)")
+    parser.add_argument("--compile", action="store_true", help="compile the UNet's blocks (compile=true): minutes "
+                        "the first time at new shapes, then cached next to the models; docs/speed.md")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    if args.compile:
+        args.overrides.append("compile=true")
     quiet_libraries()  # before diffusers/transformers are imported, so their verbosity settings take effect
     try:
         cfg = load_sample_config(args.config, args.overrides)

@@ -7,6 +7,7 @@ the samples (magicme/sharding.py). A folder is created only after the config is 
 and the models have loaded, so a bad config leaves nothing behind.
 """
 
+import contextlib
 import logging
 import math
 import time
@@ -27,6 +28,9 @@ from magicme.prompts import keyframes
 from magicme.resume import RunFolder
 from magicme.schema import check_sample_config, load_sample_config, prompt_tokens, resolved_config
 from magicme.sharding import Launch, assign, sample_cost
+from magicme.speed import (
+    attention_kernel, attention_shape, compile_unet, fastest_sdpa, models_folder, use_compile_cache,
+)
 from magicme.stages import STAGES, Sample, Stage
 from magicme.video_io import atomic_path, read_video, to_uint8, write_frames, write_video
 
@@ -113,19 +117,40 @@ def run_sampling(config_path: Path | str | None, overrides: list[str] | None = N
         pipe.context = ContextSettings(**cfg.context) if cfg.context is not None else None
         if cfg.freeu is not None:
             install_freeu(pipe.t2v.unet, **cfg.freeu)
+        kernel = speed_up(pipe, cfg, device)
         tokens = count_tokens(pipe, samples)
         for stage in stages:
             stage.setup(pipe)
         stem = Path(config_path).stem if config_path else "sample"
         out, todo = launch.on_main(lambda: start_run(folder, cfg, samples, tokens, stem))
         share = assign([sample_cost(cfg, samples[i]) for i in todo], launch.world)[launch.rank]
-        render(pipe, cfg, stages, [samples[todo[i]] for i in share], tokens, out, launch.rank, progress)
+        with attention_kernel(kernel) if kernel else contextlib.nullcontext():
+            render(pipe, cfg, stages, [samples[todo[i]] for i in share], tokens, out, launch.rank, progress,
+                   {"attention_kernel": kernel or cfg.attention})
         launch.wait_for_everyone()
         if launch.is_main:
             finish_run(out, cfg, samples)
     finally:
         folder.release()
     return out
+
+
+def speed_up(pipe, cfg: DictConfig, device) -> str | None:
+    """Compile the UNet's blocks (`compile`) and choose the attention kernel (`sdpa_backend`; None with xformers)."""
+    if cfg.compile:
+        cache = use_compile_cache(models_folder(str(cfg.model.base)))
+        blocks = compile_unet(pipe.t2v.unet, cfg.compile_backend)
+        log.warning("compile: %d UNet blocks compile on their first call at each new shape (minutes the first "
+                    "time, see docs/speed.md); the compiled code is cached in %s for later runs", blocks, cache)
+    if cfg.attention != "sdpa":
+        return None
+    if cfg.sdpa_backend != "auto":
+        return cfg.sdpa_backend
+    frames = cfg.frames if cfg.context is None else min(cfg.frames, cfg.context.length)
+    shape = attention_shape(cfg.width, cfg.height, frames, cfg.guidance_scale > 1)
+    kernel = fastest_sdpa(shape, torch.device(device), pipe.t2v.unet.dtype)
+    log.info("sdpa_backend: auto chose %s (fastest measured on attention of shape %s)", kernel, shape)
+    return kernel
 
 
 def start_run(folder: RunFolder, cfg: DictConfig, samples: list[Sample], tokens: dict[str, int],
@@ -142,7 +167,7 @@ def start_run(folder: RunFolder, cfg: DictConfig, samples: list[Sample], tokens:
 
 
 def render(pipe, cfg: DictConfig, stages: list[Stage], samples: list[Sample], tokens: dict[str, int], out: Path,
-           rank: int, progress: bool) -> None:
+           rank: int, progress: bool, run_info: dict) -> None:
     """Put this process's samples through the stages; each stage's files, then its record, as soon as it is done."""
     shard = manifest.ShardWriter(out, rank)
     try:
@@ -163,7 +188,7 @@ def render(pipe, cfg: DictConfig, stages: list[Stage], samples: list[Sample], to
                     "seed": sample.seed, "gamma": sample.gamma, "tokens": prompt_tokens(sample.prompt, tokens),
                     "stage": stage.name, "files": files, "frames": int(video.shape[0]),
                     "height": int(video.shape[1]), "width": int(video.shape[2]), "fps": cfg.fps,
-                    "seconds": round(seconds, 3), **info})
+                    "seconds": round(seconds, 3), **run_info, **info})
     finally:
         shard.close()
 

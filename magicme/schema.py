@@ -31,6 +31,7 @@ from magicme.steps import SchedulerConfig
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 NUMERICS = ("original", "diffusers")
 FORMATS = ("mp4", "gif")
+SDPA_BACKEND_NAMES = ("auto", "flash", "efficient", "cudnn", "math")  # magicme/speed.py maps them to kernels
 MAX_SEED = 2**32
 PROMPT_KEYS = ("prompt", "negative_prompt", "seeds", "gamma", "tokens")  # tokens: written to config.yaml, not read
 
@@ -105,6 +106,9 @@ class SampleConfig(VideoSettings):
     precision: str = "auto"  # auto = fp16 on GPU, fp32 on CPU
     device: str = "auto"  # auto = cuda, then mps, then cpu
     attention: str = "sdpa"  # or xformers
+    sdpa_backend: str = "auto"  # auto = the fastest measured on this device; flash, efficient, cudnn or math
+    compile: bool = False  # regional torch.compile of the UNet (magicme/speed.py): minutes once, then cached
+    compile_backend: str = "inductor"  # torch.compile backend; eager / aot_eager trace only (graph-break checks)
     vae_slicing: bool = False
     cpu_offload: bool = False
     formats: list[str] = field(default_factory=lambda: list(FORMATS))
@@ -221,6 +225,11 @@ def run_problems(cfg: DictConfig) -> list[str]:
         (cfg.device == "auto" or (kind in ("cpu", "cuda", "mps") and (index == "" or index.isdigit())),
          f"device: {cfg.device!r} is not auto, cpu, cuda, cuda:N or mps"),
         (cfg.attention in ("sdpa", "xformers"), f"attention: {cfg.attention!r} is not one of sdpa, xformers"),
+        (cfg.sdpa_backend in SDPA_BACKEND_NAMES,
+         f"sdpa_backend: {cfg.sdpa_backend!r} is not one of {', '.join(SDPA_BACKEND_NAMES)}"),
+        (cfg.sdpa_backend == "auto" or cfg.attention == "sdpa",
+         f"sdpa_backend: {cfg.sdpa_backend} chooses a PyTorch attention kernel, but attention is {cfg.attention}; "
+         "use sdpa_backend=auto or attention=sdpa"),
         (len(cfg.formats) > 0 and all(f in FORMATS for f in cfg.formats),
          f"formats: {list(cfg.formats)} must be one or more of {', '.join(FORMATS)}"),
     ]
@@ -364,6 +373,12 @@ def check_sample_config(cfg: DictConfig) -> tuple[list[Sample], dict[str, Path]]
         raise ConfigError("cpu_offload: only meaningful with a GPU; set cpu_offload=false on a CPU")
     if cfg.attention == "xformers" and not installed("xformers"):
         raise ConfigError("attention: xformers is not installed; pip install xformers or use sdpa")
+    from magicme.devices import resolve_dtype
+    from magicme.speed import compile_backend_problem, sdpa_problem
+
+    device = resolve_device(cfg.device)
+    _first([p for p in [sdpa_problem(cfg.sdpa_backend, device, resolve_dtype(cfg.precision, device)),
+                        cfg.compile and compile_backend_problem(cfg.compile_backend)] if p])
     prompts = [text for s in samples for p in (s.prompt, s.negative_prompt) for text in keyframes(p).values()]
     frames_at_once = cfg.frames if cfg.context is None else min(cfg.frames, cfg.context.length)
     _, embeddings = check_model(cfg.model, frames_at_once, prompts, context=cfg.context is not None)
