@@ -36,8 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", default=None,
                         help="'latest', 'auto' (skip finished identities, continue partial ones, start the rest), "
                              "a run folder, or a state file <run>/checkpoints/state-step-N.pt")
+    parser.add_argument("--compile", action="store_true", help="compile the UNet's blocks (compile=true): minutes "
+                        "the first time, then cached next to the models; docs/speed.md")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    if args.compile:
+        args.overrides.append("compile=true")
     configs, overrides = split_arguments(args.config, args.overrides)
     try:
         if not configs:

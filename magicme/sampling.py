@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from magicme import manifest
 from magicme.context import ContextSettings
 from magicme.evaluation.runs import FILE_PREFERENCE
+from magicme.devices import resolve_device
 from magicme.families import get_family
 from magicme.freeu import install_freeu
 from magicme.prompts import keyframes
@@ -148,7 +149,7 @@ def speed_up(pipe, cfg: DictConfig, device) -> str | None:
         return cfg.sdpa_backend
     frames = cfg.frames if cfg.context is None else min(cfg.frames, cfg.context.length)
     shape = attention_shape(cfg.width, cfg.height, frames, cfg.guidance_scale > 1)
-    kernel = fastest_sdpa(shape, torch.device(device), pipe.t2v.unet.dtype)
+    kernel = fastest_sdpa(shape, resolve_device(device), pipe.t2v.unet.dtype)
     log.info("sdpa_backend: auto chose %s (fastest measured on attention of shape %s)", kernel, shape)
     return kernel
 

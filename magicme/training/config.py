@@ -21,6 +21,7 @@ from magicme.prompts import ID_PLACEHOLDER
 from magicme.images import IMAGE_SUFFIXES, image_files
 from magicme.rundir import check_output_dir
 from magicme.schema import MAX_SEED, VideoSettings, check_model, video_problems
+from magicme.speed import compile_backend_problem
 from magicme.training.data import Photo, read_photos
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -77,6 +78,9 @@ class TrainConfig:
     seed: int = 42  # -1 draws a random seed, written to the run's config.yaml
     mixed_precision: str = "no"  # no | fp16 | bf16 (GPU)
     gradient_checkpointing: bool = False
+    compile: bool = False  # regional torch.compile of the UNet's blocks (magicme/speed.py); minutes once, then cached
+    compile_backend: str = "inductor"
+    tf32: bool = True  # TF32 for what stays float32 under mixed precision (Ampere and newer GPUs; no-op elsewhere)
     model: TrainModelConfig = field(default_factory=TrainModelConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     output_dir: str = "outputs/train"
@@ -86,7 +90,8 @@ class TrainConfig:
 
 
 NAME_FIELD = "{name}"  # in images_dir: the identity's name (dataset/{name} is the default with `identities`)
-SHARED_KEYS = ("model.base", "model.base_config", "model.clipseg", "mixed_precision", "log_with")
+SHARED_KEYS = ("model.base", "model.base_config", "model.clipseg", "mixed_precision", "log_with", "compile",
+               "compile_backend", "tf32")
 
 
 def load_train_config(path: Path | str, overrides: list[str] | None = None) -> DictConfig:
@@ -199,6 +204,8 @@ def validate_train_config(cfg: DictConfig, rng: random.Random | None = None) -> 
                                                    f"{', '.join(MIXED_PRECISION)}")
     _check(cfg.mixed_precision != "fp16" or torch.cuda.is_available(),
            "mixed_precision: fp16 needs a CUDA GPU; use no (or bf16) on a CPU")
+    problem = cfg.compile and compile_backend_problem(cfg.compile_backend)
+    _check(not problem, str(problem))
     _check(cfg.log_with in (None, "tensorboard", "wandb"), f"log_with: {cfg.log_with!r} not tensorboard or wandb")
     if cfg.log_with:
         _check(importlib.util.find_spec(cfg.log_with) is not None,

@@ -35,6 +35,7 @@ from magicme.families.sd15 import SD15_BETAS, load_base
 from magicme.prompts import fill_identity, slug
 from magicme.rundir import RunLock, make_run_dir, remove_stale_temp_files
 from magicme.segmentation import ClipSegSegmenter, model_identity
+from magicme.speed import allow_tf32, compile_unet, models_folder, use_compile_cache
 from magicme.training.config import text_encoder_config
 from magicme.training.data import (
     Photo, TrainImage, TrainingBatches, caption_ids, derive_seed, load_training_images, save_overlays, working_size,
@@ -50,6 +51,7 @@ DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 STATE_NAME = re.compile(r"state-step-(\d+)\.pt")
 STATE_KEYS = ("name", "seed", "step", "vectors", "optimizer", "rng", "losses")
 SCALER_KEYS = ("scale", "growth_factor", "backoff_factor", "growth_interval", "_growth_tracker")
+LOSS_READ_EVERY = 10  # steps between reads of the loss from the device (and at every checkpoint and validation)
 STATE_ERRORS = (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError)
 
 
@@ -363,6 +365,11 @@ class SharedModels:
         self.vocabulary = Vocabulary(base.tokenizer, self.text_encoder)
         self.vae = base.vae.requires_grad_(False).to(device, dtype)
         self.unet = base.unet.requires_grad_(False).to(device, dtype)
+        if cfg.compile:
+            cache = use_compile_cache(models_folder(str(cfg.model.base)))
+            blocks = compile_unet(self.unet, cfg.compile_backend)
+            log.warning("compile: %d UNet blocks compile at the first step (minutes the first time, see "
+                        "docs/speed.md); the compiled code is cached in %s", blocks, cache)
         self.validator = Validator()
 
 
@@ -451,6 +458,7 @@ def run_training(accelerator: Accelerator, cfg: DictConfig, data: list[TrainImag
     set_seed(derive_seed(stream, "global") % 2**32)
     device = accelerator.device
     torch.backends.cudnn.benchmark = device.type == "cuda"  # every step has the same shapes: tune convolutions once
+    allow_tf32(cfg.tf32)
 
     text_encoder = models.text_encoder
     tokenizer = models.vocabulary.fresh()
@@ -461,7 +469,7 @@ def run_training(accelerator: Accelerator, cfg: DictConfig, data: list[TrainImag
     else:
         models.unet.disable_gradient_checkpointing()
     optimizer = torch.optim.AdamW([identity.vectors], lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay,
-                                  eps=1e-8)
+                                  eps=1e-8, fused=device.type == "cuda")
     if together:
         text_encoder, optimizer = accelerator.prepare(text_encoder, optimizer)
     else:  # no DistributedDataParallel: the other processes train other identities
@@ -485,31 +493,36 @@ def run_training(accelerator: Accelerator, cfg: DictConfig, data: list[TrainImag
     bar = tqdm(total=cfg.max_steps, initial=step, desc=f"train {cfg.name}",
                disable=not (progress and accelerator.is_main_process))
     text_encoder.train()
+    pending: list[torch.Tensor] = []  # losses still on the device: reading one waits for the GPU, so read in batches
     while step < cfg.max_steps:
         batch = batches(step)
         generator = torch.Generator().manual_seed(derive_seed(stream, "noise", step))
         loss = loss_fn(text_encoder, batch.pixels, batch.masks, encode(batch.captions), generator,
                        accelerator.autocast)
-        value = (accelerator.gather(loss.detach()[None]) if together else loss.detach()[None]).float()
-        if not torch.isfinite(value).all():
-            raise TrainingDiverged(f"loss became {value.sum().item()} at step {step + 1}; the last good "
-                                   f"checkpoint is kept in {checkpoints} (lower lr, or use mixed_precision=no)")
+        pending.append((accelerator.gather(loss.detach()[None]) if together else loss.detach()[None]).float())
         accelerator.backward(loss)
         accelerator.clip_grad_norm_([identity.vectors], cfg.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad()
         step += 1
-        losses.append(value.mean().item())
-        bar.update(1)
+        checkpoint = step % cfg.checkpoint_every == 0 or step == cfg.max_steps
+        validation = cfg.validation.every and step % cfg.validation.every == 0
+        if not (checkpoint or validation or step % LOSS_READ_EVERY == 0):
+            continue
+        new = read_losses(pending, step, checkpoints)  # before anything is written: a diverged run saves nothing
+        pending.clear()
+        for offset, value in enumerate(new):
+            accelerator.log({"loss": value, "lr": cfg.lr}, step=step - len(new) + 1 + offset)
+        losses.extend(new)
+        bar.update(len(new))
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        accelerator.log({"loss": losses[-1], "lr": cfg.lr}, step=step)
-        if main and (step % cfg.checkpoint_every == 0 or step == cfg.max_steps):
+        if main and checkpoint:
             save_checkpoint(checkpoints, cfg.name, cfg.seed, step, identity.vectors, optimizer, losses,
                             accelerator.scaler, cfg.class_word)
             save_loss_curve(run_dir / "loss_curve.png", losses)
             log.info("step %d loss %.5f (mean of last %d: %.5f)", step, losses[-1], min(50, len(losses)),
                      float(np.mean(losses[-50:])))
-        if main and cfg.validation.every and step % cfg.validation.every == 0:
+        if main and validation:
             start = time.perf_counter()
             models.validator(cfg.validation, cfg.name, cfg.class_word, identity.vectors,
                              run_dir / "samples" / f"step-{step}")
@@ -525,6 +538,19 @@ def run_training(accelerator: Accelerator, cfg: DictConfig, data: list[TrainImag
         for tracker in accelerator.trackers:  # the process group stays: this process may train more identities
             tracker.finish()
     return losses
+
+
+def read_losses(pending: list[torch.Tensor], step: int, checkpoints: Path) -> list[float]:
+    """The mean loss of each pending step (the last one is `step`), read from the device in one transfer; a NaN or
+    infinite loss stops training before anything of those steps is saved."""
+    values = torch.cat(pending).view(len(pending), -1).cpu()
+    finite = torch.isfinite(values).all(dim=1)
+    if not finite.all():
+        first = int((~finite).nonzero()[0])
+        raise TrainingDiverged(f"loss became {values[first].sum().item()} at step {step - len(pending) + 1 + first}; "
+                               f"the last good checkpoint is kept in {checkpoints} (lower lr, or use "
+                               "mixed_precision=no)")
+    return values.mean(dim=1).tolist()
 
 
 def finish(run_dir: Path, cfg: DictConfig, step: int, losses: list[float]) -> None:
