@@ -3,9 +3,11 @@
     python scripts/benchmark_training.py                  # tiny bundle on this machine (CPU or GPU)
     python scripts/benchmark_training.py --full-size      # SD1.5 shapes, random weights, CUDA only
 
-Each step is the trainer's own: augmented batch (`TrainingBatches`, on the device), VAE encode, SD1.5 noise
-schedule, text encoder with the spliced ID vectors, UNet forward and backward, masked loss, clipping, AdamW, and
-reading the loss (the NaN check). --full-size builds SD1.5-shaped UNet/VAE/text encoder with random weights and
+Each step is the trainer's own `train_step` (magicme/training/trainer.py) on the trainer's batches
+(`TrainingBatches`), loss (`DiffusionLoss`) and optimizer (`identity_optimizer`): VAE encode, SD1.5 noise
+schedule, text encoder with the spliced ID vectors, UNet forward and backward, masked loss, clipping, AdamW; the
+loss is read from the device every LOSS_READ_EVERY steps, as the trainer does. --compile is the trainer's regional
+compilation (`compile_unet`); its compile time is printed apart from the step time. --full-size builds SD1.5-shaped UNet/VAE/text encoder with random weights and
 times batch 4 × 512² (goal on an H100: 400 steps ≤ 30 s at ≤ 12 GB). Figures are printed last as `name=value`.
 """
 
@@ -33,7 +35,10 @@ from magicme.families.sd15 import SD15_BETAS  # noqa: E402
 from magicme.training.config import TrainConfig  # noqa: E402
 from magicme.training.data import TrainImage, TrainingBatches, working_size  # noqa: E402
 from magicme.training.tokens import IdentityEmbedding  # noqa: E402
-from magicme.training.trainer import DTYPES, DiffusionLoss  # noqa: E402
+from magicme.speed import allow_tf32, compile_unet  # noqa: E402
+from magicme.training.trainer import (  # noqa: E402
+    DTYPES, LOSS_READ_EVERY, DiffusionLoss, identity_optimizer, read_losses, train_step,
+)
 
 SD15_UNET = dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8, layers_per_block=2,
                  block_out_channels=(320, 640, 1280, 1280))
@@ -79,7 +84,7 @@ def main() -> None:
     parser.add_argument("--mixed-precision", default="bf16", choices=list(DTYPES),
                         help="as train.py's mixed_precision; a CPU always runs 'no'")
     parser.add_argument("--gradient-checkpointing", action="store_true")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (GPU)")
+    parser.add_argument("--compile", action="store_true", help="the trainer's regional compile of the UNet")
     parser.add_argument("--channels-last", action="store_true", help="UNet and VAE in channels-last memory format")
     args = parser.parse_args()
     if args.full_size and not torch.cuda.is_available():
@@ -89,6 +94,7 @@ def main() -> None:
     accelerator = Accelerator(mixed_precision=precision)
     device, dtype = accelerator.device, DTYPES[precision]
     torch.backends.cudnn.benchmark = device.type == "cuda"  # as train.py
+    allow_tf32(True)  # train.py's default
     torch.manual_seed(0)
     unet, vae, text, resolution = models(args.full_size)
     text.requires_grad_(False)
@@ -99,16 +105,17 @@ def main() -> None:
     text.set_input_embeddings(identity)
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-    optimizer = torch.optim.AdamW([identity.vectors], lr=1e-3, weight_decay=1e-2)
+    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig),
+                          {"name": "bench", "images_dir": ".", "resolution": resolution, "batch_size": args.batch_size})
+    optimizer = identity_optimizer(identity, cfg, device)
     text, optimizer = accelerator.prepare(text, optimizer)
     unet = unet.requires_grad_(False).to(device, dtype)
     vae = vae.requires_grad_(False).to(device, dtype)
     if args.channels_last:
         unet, vae = unet.to(memory_format=torch.channels_last), vae.to(memory_format=torch.channels_last)
-    loss_fn = DiffusionLoss(vae, torch.compile(unet) if args.compile else unet,
-                            DDPMScheduler(**SD15_BETAS), 0.1, dtype)
-    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig),
-                          {"name": "bench", "images_dir": ".", "resolution": resolution, "batch_size": args.batch_size})
+    if args.compile:
+        compile_unet(unet)
+    loss_fn = DiffusionLoss(vae, unet, DDPMScheduler(**SD15_BETAS), cfg.noise_offset, dtype)
     rng = np.random.default_rng(0)
     side = working_size(resolution)
     photos = [TrainImage(Path(f"{i}.png"), rng.random((side, side, 3), dtype=np.float32),
@@ -117,17 +124,21 @@ def main() -> None:
     input_ids = torch.randint(0, vocab, (args.batch_size, 77))
     input_ids[:, 4:4 + TOKENS] = torch.arange(vocab, vocab + TOKENS)
 
-    def step(k: int) -> float:
-        batch = batches(k)
-        loss = loss_fn(text, batch.pixels, batch.masks, input_ids, torch.Generator().manual_seed(k),
-                       accelerator.autocast)
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_([identity.vectors], 1.0)
-        optimizer.step()
-        optimizer.zero_grad()
-        return loss.item()
+    pending = []
 
-    for k in range(3):
+    def step(k: int) -> None:
+        pending.append(train_step(accelerator, loss_fn, text, identity, optimizer, batches(k), input_ids,
+                                  torch.Generator().manual_seed(k), cfg.max_grad_norm, False))
+        if (k + 1) % LOSS_READ_EVERY == 0:
+            read_losses(pending, k + 1, Path("."))
+            pending.clear()
+
+    start = time.perf_counter()
+    step(0)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    first_step = time.perf_counter() - start
+    for k in range(1, 3):
         step(k)
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -135,8 +146,7 @@ def main() -> None:
     start = time.perf_counter()
     for k in range(args.steps):
         step(3 + k)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    read_losses(pending, 3 + args.steps, Path("."))
     seconds = (time.perf_counter() - start) / args.steps
     pixels = batches(0).pixels.to(dtype)
     vae_seconds = timed(lambda: vae.encode(pixels), args.steps, device)
@@ -146,6 +156,7 @@ def main() -> None:
     print(f"shape={'sd15' if args.full_size else 'tiny'}_batch{args.batch_size}_{resolution}px_{precision}"
           f"{'_checkpointing' if args.gradient_checkpointing else ''}{'_compiled' if args.compile else ''}"
           f"{'_channels_last' if args.channels_last else ''}")
+    print(f"first_step_s={first_step:.1f}")  # with --compile: the compilation
     print(f"train_steps_per_s={1 / seconds:.2f}")
     print(f"train_400_steps_s={400 * seconds:.1f}")
     print(f"vae_encode_ms_per_step={1000 * vae_seconds:.1f}")
