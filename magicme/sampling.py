@@ -89,10 +89,23 @@ def count_tokens(pipe, samples: list[Sample]) -> dict[str, int]:
     return counts
 
 
+def load_pipeline(cfg: DictConfig, embeddings: dict[str, Path], device):
+    """The run's pipeline: the model family's loader with the run's identities, precision, attention and memory
+    options, FreeU installed."""
+    pipe = get_family(cfg.model.family).load(cfg.model, embeddings, device=device, precision=cfg.precision,
+                                             attention=cfg.attention, vae_slicing=cfg.vae_slicing,
+                                             cpu_offload=cfg.cpu_offload)
+    if cfg.freeu is not None:
+        install_freeu(pipe.t2v.unet, **cfg.freeu)
+    return pipe
+
+
 def run_sampling(config_path: Path | str | None, overrides: list[str] | None = None, progress: bool = True,
-                 cfg: DictConfig | None = None, run_dir: Path | str | None = None, force_new: bool = False) -> Path:
+                 cfg: DictConfig | None = None, run_dir: Path | str | None = None, force_new: bool = False,
+                 load=load_pipeline) -> Path:
     """Render every sample of a config (or of an already loaded `cfg`) not finished yet in `run_dir`, sharing them
-    among the processes of an `accelerate launch`; returns the run folder."""
+    among the processes of an `accelerate launch`; returns the run folder. `load(cfg, embeddings, device)` makes the
+    pipeline (`load_pipeline`); a long-lived caller (the web app) passes one that keeps it across runs."""
     cfg = cfg if cfg is not None else load_sample_config(config_path, overrides)
     launch = Launch()
     samples, embeddings = check_sample_config(cfg)
@@ -106,13 +119,9 @@ def run_sampling(config_path: Path | str | None, overrides: list[str] | None = N
         if launch.is_main and uses_random_weights(cfg.model):
             log.warning("these models are the tiny RANDOM-WEIGHT test bundle: the videos will be noise. "
                         "Run `bash download_checkpoint.sh` and use configs/sample/example.yaml for real videos.")
-        pipe = get_family(cfg.model.family).load(cfg.model, embeddings, device=device, precision=cfg.precision,
-                                                 attention=cfg.attention, vae_slicing=cfg.vae_slicing,
-                                                 cpu_offload=cfg.cpu_offload)
+        pipe = load(cfg, embeddings, device)
         pipe.prompts.weighting = cfg.prompt_weighting
         pipe.context = ContextSettings(**cfg.context) if cfg.context is not None else None
-        if cfg.freeu is not None:
-            install_freeu(pipe.t2v.unet, **cfg.freeu)
         tokens = count_tokens(pipe, samples)
         for stage in stages:
             stage.setup(pipe)
