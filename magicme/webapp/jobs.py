@@ -155,8 +155,8 @@ class TrainingJob:
         self.cancel = threading.Event()
 
     def run(self, train: Callable) -> Iterator[TrainingUpdate]:
-        """`train(on_step)` runs `train_identities` with the hook; yields an update per step and a last one."""
-        self.cancel.clear()
+        """`train(on_step)` runs `train_identities` with the hook; yields an update per step and a last one. A
+        cancel set before the first step (while models load) stops it after that step."""
         events: queue.Queue = queue.Queue()
 
         def on_step(step: int, losses: list[float], run_dir: Path) -> None:

@@ -153,6 +153,7 @@ class App:
             yield message(err), None, None, keep, keep
             return
         job = Job(cfg, decoded)
+        self.training.cancel.clear()  # a Cancel from here on stops this training
         yield f"training {cfg.name}: loading models…", None, None, keep, keep
         for update in self.training.run(lambda hook: train_identities([job], resume="auto" if resume else None,
                                                                       progress=True, on_step=hook)):
