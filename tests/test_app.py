@@ -19,6 +19,7 @@ from PIL import Image
 
 import sample
 from magicme.errors import ConfigError
+from magicme.tiny.app_configs import write_app_configs
 from magicme.video_io import read_video
 from magicme.webapp import forms
 
@@ -26,35 +27,6 @@ ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts" / "app"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-def write_app_configs(tmp_path: Path, tiny_bundle) -> tuple[Path, Path]:
-    """The app's sampling and training configs on the tiny bundle (64², 8 frames, 2 steps), with an embeddings
-    folder of its own (training adds to it)."""
-    embeddings = tmp_path / "embeddings"
-    embeddings.mkdir()
-    shutil.copyfile(tiny_bundle["embedding"], embeddings / "tinyperson.pt")
-    sampling = {
-        "model": {"base": str(tiny_bundle["sd15"]), "base_config": None, "motion_module": str(tiny_bundle["motion_v2"]),
-                  "embeddings_dir": str(embeddings), "scheduler": "ddim"},
-        "prompts": ["a photo of {id}"], "negative_prompt": "blurry", "seeds": [42], "steps": 2, "frames": 8,
-        "width": 64, "height": 64, "fps": 8, "output_dir": str(tmp_path / "out"),
-        # random CLIPSeg weights see "faces" everywhere; only big ones count, so the face stage refines one or two
-        "face": {"clipseg_model": str(tiny_bundle["clipseg"]), "size": 32, "min_face": 30},
-        "tiled": {"tile": 64, "padding": 8},
-    }
-    training = {
-        "name": "unused", "images_dir": "unused", "class_word": "man", "init": "man", "resolution": 64,
-        "batch_size": 2, "max_steps": 2, "checkpoint_every": 1, "mask_threshold": 0.0,
-        "model": {"base": str(tiny_bundle["sd15"]), "clipseg": str(tiny_bundle["clipseg"])},
-        "validation": {"every": 1, "model": {"base": str(tiny_bundle["sd15"]),
-                                             "motion_module": str(tiny_bundle["motion_v2"]), "embeddings_dir": None},
-                       "prompts": ["a photo of {id} walking"], "steps": 2, "frames": 4, "width": 64, "height": 64},
-        "output_dir": str(tmp_path / "train"), "mask_cache_dir": str(tmp_path / "mask_cache"),
-    }
-    (tmp_path / "sample.yaml").write_text(yaml.safe_dump(sampling))
-    (tmp_path / "train.yaml").write_text(yaml.safe_dump(training))
-    return tmp_path / "sample.yaml", tmp_path / "train.yaml"
 
 
 def write_photos(folder: Path, count: int) -> list[Path]:
@@ -231,6 +203,25 @@ def chromium() -> str:
     if problem:
         pytest.skip(f"browser test skipped: {problem}")
     return path
+
+
+def test_a_missing_browser_skips_here_and_fails_where_ci_requires_it(monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.delenv("MAGICME_REQUIRE_BROWSER", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="browser test skipped: no chromium executable"):
+        chromium()
+    monkeypatch.setenv("MAGICME_REQUIRE_BROWSER", "1")
+    with pytest.raises(pytest.fail.Exception, match="browser test required"):
+        chromium()
+
+
+def test_the_app_listens_on_this_machine_only_unless_asked():
+    import app
+
+    args = app.parse_args([])
+    assert (args.host, args.port, args.share, args.config) == ("127.0.0.1", 7860, False,
+                                                              "configs/sample/example.yaml")
+    assert app.parse_args(["--host", "0.0.0.0", "--share"]).share is True
 
 
 def free_port() -> int:

@@ -22,7 +22,7 @@ from magicme.embeddings import find_embeddings, read_class_word
 from magicme.errors import ConfigError
 from magicme.sampling import load_pipeline, run_sampling
 
-POLL_SECONDS = 0.2
+POLL_SECONDS = 0.05  # how often a run folder is checked for new stage videos
 
 
 class PipelineCache:
