@@ -321,3 +321,19 @@ def test_browser_generate_with_face_then_train_an_identity(served_app):
         page.screenshot(path=ARTIFACTS / "new-identity.png", full_page=True)
         browser.close()
     assert outside == []  # the page fetched nothing from outside the app (no CDN, no fonts)
+
+
+def test_edit_tab_rerenders_an_uploaded_clip(app_configs, tmp_path):
+    from magicme.video_io import write_mp4
+    from magicme.webapp.ui import App
+
+    clip = tmp_path / "clip.mp4"
+    write_mp4(clip, np.full((10, 48, 64, 3), 128, np.uint8), fps=8)
+    app = App(str(app_configs[0]), str(app_configs[1]))
+    *_, (status, edited, face, tiled, files) = app.edit(form(), str(clip), 0.5)
+    assert status.startswith("done in") and face is None and tiled is None
+    run = Path(edited).parent
+    (record,) = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    assert record["stage"] == "edit" and record["frames"] == 8
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["input_video"] == str(clip) and saved["input_strength"] == 0.5
