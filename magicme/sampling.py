@@ -94,10 +94,28 @@ def count_tokens(pipe, samples: list[Sample]) -> dict[str, int]:
     return counts
 
 
+def load_pipeline(cfg: DictConfig, embeddings: dict[str, Path], device):
+    """The run's pipeline: the model family's loader with the run's identities, precision, attention and memory
+    options, FreeU installed, the UNet's blocks compiled (`compile`)."""
+    pipe = get_family(cfg.model.family).load(cfg.model, embeddings, device=device, precision=cfg.precision,
+                                             attention=cfg.attention, vae_slicing=cfg.vae_slicing,
+                                             cpu_offload=cfg.cpu_offload)
+    if cfg.freeu is not None:
+        install_freeu(pipe.t2v.unet, **cfg.freeu)
+    if cfg.compile:
+        cache = use_compile_cache(models_folder(str(cfg.model.base)))
+        blocks = compile_unet(pipe.t2v.unet, cfg.compile_backend)
+        log.warning("compile: %d UNet blocks compile on their first call at each new shape (minutes the first "
+                    "time, see docs/speed.md); the compiled code is cached in %s for later runs", blocks, cache)
+    return pipe
+
+
 def run_sampling(config_path: Path | str | None, overrides: list[str] | None = None, progress: bool = True,
-                 cfg: DictConfig | None = None, run_dir: Path | str | None = None, force_new: bool = False) -> Path:
+                 cfg: DictConfig | None = None, run_dir: Path | str | None = None, force_new: bool = False,
+                 load=load_pipeline) -> Path:
     """Render every sample of a config (or of an already loaded `cfg`) not finished yet in `run_dir`, sharing them
-    among the processes of an `accelerate launch`; returns the run folder."""
+    among the processes of an `accelerate launch`; returns the run folder. `load(cfg, embeddings, device)` makes the
+    pipeline (`load_pipeline`); a long-lived caller (the web app) passes one that keeps it across runs."""
     cfg = cfg if cfg is not None else load_sample_config(config_path, overrides)
     launch = Launch()
     samples, embeddings = check_sample_config(cfg)
@@ -111,14 +129,10 @@ def run_sampling(config_path: Path | str | None, overrides: list[str] | None = N
         if launch.is_main and uses_random_weights(cfg.model):
             log.warning("these models are the tiny RANDOM-WEIGHT test bundle: the videos will be noise. "
                         "Run `bash download_checkpoint.sh` and use configs/sample/example.yaml for real videos.")
-        pipe = get_family(cfg.model.family).load(cfg.model, embeddings, device=device, precision=cfg.precision,
-                                                 attention=cfg.attention, vae_slicing=cfg.vae_slicing,
-                                                 cpu_offload=cfg.cpu_offload)
+        pipe = load(cfg, embeddings, device)
         pipe.prompts.weighting = cfg.prompt_weighting
         pipe.context = ContextSettings(**cfg.context) if cfg.context is not None else None
-        if cfg.freeu is not None:
-            install_freeu(pipe.t2v.unet, **cfg.freeu)
-        kernel = speed_up(pipe, cfg, device)
+        kernel = attention_choice(pipe, cfg, device)
         tokens = count_tokens(pipe, samples)
         for stage in stages:
             stage.setup(pipe)
@@ -136,13 +150,8 @@ def run_sampling(config_path: Path | str | None, overrides: list[str] | None = N
     return out
 
 
-def speed_up(pipe, cfg: DictConfig, device) -> str | None:
-    """Compile the UNet's blocks (`compile`) and choose the attention kernel (`sdpa_backend`; None with xformers)."""
-    if cfg.compile:
-        cache = use_compile_cache(models_folder(str(cfg.model.base)))
-        blocks = compile_unet(pipe.t2v.unet, cfg.compile_backend)
-        log.warning("compile: %d UNet blocks compile on their first call at each new shape (minutes the first "
-                    "time, see docs/speed.md); the compiled code is cached in %s for later runs", blocks, cache)
+def attention_choice(pipe, cfg: DictConfig, device) -> str | None:
+    """The attention kernel of this run (`sdpa_backend`, measured when auto; None with xformers)."""
     if cfg.attention != "sdpa":
         return None
     if cfg.sdpa_backend != "auto":

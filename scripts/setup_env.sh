@@ -15,3 +15,10 @@ if ! python -c "import torch" >/dev/null 2>&1; then
   python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
 fi
 python -m pip install -q -e ".[test]"
+# The web app's browser test drives the system's Chromium (never a downloaded one): install the Debian package where
+# we can; where we cannot, tests/test_app.py skips it with a message (and fails under MAGICME_REQUIRE_BROWSER=1).
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+  { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null; } \
+    || echo "setup_env.sh: could not install chromium; the browser test will be skipped" >&2
+fi

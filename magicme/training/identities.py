@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from magicme.errors import ConfigError
 from magicme.training.data import Photo
 from magicme.training.trainer import (
-    ResumePoint, check_state_fits, find_resume_point, newest_good_state, newest_run, train_identity,
+    ResumePoint, StepHook, check_state_fits, find_resume_point, newest_good_state, newest_run, train_identity,
 )
 
 RESUME_AUTO = "auto"
@@ -98,9 +98,10 @@ def process_state() -> PartialState:
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
-def train_identities(jobs: list[Job], resume: str | None = None, progress: bool = True) -> list[Outcome]:
+def train_identities(jobs: list[Job], resume: str | None = None, progress: bool = True,
+                     on_step: StepHook | None = None) -> list[Outcome]:
     """Train every job (in this process, or its share of them under accelerate); returns the outcomes of all jobs in
-    their order (on every process)."""
+    their order (on every process). `on_step`: see `trainer.run_training`."""
     check_resume_flag(resume, jobs)
     state = process_state()
     decisions = [decide(job.cfg, resume) for job in jobs]  # every process reads the same run folders ...
@@ -115,7 +116,7 @@ def train_identities(jobs: list[Job], resume: str | None = None, progress: bool 
         if decision.finished:
             outcomes.append((index, finished_outcome(job.cfg, decision)))
             continue
-        trained = train_identity(job.cfg, job.photos, decision.point, models, together, progress)
+        trained = train_identity(job.cfg, job.photos, decision.point, models, together, progress, on_step)
         models = trained.models
         outcomes.append((index, Outcome(job.cfg.name, "resumed" if trained.resumed_from else "trained",
                                         trained.steps, trained.final_loss, trained.seconds,

@@ -16,6 +16,7 @@ import random
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +54,7 @@ STATE_KEYS = ("name", "seed", "step", "vectors", "optimizer", "rng", "losses")
 SCALER_KEYS = ("scale", "growth_factor", "backoff_factor", "growth_interval", "_growth_tracker")
 LOSS_READ_EVERY = 10  # steps between reads of the loss from the device (and at every checkpoint and validation)
 STATE_ERRORS = (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError)
+StepHook = Callable[[int, list[float], Path], None]  # (step, losses so far, run folder), after every step
 
 
 class TrainingDiverged(Exception):
@@ -410,7 +412,7 @@ class Trained:
 
 
 def train_identity(cfg: DictConfig, photos: list[Photo], point: ResumePoint | None, models: SharedModels | None,
-                   together: bool, progress: bool) -> Trained:
+                   together: bool, progress: bool, on_step: StepHook | None = None) -> Trained:
     """One identity, with the models of the identities before it (`models`; loaded here when None).
 
     `together`: all processes train this identity data-parallel (the main one writes); otherwise this process
@@ -436,7 +438,7 @@ def train_identity(cfg: DictConfig, photos: list[Photo], point: ResumePoint | No
                  cfg.max_steps, accelerator.process_index, accelerator.num_processes,
                  " (data-parallel)" if together else "")
         models = models or SharedModels(cfg, accelerator.device, DTYPES[cfg.mixed_precision])
-        losses = run_training(accelerator, cfg, data, run_dir, point, progress, models, together)
+        losses = run_training(accelerator, cfg, data, run_dir, point, progress, models, together, on_step)
     finally:
         log.removeHandler(file_log)
         file_log.close()
@@ -447,9 +449,12 @@ def train_identity(cfg: DictConfig, photos: list[Photo], point: ResumePoint | No
 
 
 def run_training(accelerator: Accelerator, cfg: DictConfig, data: list[TrainImage], run_dir: Path,
-                 point: ResumePoint | None, progress: bool, models: SharedModels, together: bool) -> list[float]:
+                 point: ResumePoint | None, progress: bool, models: SharedModels, together: bool,
+                 on_step: StepHook | None = None) -> list[float]:
     """The loop, in a claimed run folder: steps, checkpoints, validation videos, the final files; returns the
-    losses of every step."""
+    losses of every step. `on_step(step, losses, run_dir)` runs after each step's checkpoint and validation
+    videos (a live view); an exception it raises stops training there, the run resumable from its last
+    checkpoint."""
     main = accelerator.is_main_process or not together
     accelerator.project_configuration = ProjectConfiguration(project_dir=str(run_dir))  # tracker logs go here
     # each process of a data-parallel run draws its own batches; an identity trained alone draws stream 0, so it
@@ -521,6 +526,8 @@ def run_training(accelerator: Accelerator, cfg: DictConfig, data: list[TrainImag
             models.validator(cfg.validation, cfg.name, cfg.class_word, identity.vectors,
                              run_dir / "samples" / f"step-{step}")
             log.info("validation videos for step %d in %.1f s", step, time.perf_counter() - start)
+        if main and on_step is not None:
+            on_step(step, losses, run_dir)
     bar.close()
     bake_identity(accelerator.unwrap_model(text_encoder), identity)
     if main:
