@@ -453,8 +453,8 @@ def run_training(accelerator: Accelerator, cfg: DictConfig, data: list[TrainImag
                  on_step: StepHook | None = None) -> list[float]:
     """The loop, in a claimed run folder: steps, checkpoints, validation videos, the final files; returns the
     losses of every step. `on_step(step, losses, run_dir)` runs after each step's checkpoint and validation
-    videos (a live view); an exception it raises stops training there, the run resumable from its last
-    checkpoint."""
+    videos (a live view; `losses` are those read so far: every LOSS_READ_EVERY steps and at checkpoints); an
+    exception it raises stops training there, the run resumable from its last checkpoint."""
     main = accelerator.is_main_process or not together
     accelerator.project_configuration = ProjectConfiguration(project_dir=str(run_dir))  # tracker logs go here
     # each process of a data-parallel run draws its own batches; an identity trained alone draws stream 0, so it
@@ -506,15 +506,14 @@ def run_training(accelerator: Accelerator, cfg: DictConfig, data: list[TrainImag
         step += 1
         checkpoint = step % cfg.checkpoint_every == 0 or step == cfg.max_steps
         validation = cfg.validation.every and step % cfg.validation.every == 0
-        if not (checkpoint or validation or step % LOSS_READ_EVERY == 0):
-            continue
-        new = read_losses(pending, step, checkpoints)  # before anything is written: a diverged run saves nothing
-        pending.clear()
-        for offset, value in enumerate(new):
-            accelerator.log({"loss": value, "lr": cfg.lr}, step=step - len(new) + 1 + offset)
-        losses.extend(new)
-        bar.update(len(new))
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        if checkpoint or validation or step % LOSS_READ_EVERY == 0:
+            new = read_losses(pending, step, checkpoints)  # before anything is written: a diverged run saves nothing
+            pending.clear()
+            for offset, value in enumerate(new):
+                accelerator.log({"loss": value, "lr": cfg.lr}, step=step - len(new) + 1 + offset)
+            losses.extend(new)
+            bar.update(len(new))
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
         if main and checkpoint:
             save_checkpoint(checkpoints, cfg.name, cfg.seed, step, identity.vectors, optimizer, losses,
                             accelerator.scaler, cfg.class_word)
