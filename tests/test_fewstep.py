@@ -105,20 +105,19 @@ def test_animatelcm_module_has_no_positional_tensors_and_gets_the_sinusoids(tiny
 
 
 def test_doctor_rows_say_layout_and_lora(tiny_bundle):
-    model = model_config({"base": str(tiny_bundle["sd15"]), "base_config": None,
-                          "motion_module": str(tiny_bundle["motion_animatelcm"]), "embeddings_dir": None,
-                          "loras": [{"path": str(tiny_bundle["lora_animatelcm"]), "strength": 0.8}]})
-    report = inspect_model(model)
+    block = {"base": str(tiny_bundle["sd15"]), "base_config": None, "embeddings_dir": None,
+             "motion_module": str(tiny_bundle["motion_animatelcm"]),
+             "loras": [{"path": str(tiny_bundle["lora_animatelcm"]), "strength": 0.8}]}
+    report = inspect_model(model_config(block))
     assert report.ok, report.table()
     detail = {c.item: c.detail for c in report.checks}
     assert detail["model.motion_module"].endswith("original layout, no positional tensors (AnimateLCM): sinusoids "
                                                   "rebuilt")
     assert detail["model.loras[0].path"] == "LoRA, 117 layers, rank 8, strength 0.8"
-    model.motion_module = str(tiny_bundle["motion_lightning"])
-    model.motion_loras = [{"path": str(tiny_bundle["motion_lora"]), "strength": 0.6}]  # fits a diffusers-layout file
-    report = inspect_model(model)
+    report = inspect_model(model_config({**block, "motion_module": str(tiny_bundle["motion_lightning"]),
+                                         "motion_loras": [{"path": str(tiny_bundle["motion_lora"])}]}))
     assert report.ok, report.table()
-    assert report.checks[1].detail.endswith("diffusers layout")
+    assert report.checks[1].detail.endswith("diffusers layout")  # the MotionLoRA fits a diffusers-layout module
 
 
 # --- SD1.5 image LoRAs ------------------------------------------------------------------------------------------
