@@ -269,3 +269,10 @@ def test_face_and_tiled_vcd_with_fewstep_schedulers(in_repo_layout, tiny_bundle,
     assert face_steps == [799, 599, 399, 199] * face["faces"]
     assert steps[4 + 4 * face["faces"]:] == [199, 99] * tiled["tiles"]
     assert all(c["batch"] == 1 for c in calls)
+
+
+def test_lora_strength_range_is_checked_with_the_settings(in_repo_layout):
+    from magicme.schema import check_settings
+
+    with pytest.raises(ConfigError, match=r"^model.loras\[0\].strength: 2.5 not in \[0, 2\]$"):
+        check_settings(load_sample_config(LCM, ["model.loras=[{path: x.safetensors, strength: 2.5}]"]))
