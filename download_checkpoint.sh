@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fetch the real weights into models/ (resumable, idempotent, selective).
 #
-#   bash download_checkpoint.sh                      # everything (~13 GB; ~10 GB with --fp16)
+#   bash download_checkpoint.sh                      # everything (~16 GB; ~13 GB with --fp16)
 #   bash download_checkpoint.sh --only sd15,base,vae,motion,lora,embeddings   # what sampling needs
 #   bash download_checkpoint.sh --list               # the groups
 #   bash download_checkpoint.sh --dry-run [--only …] # the plan: every file, its source, destination and check
@@ -20,7 +20,7 @@ cd "$(dirname "$0")"
 
 MODELS=${MODELS_DIR:-models}
 HF_URL=${HF_ENDPOINT:-https://huggingface.co}
-ALL_GROUPS="sd15 base vae motion lora clipseg upscaler eval embeddings"
+ALL_GROUPS="sd15 base vae motion lora lightning lcm clipseg upscaler eval embeddings"
 EMBEDDINGS="altman andrew_ng bengio beyonce biden eli harry hermione hinton huang ironman jack_chen johnson lecun
 lifeifei lisa mona monroe musk obama scarlett taylor trump zuck"
 EMBEDDINGS_URL=https://raw.githubusercontent.com/Zhen-Dong/Magic-ComfyUI/HEAD/models/embeddings
@@ -41,6 +41,8 @@ describe() {
     vae) echo "sd-vae-ft-mse VAE (diffusers) -> $MODELS/vae/sd-vae-ft-mse (~335 MB)" ;;
     motion) echo "AnimateDiff motion modules v2 + v3 (original .ckpt) -> $MODELS/motion_module/ (~3.5 GB)" ;;
     lora) echo "AnimateDiff v2 MotionLoRA ZoomIn -> $MODELS/motion_lora/ (~78 MB)" ;;
+    lightning) echo "AnimateDiff-Lightning 4-step motion module (diffusers layout; few-step, docs/fewstep.md) -> $MODELS/motion_module/ (~908 MB)" ;;
+    lcm) echo "AnimateLCM motion module + its SD1.5 LoRA (few-step, docs/fewstep.md) -> $MODELS/motion_module/, $MODELS/lora/ (~1.9 GB)" ;;
     clipseg) echo "CLIPSeg rd64-refined (training masks, Face VCD) -> $MODELS/clipseg (~600 MB)" ;;
     upscaler) echo "Real-ESRGAN x2plus / x4plus (Tiled VCD upscaler, needs spandrel) -> $MODELS/upscaler/ (~130 MB)" ;;
     eval) echo "CLIP ViT-L/14 + DINO ViT-S/16 (evaluation metrics) -> $MODELS/eval/ (~1.8 GB)" ;;
@@ -80,6 +82,13 @@ plan() {
     lora)
       echo "hf guoyww/animatediff v2_lora_ZoomIn.ckpt $MODELS/motion_lora/v2_lora_ZoomIn.ckpt" \
            "70ce8b9057b173b9249c48aca5d66c8aa1d8aaa040fda394e50e37f3e278195e" ;;
+    lightning)
+      echo "hf ByteDance/AnimateDiff-Lightning animatediff_lightning_4step_diffusers.safetensors" \
+           "$MODELS/motion_module/animatediff_lightning_4step_diffusers.safetensors unknown" ;;
+    lcm)
+      echo "hf wangfuyun/AnimateLCM AnimateLCM_sd15_t2v.ckpt $MODELS/motion_module/AnimateLCM_sd15_t2v.ckpt unknown"
+      echo "hf wangfuyun/AnimateLCM AnimateLCM_sd15_t2v_lora.safetensors" \
+           "$MODELS/lora/AnimateLCM_sd15_t2v_lora.safetensors unknown" ;;
     clipseg)
       local f
       for f in config.json preprocessor_config.json merges.txt vocab.json special_tokens_map.json tokenizer_config.json; do

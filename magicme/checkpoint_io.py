@@ -5,7 +5,7 @@ import zipfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from magicme.errors import ConfigError
 from magicme.video_io import atomic_path
@@ -39,4 +39,14 @@ def save_torch(obj, path: Path | str) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         torch.save(obj, handle)
+    return path
+
+
+def save_tensors(state: dict[str, torch.Tensor], path: Path | str) -> Path:
+    """A state dict atomically as `.safetensors` (by suffix) or, for any other suffix, as a torch file."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return save_torch(state, path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
     return path

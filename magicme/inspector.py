@@ -10,8 +10,10 @@ costs no torch or diffusers. What is checked:
 - base: a diffusers folder (component configs, weights headers, tokenizer) or a single-file LDM checkpoint (SD1.5
   family, not SDXL/SD2) whose shapes must fit the `base_config` folder it borrows configs and tokenizer from;
 - vae: a diffusers folder or single file with 4 latent channels, required when the base has no VAE weights;
-- motion module: original AnimateDiff layout (v1/v2/v3 read from header shapes) or a MotionAdapter folder, with the
-  base UNet's channel widths; MotionLoRAs must target weights that module has, with a strength in [0, 2];
+- motion module: a file in the original AnimateDiff or the diffusers key layout (v1/v2/v3 read from header shapes)
+  or a MotionAdapter folder, with the base UNet's channel widths; MotionLoRAs must target weights that module has,
+  with a strength in [0, 2];
+- image LoRAs (`model.loras`): readable LoRA files of an SD1.5 UNet/text encoder, strength in [0, 2];
 - embeddings: each identity has tokens, finite values and the text encoder's width, and no two names differ only
   by case (both would become the same lower-case token).
 """
@@ -38,6 +40,7 @@ TEXT_TOKEN_KEY = "cond_stage_model.transformer.text_model.embeddings.token_embed
 CROSS_ATTN_KEY = UNET_KEY + "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
 SD2_WIDTH = 1024
 MOTION_KEY = ".temporal_transformer."
+NO_PE_MAX_LENGTH = 64  # AnimateLCM's PositionalEncoding length (its files carry no `pos_encoder` tensors)
 _MOTION_RENAMES = (  # diffusers name -> original AnimateDiff name, inside a motion transformer block
     ("attn1", "attention_blocks.0"), ("attn2", "attention_blocks.1"),
     ("norm1", "norms.0"), ("norm2", "norms.1"), ("norm3", "ff_norm"),
@@ -51,6 +54,8 @@ class MotionModuleInfo:
     layers_per_block: int
     mid_block: bool
     max_seq_length: int
+    layout: str = "original"  # "original" | "diffusers" (a file's key layout) | "folder" (a MotionAdapter folder)
+    positional_weights: bool = True  # False: the file has no sinusoid tables (AnimateLCM); they are rebuilt
 
 
 @dataclass
@@ -258,31 +263,47 @@ def motion_version(mid_block: bool, max_seq_length: int) -> str:
     return "v2" if mid_block else ("v1" if max_seq_length == 24 else "v3")
 
 
+def motion_layout(keys: Iterable[str]) -> str | None:
+    """Which key layout a motion module file has, from its keys alone (never its name): "original" (guoyww's
+    `.ckpt`, AnimateLCM, AnimateDiff-Lightning's `_comfyui` files: `...motion_modules.0.temporal_transformer...`),
+    "diffusers" (a `MotionAdapter` state dict, as Lightning's `_diffusers` files: `...motion_modules.0.norm...`), or
+    None when it is neither."""
+    keys = [k for k in keys if ".motion_modules." in k and "_lora." not in k]
+    if any(MOTION_KEY in k for k in keys):
+        return "original"
+    if any(".transformer_blocks." in k for k in keys):
+        return "diffusers"
+    return None
+
+
 def inspect_motion_module(state: Mapping[str, Any], path: Path | str = "motion module") -> MotionModuleInfo:
-    """Version and shape of an original-layout motion module from its keys and shapes alone (header shapes or
-    tensors), since original files carry no config."""
-    keys = [k for k in state if ".motion_modules." in k and MOTION_KEY in k and "_lora." not in k]
-    if not keys:
+    """Version and shape of a motion module file from its keys and shapes alone (header shapes or tensors), in
+    either key layout (`motion_layout`), since these files carry no config.
+
+    A module without positional-encoding weights (AnimateLCM's files have none) gets the sinusoids its own code
+    builds, for up to NO_PE_MAX_LENGTH frames; the sinusoid of a frame does not depend on that length."""
+    layout = motion_layout(state)
+    if layout is None:
         hint = (
             "it looks like a MotionLoRA: list it under model.motion_loras"
             if any("_lora." in k for k in state)
             else "expected keys like 'down_blocks.0.motion_modules.0.temporal_transformer...'"
         )
         raise ConfigError(f"{path}: not an AnimateDiff motion module; {hint}")
+    inner = MOTION_KEY.strip(".") + "." if layout == "original" else ""
+    keys = [k for k in state if ".motion_modules." in k and "_lora." not in k]
     down = sorted({int(k.split(".")[1]) for k in keys if k.startswith("down_blocks.")})
     if max(down, default=0) == 2:  # SD1.5 has 4 down blocks (0-3), SDXL 3
         raise ConfigError(f"{path}: this is an SDXL motion module; magicme runs SD1.5-family models")
-    norms = [state.get(f"down_blocks.{i}.motion_modules.0.temporal_transformer.norm.weight") for i in down]
+    norms = [state.get(f"down_blocks.{i}.motion_modules.0.{inner}norm.weight") for i in down]
     if not down or any(n is None for n in norms):
         raise ConfigError(f"{path}: incomplete motion module (no input norm weights in its down blocks)")
     channels = tuple(_shape(n)[0] for n in norms)
     layers = len({k.split(".")[3] for k in keys if k.startswith("down_blocks.0.")})
-    pe = [v for k, v in state.items() if k.endswith("pos_encoder.pe")]
-    if not pe:
-        raise ConfigError(f"{path}: motion module has no positional encoding ('pos_encoder.pe'); unsupported variant")
-    max_len = _shape(pe[0])[1]
+    pe = [v for k, v in state.items() if k.endswith(("pos_encoder.pe", "pos_embed.pe"))]
+    max_len = _shape(pe[0])[1] if pe else NO_PE_MAX_LENGTH
     mid = any(k.startswith("mid_block.") for k in keys)
-    return MotionModuleInfo(motion_version(mid, max_len), channels, layers, mid, max_len)
+    return MotionModuleInfo(motion_version(mid, max_len), channels, layers, mid, max_len, layout, bool(pe))
 
 
 def motion_info_from_config(config: Mapping[str, Any], path: Path | str = "motion module") -> MotionModuleInfo:
@@ -293,7 +314,8 @@ def motion_info_from_config(config: Mapping[str, Any], path: Path | str = "motio
     max_len = int(config.get("motion_max_seq_length", 32))
     layers = config.get("motion_layers_per_block", 2)
     layers = layers if isinstance(layers, int) else layers[0]
-    return MotionModuleInfo(motion_version(mid, max_len), tuple(config["block_out_channels"]), layers, mid, max_len)
+    return MotionModuleInfo(motion_version(mid, max_len), tuple(config["block_out_channels"]), layers, mid, max_len,
+                            "folder")
 
 
 def original_motion_key(diffusers_key: str) -> str:
@@ -509,7 +531,8 @@ def _inspect_motion(report: Report, model: Mapping) -> set[str] | None:
     elif mm.is_file():
         try:
             shapes = tensor_shapes(mm)
-            found = inspect_motion_module(shapes, mm), set(shapes)
+            info = inspect_motion_module(shapes, mm)
+            found = info, set(shapes) if info.layout == "original" else {original_motion_key(k) for k in shapes}
         except ConfigError as err:
             report.fail("model.motion_module", mm, err)
             return None
@@ -526,7 +549,8 @@ def _inspect_motion(report: Report, model: Mapping) -> set[str] | None:
         report.add("model.motion_module", mm, FAIL, f"{detail} do not fit the base UNet {tuple(unet)}; use a motion "
                                                     f"module made for this base's family")
     else:
-        report.add("model.motion_module", mm, OK, detail)
+        report.add("model.motion_module", mm, OK, f"{detail}, {info.layout} layout" + (
+            "" if info.positional_weights else ", no positional tensors (AnimateLCM): sinusoids rebuilt"))
     return weights
 
 
@@ -556,6 +580,45 @@ def _inspect_motion_loras(report: Report, model: Mapping, motion_weights: set[st
             report.add(key, path, OK, f"MotionLoRA, {len(targets)} weights, strength {strength}")
 
 
+LORA_DOWN_SUFFIXES = (".lora_down.weight", ".lora_A.weight", ".lora.down.weight")  # kohya, peft, diffusers (old)
+SDXL_LORA_MARKS = ("lora_te2_", "text_encoder_2.", "add_embedding")
+
+
+def image_lora_problem(shapes: Mapping[str, Any]) -> str | None:
+    """Why a file's keys are not an SD1.5 image LoRA that diffusers' `load_lora_weights` can read, or None."""
+    if any(".motion_modules." in k for k in shapes):
+        return "a MotionLoRA or motion module, not an image LoRA; list MotionLoRAs under model.motion_loras"
+    if any(mark in k for k in shapes for mark in SDXL_LORA_MARKS):
+        return "an SDXL LoRA; magicme runs SD1.5-family models"
+    if not any(k.endswith(LORA_DOWN_SUFFIXES) for k in shapes):
+        return "not a LoRA (no '.lora_down.weight' / '.lora_A.weight' keys)"
+    return None
+
+
+def _inspect_loras(report: Report, model: Mapping) -> None:
+    """Each SD1.5 image LoRA (`model.loras`) must be a readable LoRA file, strength in [0, 2]."""
+    for i, lora in enumerate(model.get("loras") or []):
+        key, path = f"model.loras[{i}].path", Path(str(lora.get("path")))
+        strength = lora.get("strength", 1.0)
+        if not isinstance(strength, (int, float)) or not 0.0 <= strength <= 2.0:
+            report.add(f"model.loras[{i}].strength", path, FAIL, f"{strength} not in [0, 2]")
+        if not path.is_file():
+            report.add(key, path, FAIL, "not found; check the path (bash download_checkpoint.sh --only lcm for "
+                                        "AnimateLCM's LoRA)")
+            continue
+        try:
+            shapes = tensor_shapes(path)
+        except ConfigError as err:
+            report.fail(key, path, err)
+            continue
+        problem = image_lora_problem(shapes)
+        if problem is not None:
+            report.add(key, path, FAIL, problem)
+            continue
+        downs = [shape for k, shape in shapes.items() if k.endswith(LORA_DOWN_SUFFIXES)]
+        report.add(key, path, OK, f"LoRA, {len(downs)} layers, rank {downs[0][0]}, strength {strength}")
+
+
 def inspect_base(model: Mapping) -> Report:
     """Only the base (and its VAE) of a `model:`-like block: what ID-token training loads (no motion module)."""
     report = Report()
@@ -574,6 +637,7 @@ def inspect_model(model: Mapping, report: Report | None = None, embedding_names:
     _inspect_base(report, model)
     _inspect_vae(report, model)
     _inspect_motion_loras(report, model, _inspect_motion(report, model))
+    _inspect_loras(report, model)
     folder = model.get("embeddings_dir")
     if folder is not None or embedding_names:
         inspect_embeddings(folder, embedding_names, report.info.text_width, report)

@@ -1,9 +1,11 @@
-"""AnimateDiff motion modules and MotionLoRAs in their original file formats.
+"""AnimateDiff motion modules (original and diffusers key layouts) and MotionLoRAs.
 
-Original files (`mm_sd_v15.ckpt`, `mm_sd_v15_v2.ckpt`, `v3_sd15_mm.ckpt`) carry no config, so the version and
-shape are read from the keys and shapes (`magicme.inspector.inspect_motion_module`, which also runs on file headers
-before anything loads). The weights then go through diffusers' own key converter into a `MotionAdapter` built with
-the inferred shape, so full-size and tiny files take the same path.
+Motion module files (`mm_sd_v15_v2.ckpt`, `v3_sd15_mm.ckpt`, `AnimateLCM_sd15_t2v.ckpt`,
+`animatediff_lightning_4step_{comfyui,diffusers}.safetensors`) carry no config, so the layout, version and shape are
+read from the keys and shapes (`magicme.inspector.inspect_motion_module`, which also runs on file headers before
+anything loads). The weights go through diffusers' own key converter (which renames original-layout keys and leaves
+diffusers-layout ones as they are) into a `MotionAdapter` built with the inferred shape, so full-size and tiny files
+take the same path.
 """
 
 from pathlib import Path
@@ -30,7 +32,9 @@ def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
 
 
 def load_motion_adapter(path: Path | str) -> tuple[MotionAdapter, MotionModuleInfo]:
-    """A `MotionAdapter` from an original AnimateDiff file or a diffusers MotionAdapter folder."""
+    """A `MotionAdapter` from a motion module file in either key layout (original AnimateDiff / AnimateLCM /
+    Lightning `_comfyui`, or a diffusers state dict such as Lightning's `_diffusers` files; told apart by keys), or
+    from a diffusers MotionAdapter folder."""
     path = Path(path)
     if path.is_dir():
         adapter = MotionAdapter.from_pretrained(path, local_files_only=True)
@@ -42,7 +46,7 @@ def load_motion_adapter(path: Path | str) -> tuple[MotionAdapter, MotionModuleIn
         motion_num_attention_heads=ATTENTION_HEADS, motion_norm_num_groups=NORM_GROUPS,
         motion_max_seq_length=info.max_seq_length, use_motion_mid_block=info.mid_block,
     )
-    converted = convert_animatediff_checkpoint_to_diffusers(state)
+    converted = convert_animatediff_checkpoint_to_diffusers(state)  # renames original keys; diffusers ones stay
     missing, unexpected = adapter.load_state_dict(converted, strict=False)
     missing = [k for k in missing if not k.endswith("pos_embed.pe")]  # diffusers rebuilds the same sinusoids
     if missing or unexpected:

@@ -26,7 +26,7 @@ from magicme.prompts import Prompt, keyframes, malformed_references, referenced_
 from magicme.rundir import check_output_dir
 from magicme.families import FAMILIES, get_family
 from magicme.stages import STAGES, Sample, installed
-from magicme.steps import SchedulerConfig
+from magicme.steps import SchedulerConfig, schedule_length
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 NUMERICS = ("original", "diffusers")
@@ -37,7 +37,9 @@ PROMPT_KEYS = ("prompt", "negative_prompt", "seeds", "gamma", "tokens")  # token
 
 
 @dataclass
-class MotionLoraConfig:
+class LoraConfig:
+    """A LoRA file and the strength it is merged at (`model.motion_loras`, `model.loras`)."""
+
     path: str = "???"
     strength: float = 1.0
 
@@ -49,7 +51,8 @@ class ModelConfig:
     base_config: Optional[str] = "models/stable-diffusion-v1-5"  # configs + tokenizer for a single-file base
     vae: Optional[str] = None  # separate VAE: folder or single file (needed for "noVAE" checkpoints)
     motion_module: str = "models/motion_module/mm_sd_v15_v2.ckpt"
-    motion_loras: list[MotionLoraConfig] = field(default_factory=list)
+    motion_loras: list[LoraConfig] = field(default_factory=list)  # original AnimateDiff MotionLoRAs
+    loras: list[LoraConfig] = field(default_factory=list)  # SD1.5 image LoRAs (e.g. AnimateLCM's), fused by diffusers
     embeddings_dir: Optional[str] = "models/embeddings"
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)  # `scheduler: euler` is short for {name: euler}
     animatediff_numerics: str = "original"  # "original": as AnimateDiff computed; "diffusers": stock diffusers
@@ -187,9 +190,10 @@ def video_problems(v: DictConfig, prefix: str = "", random_seeds: bool = True) -
         (v.model.animatediff_numerics in NUMERICS,
          f"{prefix}model.animatediff_numerics: {v.model.animatediff_numerics!r} is not one of {', '.join(NUMERICS)}"),
     ]
-    for i, lora in enumerate(v.model.motion_loras):
-        checks.append((0.0 <= lora.strength <= 2.0,
-                       f"{prefix}model.motion_loras[{i}].strength: {lora.strength} not in [0, 2]"))
+    for group in ("motion_loras", "loras"):
+        for i, lora in enumerate(v.model[group]):
+            checks.append((0.0 <= lora.strength <= 2.0,
+                           f"{prefix}model.{group}[{i}].strength: {lora.strength} not in [0, 2]"))
     return [message for ok, message in checks if not ok]
 
 
@@ -362,6 +366,27 @@ def check_settings(cfg: DictConfig) -> list[Sample]:
     return expand_samples(cfg)
 
 
+def denoise_schedules(cfg: DictConfig) -> list[tuple[str, Any, int, str]]:
+    """Every schedule the run's stages ask a scheduler for: (scheduler key, its block, schedule length, the setting
+    that sets the length) — the first stage's on the model's scheduler, each partial denoise's (magicme/steps.py)
+    on its own scheduler or the model's."""
+    model = ("model.scheduler", cfg.model.scheduler)
+    schedules = []
+    for name in cfg.stages:
+        settings = cfg.get(name)
+        if name == "edit":
+            if cfg.input_strength > 0:
+                schedules.append((*model, schedule_length(cfg.steps, cfg.input_strength), "input_strength"))
+        elif STAGES[name].first:
+            schedules.append((*model, cfg.steps, "steps"))
+        elif settings is not None and "strength" in settings and settings.strength > 0:
+            own = settings.get("scheduler")
+            scheduler = (f"{name}.scheduler", own) if own is not None else model
+            steps = settings.steps if settings.get("steps") is not None else cfg.steps
+            schedules.append((*scheduler, schedule_length(steps, settings.strength), f"{name}.strength"))
+    return schedules
+
+
 def check_sample_config(cfg: DictConfig) -> tuple[list[Sample], dict[str, Path]]:
     """Everything that can be checked without loading a model, cheapest first; returns the samples (seeds
     resolved) and the identity files their prompts use."""
@@ -384,7 +409,7 @@ def check_sample_config(cfg: DictConfig) -> tuple[list[Sample], dict[str, Path]]
     _, embeddings = check_model(cfg.model, frames_at_once, prompts, context=cfg.context is not None)
     stage_schedulers = {f"{name}.scheduler": cfg[name].scheduler for name in cfg.stages
                         if name in cfg and cfg[name].get("scheduler") is not None}
-    get_family(cfg.model.family).check(cfg.model, stage_schedulers)
+    get_family(cfg.model.family).check(cfg.model, stage_schedulers, denoise_schedules(cfg))
     return samples, embeddings
 
 

@@ -15,7 +15,7 @@ TRAIN_TIMESTEPS = 1000
 
 @dataclass
 class SchedulerConfig:
-    name: str = "ddim"  # a preset (ddim, euler, euler_a, dpmpp_2m, dpmpp_2m_karras) or a diffusers scheduler class
+    name: str = "ddim"  # a preset (ddim, euler, euler_a, dpmpp_2m, dpmpp_2m_karras, lightning, lcm) or a class name
     kwargs: dict[str, Any] = field(default_factory=dict)  # constructor settings over the preset's
 
 

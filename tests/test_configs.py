@@ -9,7 +9,7 @@ from magicme.prompts import keyframes, referenced_names
 from magicme.schema import check_sample_config, expand_samples, load_sample_config, sample_schema
 from magicme.training.config import load_train_configs
 
-SAMPLE = sorted(Path("configs/sample").glob("*.yaml")) + [Path("configs/tiny/sample.yaml")]
+SAMPLE = sorted(Path("configs/sample").glob("*.yaml")) + sorted(Path("configs/tiny").glob("sample*.yaml"))
 TRAIN = sorted(Path("configs/train").glob("*.yaml")) + [Path("configs/tiny/train.yaml")]
 
 
@@ -46,6 +46,7 @@ def test_shipped_sampling_configs_pass_every_check(path, tiny_bundle, tmp_path):
         f"model.base={tiny_bundle['sd15']}", "model.base_config=null", "model.vae=null",
         f"model.motion_module={tiny_bundle['motion_v2']}",
         f"model.motion_loras=[{{path: {tiny_bundle['motion_lora']}, strength: 0.6}}]",
+        f"model.loras=[{{path: {tiny_bundle['lora_animatelcm']}, strength: 0.8}}]",
         f"model.embeddings_dir={tmp_path / 'emb'}", f"face.clipseg_model={tiny_bundle['clipseg']}",
         f"output_dir={tmp_path / 'out'}"])
     (tmp_path / "emb").mkdir()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "download_checkpoint.sh"
-GROUPS = ["sd15", "base", "vae", "motion", "lora", "clipseg", "upscaler", "eval", "embeddings"]
+GROUPS = ["sd15", "base", "vae", "motion", "lora", "lightning", "lcm", "clipseg", "upscaler", "eval", "embeddings"]
 MM_V2_SHA = "69ed0f5fef82b110aca51bcab73b21104242bc65d6ab4b8b2a2a94d31cad1bf0"
 
 
@@ -90,6 +90,12 @@ def test_dry_run_plans_every_file_and_downloads_nothing(tmp_path):
         "motion_module/v3_sd15_mm.ckpt", "motion_lora/v2_lora_ZoomIn.ckpt", "clipseg/{model.safetensors,pytorch_model.bin}",
         "upscaler/RealESRGAN_x2plus.pth", "upscaler/RealESRGAN_x4plus.pth", "eval/clip-vit-large-patch14/model.safetensors",
         "eval/dino-vits16/", "embeddings/altman.pt", "embeddings/zuck.pt",
+        "motion_module/animatediff_lightning_4step_diffusers.safetensors <- https://huggingface.co/"
+        "ByteDance/AnimateDiff-Lightning/resolve/main/animatediff_lightning_4step_diffusers.safetensors",
+        "motion_module/AnimateLCM_sd15_t2v.ckpt <- https://huggingface.co/wangfuyun/AnimateLCM/resolve/main/"
+        "AnimateLCM_sd15_t2v.ckpt",
+        "lora/AnimateLCM_sd15_t2v_lora.safetensors <- https://huggingface.co/wangfuyun/AnimateLCM/resolve/main/"
+        "AnimateLCM_sd15_t2v_lora.safetensors",
     ]:
         assert expected in out, expected
     assert "safety_checker" not in out and "ema" not in out.replace("no-ema", "")

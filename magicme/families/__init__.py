@@ -2,9 +2,10 @@
 
 A family is one module with these functions:
 
-    check(model, schedulers) -> None
+    check(model, schedulers, schedules) -> None
         What needs the family's libraries to check before loading (the files were already read from their headers
-        by magicme/inspector.py): the model's scheduler and the stages' own (`schedulers`, by config key).
+        by magicme/inspector.py): the model's scheduler and the stages' own (`schedulers`, by config key), and the
+        schedule lengths the stages ask of them (`schedules`, magicme/schema.py `denoise_schedules`).
         Raises `ConfigError` on the first problem.
     make_scheduler(scheduler, key) -> a diffusers scheduler
         A fresh scheduler from a `{name, kwargs}` block (a stage's own sampler).

@@ -21,7 +21,7 @@ from magicme.devices import resolve_device, resolve_dtype
 from magicme.embeddings import load_into_pipeline
 from magicme.errors import ConfigError
 from magicme.inspector import CHECKPOINT_SUFFIXES, is_hub_id
-from magicme.motion_module import load_motion_adapter, merge_motion_lora
+from magicme.motion_module import load_motion_adapter, merge_motion_lora, read_state_dict
 from magicme.parity import apply_animatediff_numerics
 from magicme.pipeline import MagicPipeline
 
@@ -44,6 +44,12 @@ SCHEDULER_PRESETS = {
     # The Magic-Me ComfyUI graph samples with dpmpp_2m + karras sigmas.
     "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", {"steps_offset": 1, "algorithm_type": "dpmsolver++",
                                                         "solver_order": 2, "use_karras_sigmas": True}),
+    # AnimateDiff-Lightning's model card: Euler with "trailing" timesteps (the first step starts at t = 999, pure
+    # noise, which 1-8-step distilled modules need) over linear betas, guidance 1.
+    "lightning": ("EulerDiscreteScheduler", {"timestep_spacing": "trailing"}),
+    # AnimateLCM's own inference config (animatelcm_sd15/configs/inference-t2v.yaml): linear betas, steps_offset 1,
+    # a 100-step skeleton its 4-8 steps are picked from.
+    "lcm": ("LCMScheduler", {"steps_offset": 1, "original_inference_steps": 100}),
 }
 
 
@@ -78,12 +84,20 @@ def make_scheduler(scheduler, key: str = "model.scheduler"):
     return cls(**kwargs)
 
 
-def check(model, schedulers: dict | None = None) -> None:
+def check(model, schedulers: dict | None = None, schedules: list | None = None) -> None:
     """What needs this family's libraries to check (the files were already inspected from their headers by
     magicme/inspector.py): the classes and settings of the model's scheduler and of `schedulers` (stages' own,
-    by config key). Raises `ConfigError`."""
+    by config key), and that each scheduler can make the schedules the run asks of it — `schedules`:
+    (scheduler key, block, schedule length, the setting that asks for it); e.g. LCMScheduler picks its steps from
+    `original_inference_steps` and can make no longer schedule. Raises `ConfigError`."""
     for key, scheduler in {"model.scheduler": model.scheduler, **(schedulers or {})}.items():
         scheduler_spec(scheduler, key)
+    for key, scheduler, length, why in schedules or []:
+        try:
+            make_scheduler(scheduler, key).set_timesteps(length)
+        except ValueError as err:
+            raise ConfigError(f"{why}: needs a schedule of {length} steps, which {key} ({scheduler['name']}) cannot "
+                              f"make ({err}); run fewer steps or raise the strength") from None
 
 
 def load_base(base: str, base_config: str | None, dtype: torch.dtype, vae: AutoencoderKL | None = None) -> BaseComponents:
@@ -120,6 +134,29 @@ def load_vae(vae: str, base_config: str | None, dtype: torch.dtype) -> Autoencod
     return AutoencoderKL.from_pretrained(vae, local_files_only=not is_hub_id(vae), torch_dtype=dtype)
 
 
+def fuse_loras(pipe: AnimateDiffPipeline, loras) -> None:
+    """Fuse each SD1.5 image LoRA (`model.loras`: AnimateLCM's, or any SD1.5 LoRA) into the UNet's spatial layers
+    (and the text encoder, when the file has its keys) at its strength, with diffusers' own LoRA loading; the LoRA
+    layers are removed again, so sampling runs plain weights, as fast as without a LoRA."""
+    for i, lora in enumerate(loras):
+        key = f"model.loras[{i}].path"
+        try:
+            state = read_state_dict(lora.path)
+        except ConfigError as err:
+            raise ConfigError(f"{key}: {err}") from None
+        try:
+            pipe.load_lora_weights(state, adapter_name=f"lora{i}")
+        except (ValueError, KeyError, RuntimeError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(f"{key}: {lora.path}: diffusers cannot load it into this SD1.5 base ({first}); use a "
+                              f"LoRA trained for an SD1.5-family model") from None
+        if not any(f"lora{i}" in names for names in pipe.get_list_adapters().values()):
+            raise ConfigError(f"{key}: {lora.path}: none of its keys names a layer of this SD1.5 base; use a LoRA "
+                              f"trained for an SD1.5-family model")
+        pipe.fuse_lora(lora_scale=float(lora.strength), adapter_names=[f"lora{i}"])
+        pipe.unload_lora_weights()
+
+
 def load(model, embeddings: dict[str, Path] | None = None, device: str = "auto", precision: str = "auto",
          attention: str = "sdpa", vae_slicing: bool = False, cpu_offload: bool = False) -> MagicPipeline:
     """Build the T2V/V2V pipeline from a checked `model:` config block (magicme/schema.py), with the ID
@@ -139,6 +176,7 @@ def load(model, embeddings: dict[str, Path] | None = None, device: str = "auto",
         vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer, unet=unet, motion_adapter=None,
         scheduler=make_scheduler(model.scheduler),
     )
+    fuse_loras(pipe, model.loras)
     load_into_pipeline(pipe, embeddings or {})
     if attention == "xformers":
         pipe.enable_xformers_memory_efficient_attention()

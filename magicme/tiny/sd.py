@@ -17,7 +17,8 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from magicme.embeddings import save_embedding
 from magicme.tiny.clipseg import save_tiny_clipseg
-from magicme.tiny.motion import save_original_motion_lora, save_original_motion_module
+from magicme.tiny.lora import save_kohya_unet_lora
+from magicme.tiny.motion import save_diffusers_motion_module, save_original_motion_lora, save_original_motion_module
 
 TEXT_WIDTH = 32
 UNET_CHANNELS = (32, 64)
@@ -105,7 +106,7 @@ def save_tiny_sd(out: Path) -> Path:
 
 def build_tiny_bundle(out: Path | str, seed: int = 0) -> dict[str, Path]:
     """Build every tiny model under `out` (SD folder, motion modules v1/v2/v3, a MotionLoRA, CLIPSeg, an ID
-    embedding); the same seed always gives the same weights."""
+    embedding, the few-step modules and LoRA); the same seed always gives the same weights."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "RANDOM_WEIGHTS.txt").write_text(
@@ -125,4 +126,24 @@ def build_tiny_bundle(out: Path | str, seed: int = 0) -> dict[str, Path]:
     paths["embedding"] = out / "embeddings" / "tinyperson.pt"
     save_embedding(paths["embedding"], torch.randn(4, TEXT_WIDTH, generator=generator) * 0.02, "tinyperson",
                    class_word="man")
+    paths.update(save_fewstep_models(out, seed))
     return paths
+
+
+def save_fewstep_models(out: Path, seed: int = 0) -> dict[str, Path]:
+    """The few-step files (docs/fewstep.md) in their released formats: an AnimateDiff-Lightning-style module in its
+    diffusers layout and the same weights in its ComfyUI (original) layout, and an AnimateLCM-style module (original
+    layout, no positional tensors) with its SD1.5 UNet LoRA. Random weights, like the rest of the bundle."""
+    torch.manual_seed(seed + 2)
+    lightning = tiny_motion_adapter("v2")  # Lightning's modules have the v2 shape (mid block, 32 frames)
+    folder = out / "motion_module"
+    return {
+        "motion_lightning": save_diffusers_motion_module(
+            lightning, folder / "animatediff_lightning_tiny_diffusers.safetensors"),
+        "motion_lightning_comfyui": save_original_motion_module(
+            lightning, folder / "animatediff_lightning_tiny_comfyui.safetensors"),
+        "motion_animatelcm": save_original_motion_module(
+            tiny_motion_adapter("v2"), folder / "AnimateLCM_tiny_t2v.ckpt", positional=False),
+        "lora_animatelcm": save_kohya_unet_lora(tiny_unet(), out / "lora" / "AnimateLCM_tiny_t2v_lora.safetensors",
+                                                seed=seed),
+    }
