@@ -554,17 +554,23 @@ def _inspect_motion(report: Report, model: Mapping) -> set[str] | None:
     return weights
 
 
-def _inspect_motion_loras(report: Report, model: Mapping, motion_weights: set[str] | None) -> None:
-    """Each MotionLoRA must target only weights the motion module has (official ones need v2), strength in [0, 2]."""
-    for i, lora in enumerate(model.get("motion_loras") or []):
-        key, path = f"model.motion_loras[{i}].path", Path(str(lora.get("path")))
+def _lora_files(report: Report, model: Mapping, block: str, download: str):
+    """(key, path, strength) of each file listed in `model.<block>` that exists; a strength outside [0, 2] and a
+    missing file are reported here."""
+    for i, lora in enumerate(model.get(block) or []):
+        key, path = f"model.{block}[{i}].path", Path(str(lora.get("path")))
         strength = lora.get("strength", 1.0)
         if not isinstance(strength, (int, float)) or not 0.0 <= strength <= 2.0:
-            report.add(f"model.motion_loras[{i}].strength", path, FAIL, f"{strength} not in [0, 2]")
+            report.add(f"model.{block}[{i}].strength", path, FAIL, f"{strength} not in [0, 2]")
         if not path.is_file():
-            report.add(key, path, FAIL, "not found; check the path (bash download_checkpoint.sh --only lora for "
-                                        "the ZoomIn MotionLoRA)")
+            report.add(key, path, FAIL, f"not found; check the path (bash download_checkpoint.sh {download})")
             continue
+        yield key, path, strength
+
+
+def _inspect_motion_loras(report: Report, model: Mapping, motion_weights: set[str] | None) -> None:
+    """Each MotionLoRA must target only weights the motion module has (official ones need v2), strength in [0, 2]."""
+    for key, path, strength in _lora_files(report, model, "motion_loras", "--only lora for the ZoomIn MotionLoRA"):
         try:
             targets = lora_target_weights(tensor_shapes(path))
         except ConfigError as err:
@@ -597,15 +603,7 @@ def image_lora_problem(shapes: Mapping[str, Any]) -> str | None:
 
 def _inspect_loras(report: Report, model: Mapping) -> None:
     """Each SD1.5 image LoRA (`model.loras`) must be a readable LoRA file, strength in [0, 2]."""
-    for i, lora in enumerate(model.get("loras") or []):
-        key, path = f"model.loras[{i}].path", Path(str(lora.get("path")))
-        strength = lora.get("strength", 1.0)
-        if not isinstance(strength, (int, float)) or not 0.0 <= strength <= 2.0:
-            report.add(f"model.loras[{i}].strength", path, FAIL, f"{strength} not in [0, 2]")
-        if not path.is_file():
-            report.add(key, path, FAIL, "not found; check the path (bash download_checkpoint.sh --only lcm for "
-                                        "AnimateLCM's LoRA)")
-            continue
+    for key, path, strength in _lora_files(report, model, "loras", "--only lcm for AnimateLCM's LoRA"):
         try:
             shapes = tensor_shapes(path)
         except ConfigError as err:
