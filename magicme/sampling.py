@@ -30,7 +30,7 @@ from magicme.resume import RunFolder
 from magicme.schema import check_sample_config, load_sample_config, prompt_tokens, resolved_config
 from magicme.sharding import Launch, assign, sample_cost
 from magicme.speed import (
-    attention_kernel, attention_shape, compile_unet, fastest_sdpa, models_folder, use_compile_cache,
+    attention_kernel, attention_shape, compile_unet, fastest_sdpa, models_folder, quantize_fp8, use_compile_cache,
 )
 from magicme.stages import STAGES, Sample, Stage
 from magicme.video_io import atomic_path, read_video, to_uint8, write_frames, write_video
@@ -96,12 +96,14 @@ def count_tokens(pipe, samples: list[Sample]) -> dict[str, int]:
 
 def load_pipeline(cfg: DictConfig, embeddings: dict[str, Path], device):
     """The run's pipeline: the model family's loader with the run's identities, precision, attention and memory
-    options, FreeU installed, the UNet's blocks compiled (`compile`)."""
+    options, FreeU installed, the UNet's linear layers in float8 (`fp8`) and its blocks compiled (`compile`)."""
     pipe = get_family(cfg.model.family).load(cfg.model, embeddings, device=device, precision=cfg.precision,
                                              attention=cfg.attention, vae_slicing=cfg.vae_slicing,
                                              cpu_offload=cfg.cpu_offload)
     if cfg.freeu is not None:
         install_freeu(pipe.t2v.unet, **cfg.freeu)
+    if cfg.fp8:
+        quantize_fp8(pipe.t2v.unet)  # before compiling: the compiled code then holds the float8 matmuls
     if cfg.compile:
         cache = use_compile_cache(models_folder(str(cfg.model.base)))
         blocks = compile_unet(pipe.t2v.unet, cfg.compile_backend)

@@ -112,6 +112,7 @@ class SampleConfig(VideoSettings):
     sdpa_backend: str = "auto"  # auto = the fastest measured on this device; flash, efficient, cudnn or math
     compile: bool = False  # regional torch.compile of the UNet (magicme/speed.py): minutes once, then cached
     compile_backend: str = "inductor"  # torch.compile backend; eager / aot_eager trace only (graph-break checks)
+    fp8: bool = False  # the UNet's linear layers as float8 matmuls (torchao; CUDA 8.9+, precision bf16)
     vae_slicing: bool = False
     cpu_offload: bool = False
     formats: list[str] = field(default_factory=lambda: list(FORMATS))
@@ -399,11 +400,13 @@ def check_sample_config(cfg: DictConfig) -> tuple[list[Sample], dict[str, Path]]
     if cfg.attention == "xformers" and not installed("xformers"):
         raise ConfigError("attention: xformers is not installed; pip install xformers or use sdpa")
     from magicme.devices import resolve_dtype
-    from magicme.speed import compile_backend_problem, sdpa_problem
+    from magicme.speed import compile_backend_problem, fp8_problem, sdpa_problem
 
     device = resolve_device(cfg.device)
-    _first([p for p in [sdpa_problem(cfg.sdpa_backend, device, resolve_dtype(cfg.precision, device)),
-                        cfg.compile and compile_backend_problem(cfg.compile_backend)] if p])
+    dtype = resolve_dtype(cfg.precision, device)
+    _first([p for p in [sdpa_problem(cfg.sdpa_backend, device, dtype),
+                        cfg.compile and compile_backend_problem(cfg.compile_backend),
+                        cfg.fp8 and fp8_problem(device, dtype)] if p])
     prompts = [text for s in samples for p in (s.prompt, s.negative_prompt) for text in keyframes(p).values()]
     frames_at_once = cfg.frames if cfg.context is None else min(cfg.frames, cfg.context.length)
     _, embeddings = check_model(cfg.model, frames_at_once, prompts, context=cfg.context is not None)

@@ -11,8 +11,13 @@ shapes compiles from cache. Figures: docs/speed.md.
 **Attention kernel** (`sdpa_backend`). PyTorch's scaled-dot-product attention picks a kernel by rules, not by
 speed; `auto` times each kernel this device has on the run's largest attention shape (a few calls, well under a
 second) and keeps the fastest for the run. A named kernel is checked to exist on the device before any model loads.
+
+**fp8** (`fp8: true`). The UNet's linear layers run as float8 matmuls (torchao's dynamic activation + weight
+quantization) on cards with fp8 tensor cores; convolutions and everything else stay bf16. Not yet measured: the GPU
+script reports its speed and the relative error of the noise prediction against bf16 (docs/speed.md).
 """
 
+import importlib.util
 import os
 import statistics
 import time
@@ -56,6 +61,28 @@ def compile_backend_problem(backend: str, key: str = "compile_backend") -> str |
         return None
     return (f"{key}: {backend!r} is not a torch.compile backend here; use inductor (the default), cudagraphs, or "
             "eager / aot_eager to check tracing without code generation")
+
+
+def fp8_problem(device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why `fp8: true` cannot run here (None when it can): checked before any model loads."""
+    if device.type != "cuda":
+        return "fp8: needs a CUDA GPU with fp8 tensor cores (compute capability 8.9+: Ada, Hopper); set fp8=false"
+    capability = torch.cuda.get_device_capability(device)
+    if capability < (8, 9):
+        return (f"fp8: {torch.cuda.get_device_name(device)} (compute capability {capability[0]}.{capability[1]}) has "
+                "no fp8 tensor cores; set fp8=false")
+    if dtype != torch.bfloat16:
+        return "fp8: torchao's float8 matmuls take bf16 activations; set precision=bf16"
+    if importlib.util.find_spec("torchao") is None:
+        return "fp8: needs torchao; pip install torchao (a release matching your torch)"
+    return None
+
+
+def quantize_fp8(unet: nn.Module) -> None:
+    """Every linear layer of `unet` to dynamic float8 (activations and weights, per-tensor scales), in place."""
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, quantize_
+
+    quantize_(unet, Float8DynamicActivationFloat8WeightConfig())
 
 
 def use_compile_cache(models_dir: Path) -> Path:

@@ -43,7 +43,9 @@ from magicme.parity import apply_animatediff_numerics  # noqa: E402
 from magicme.pipeline import MagicPipeline  # noqa: E402
 from magicme.tiny.sd import save_tiny_tokenizer  # noqa: E402
 from magicme.schema import load_sample_config  # noqa: E402
-from magicme.speed import SDPA_BACKENDS, attention_kernel, attention_shape, compile_unet, fastest_sdpa  # noqa: E402
+from magicme.speed import (  # noqa: E402
+    SDPA_BACKENDS, attention_kernel, attention_shape, compile_unet, fastest_sdpa, fp8_problem, quantize_fp8,
+)
 from magicme.stages import STAGES, Sample  # noqa: E402
 from magicme.vcd.resize import resize_video  # noqa: E402
 from skimage import data as skdata  # noqa: E402
@@ -97,6 +99,19 @@ def peak_tflops(name: str, override: float | None) -> float | None:
     return next((peak for key, peak in PEAK_TFLOPS if key in name), None)
 
 
+@torch.no_grad()
+def fp8_error(unet, frames: int, dtype: torch.dtype) -> float:
+    """Quantize `unet` to float8 in place; returns ‖ε_fp8 − ε‖ / ‖ε‖ on fixed random inputs (one CFG-sized batch at
+    a mid-schedule timestep)."""
+    generator = torch.Generator("cuda").manual_seed(0)
+    sample = torch.randn(2, 4, frames, 64, 64, device="cuda", dtype=dtype, generator=generator)
+    text = torch.randn(2 * frames, 77, 768, device="cuda", dtype=dtype, generator=generator)
+    reference = unet(sample, 500, text).sample.float()
+    quantize_fp8(unet)
+    quantized = unet(sample, 500, text).sample.float()
+    return float((quantized - reference).norm() / reference.norm())
+
+
 def paper_stages(magic: MagicPipeline, frames: int, face_video: np.ndarray, sample_prompt: str) -> dict:
     """T2V, Face and Tiled VCD at paper.yaml's settings (FreeU_V2 installed by the caller), as timed calls."""
     cfg = load_sample_config(PAPER, [f"frames={frames}", "face.detector=dlib", "stages=[t2v,face,tiled]"])
@@ -124,6 +139,8 @@ def main() -> None:
     parser.add_argument("--sdpa-backend", default="auto", choices=["auto", *SDPA_BACKENDS])
     parser.add_argument("--peak-tflops", type=float, default=None, help="the card's dense fp16/bf16 peak, for MFU")
     parser.add_argument("--no-paper", action="store_true", help="skip the paper.yaml stages and vcd_over_floor")
+    parser.add_argument("--fp8", action="store_true", help="the UNet's linear layers in float8 (needs --precision "
+                        "bf16); prints the relative error of ε against bf16 on fixed inputs")
     parser.add_argument("--numerics", default="original", choices=["original", "diffusers"])
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -134,6 +151,11 @@ def main() -> None:
     unet = magic.t2v.unet
     if args.channels_last:
         unet.to(memory_format=torch.channels_last)
+    if args.fp8:
+        problem = fp8_problem(torch.device("cuda"), dtype)
+        if problem:
+            sys.exit(f"error: {problem}")
+        print(f"fp8_eps_rel_error={fp8_error(unet, args.frames, dtype):.4f}")
     if args.compile:
         compile_unet(unet)
     kernel = args.sdpa_backend
@@ -202,7 +224,8 @@ def measure(args: argparse.Namespace, magic: MagicPipeline, kernel: str) -> None
     print(f"device={torch.cuda.get_device_name()}")
     print(f"setup=frames{args.frames}_512px_{args.steps}steps_cfg{args.guidance_scale:g}_{args.scheduler}_"
           f"{args.precision}_numerics-{args.numerics}_sdpa-{kernel}"
-          f"{'_channels-last' if args.channels_last else ''}{'_compile' if args.compile else ''}")
+          f"{'_channels-last' if args.channels_last else ''}{'_compile' if args.compile else ''}"
+          f"{'_fp8' if args.fp8 else ''}")
     print(f"peak_tflops={peak_flops}")
     print(f"first_t2v_seconds={compile_seconds:.1f}")  # with --compile: compilation included
     print(f"t2v_seconds={t2v_s:.2f}")

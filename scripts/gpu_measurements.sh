@@ -32,6 +32,7 @@ for kernel in flash efficient cudnn math; do
 done
 run t2v_bf16      $PY scripts/benchmark_gpu.py --repeats 3 --no-paper --precision bf16
 run t2v_channels_last $PY scripts/benchmark_gpu.py --repeats 3 --no-paper --channels-last
+run t2v_fp8       $PY scripts/benchmark_gpu.py --repeats 3 --no-paper --precision bf16 --fp8   # needs torchao
 # regional compile: a cold cache (compile time), then the same shapes from the cache
 run t2v_compile_cold $PY scripts/benchmark_gpu.py --repeats 3 --compile
 run t2v_compile_warm $PY scripts/benchmark_gpu.py --repeats 3 --compile --no-paper

@@ -75,6 +75,7 @@ def test_compile_and_kernel_through_run_sampling(tmp_path, tiny_bundle):
     ({"sdpa_backend": "efficient"}, "sdpa_backend: efficient has no kernel for float32 on cpu"),
     ({"sdpa_backend": "fast"}, "sdpa_backend: 'fast' is not one of auto, flash"),
     ({"compile": True, "compile_backend": "turbo"}, "compile_backend: 'turbo' is not a torch.compile backend"),
+    ({"fp8": True}, "fp8: needs a CUDA GPU with fp8 tensor cores"),
 ])
 def test_bad_speed_settings_fail_before_loading(tmp_path, tiny_bundle, changes, message):
     with pytest.raises(ConfigError, match=message):

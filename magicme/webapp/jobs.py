@@ -38,7 +38,7 @@ class PipelineCache:
     def key_of(cfg: DictConfig, embeddings: dict[str, Path], device) -> str:
         decided = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
                    for k in ("model", "freeu", "precision", "attention", "vae_slicing", "cpu_offload", "compile",
-                             "compile_backend")}
+                             "compile_backend", "fp8")}
         files = sorted((name, str(path), path.stat().st_mtime_ns) for name, path in embeddings.items())
         return OmegaConf.to_yaml({"settings": decided, "device": str(device), "embeddings": [list(f) for f in files]})
 
