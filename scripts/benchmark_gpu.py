@@ -134,6 +134,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per side; medians are reported")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true", help="magicme's regional compile of the UNet")
+    parser.add_argument("--compile-mode", default=None, choices=["max-autotune", "max-autotune-no-cudagraphs",
+                        "reduce-overhead"], help="torch.compile mode of --compile (default: inductor's default)")
     parser.add_argument("--guidance-scale", type=float, default=7.5, help="T2V CFG (1 = one UNet batch per step)")
     parser.add_argument("--scheduler", default="ddim", choices=list(SCHEDULERS))
     parser.add_argument("--sdpa-backend", default="auto", choices=["auto", *SDPA_BACKENDS])
@@ -157,7 +159,7 @@ def main() -> None:
             sys.exit(f"error: {problem}")
         print(f"fp8_eps_rel_error={fp8_error(unet, args.frames, dtype):.4f}")
     if args.compile:
-        compile_unet(unet)
+        compile_unet(unet, mode=args.compile_mode)
     kernel = args.sdpa_backend
     if kernel == "auto":
         kernel = fastest_sdpa(attention_shape(512, 512, args.frames, args.guidance_scale > 1), torch.device("cuda"),
@@ -225,7 +227,7 @@ def measure(args: argparse.Namespace, magic: MagicPipeline, kernel: str) -> None
     print(f"setup=frames{args.frames}_512px_{args.steps}steps_cfg{args.guidance_scale:g}_{args.scheduler}_"
           f"{args.precision}_numerics-{args.numerics}_sdpa-{kernel}"
           f"{'_channels-last' if args.channels_last else ''}{'_compile' if args.compile else ''}"
-          f"{'_fp8' if args.fp8 else ''}")
+          f"{'-' + args.compile_mode if args.compile and args.compile_mode else ''}{'_fp8' if args.fp8 else ''}")
     print(f"peak_tflops={peak_flops}")
     print(f"first_t2v_seconds={compile_seconds:.1f}")  # with --compile: compilation included
     print(f"t2v_seconds={t2v_s:.2f}")

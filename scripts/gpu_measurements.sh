@@ -36,6 +36,7 @@ run t2v_fp8       $PY scripts/benchmark_gpu.py --repeats 3 --no-paper --precisio
 # regional compile: a cold cache (compile time), then the same shapes from the cache
 run t2v_compile_cold $PY scripts/benchmark_gpu.py --repeats 3 --compile
 run t2v_compile_warm $PY scripts/benchmark_gpu.py --repeats 3 --compile --no-paper
+run t2v_compile_max_autotune $PY scripts/benchmark_gpu.py --repeats 3 --compile --compile-mode max-autotune --no-paper
 # the few-step path: 4 steps, CFG 1, Euler trailing (AnimateDiff-Lightning's settings), eager and compiled
 run fewstep       $PY scripts/benchmark_gpu.py --repeats 5 --no-paper --steps 4 --guidance-scale 1 --scheduler euler-trailing
 run fewstep_compile $PY scripts/benchmark_gpu.py --repeats 5 --no-paper --steps 4 --guidance-scale 1 --scheduler euler-trailing --compile
