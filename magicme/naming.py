@@ -36,8 +36,9 @@ SAMPLE_KEYS = ("prompts", "seeds", "negative_prompt", "gamma", "identities", "cl
 # How the files are written, not what they show: not hashed, but fixed for a run folder (a finished sample's files
 # would otherwise differ from a resumed one's).
 FILE_KEYS = ("fps", "formats", "save_frames")
-# Where the run goes and how memory is managed: neither hashed nor fixed.
-FREE_KEYS = ("output_dir", "cpu_offload")
+# Where the run goes, how memory is managed and which attention kernel computes (`auto` measures, so two runs of one
+# config may pick different kernels; the one used is recorded per video): neither hashed nor fixed.
+FREE_KEYS = ("output_dir", "cpu_offload", "sdpa_backend")
 NOT_SETTINGS = SAMPLE_KEYS + FILE_KEYS + FREE_KEYS + ("stages",)
 UNHASHED_FILES = ("model.embeddings_dir",)  # fingerprinted per identity used instead
 

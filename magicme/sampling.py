@@ -30,7 +30,7 @@ from magicme.resume import RunFolder
 from magicme.schema import check_sample_config, load_sample_config, prompt_tokens, resolved_config
 from magicme.sharding import Launch, assign, sample_cost
 from magicme.speed import (
-    attention_kernel, attention_shape, compile_unet, fastest_sdpa, models_folder, quantize_fp8, use_compile_cache,
+    attention_kernel, attention_shape, compile_unet, models_folder, quantize_fp8, remembered_sdpa, use_compile_cache,
 )
 from magicme.stages import STAGES, Sample, Stage
 from magicme.video_io import atomic_path, read_video, to_uint8, write_frames, write_video
@@ -139,7 +139,7 @@ def run_sampling(config_path: Path | str | None, overrides: list[str] | None = N
         for stage in stages:
             stage.setup(pipe)
         stem = Path(config_path).stem if config_path else "sample"
-        out, todo = launch.on_main(lambda: start_run(folder, cfg, samples, tokens, stem))
+        out, todo = launch.on_main(lambda: start_run(folder, cfg, samples, tokens, stem, kernel))
         share = assign([sample_cost(cfg, samples[i]) for i in todo], launch.world)[launch.rank]
         with attention_kernel(kernel) if kernel else contextlib.nullcontext():
             render(pipe, cfg, stages, [samples[todo[i]] for i in share], tokens, out, launch.rank, progress,
@@ -160,16 +160,20 @@ def attention_choice(pipe, cfg: DictConfig, device) -> str | None:
         return cfg.sdpa_backend
     frames = cfg.frames if cfg.context is None else min(cfg.frames, cfg.context.length)
     shape = attention_shape(cfg.width, cfg.height, frames, cfg.guidance_scale > 1)
-    kernel = fastest_sdpa(shape, resolve_device(device), pipe.t2v.unet.dtype)
-    log.info("sdpa_backend: auto chose %s (fastest measured on attention of shape %s)", kernel, shape)
+    kernel = remembered_sdpa(shape, resolve_device(device), pipe.t2v.unet.dtype, models_folder(str(cfg.model.base)))
+    log.info("sdpa_backend: auto uses %s (the fastest measured on attention of shape %s)", kernel, shape)
     return kernel
 
 
 def start_run(folder: RunFolder, cfg: DictConfig, samples: list[Sample], tokens: dict[str, int],
-              stem: str) -> tuple[Path, list[int]]:
+              stem: str, kernel: str | None) -> tuple[Path, list[int]]:
     """The main process opens the folder and merges what earlier runs finished; the run folder and the positions
-    of the samples still to render."""
-    out = folder.open(cfg, resolved_config(cfg, samples, tokens), stem)
+    of the samples still to render. config.yaml names the attention kernel `auto` chose: re-running it then
+    computes with the same kernel, bit for bit."""
+    resolved = resolved_config(cfg, samples, tokens)
+    if kernel is not None:
+        resolved.sdpa_backend = kernel
+    out = folder.open(cfg, resolved, stem)
     manifest.merge(out, samples)
     done = manifest.finished_videos(out, manifest.read_records(out))
     todo = [i for i, sample in enumerate(samples) if not manifest.finished(sample, done)]

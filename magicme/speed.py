@@ -10,7 +10,10 @@ shapes compiles from cache. Figures: docs/speed.md.
 
 **Attention kernel** (`sdpa_backend`). PyTorch's scaled-dot-product attention picks a kernel by rules, not by
 speed; `auto` times each kernel this device has on the run's largest attention shape (a few calls, well under a
-second) and keeps the fastest for the run. A named kernel is checked to exist on the device before any model loads.
+second) and keeps the fastest. The choice is remembered next to the models (`<models folder>/.sdpa-kernels.json`,
+per device, dtype and shape), so every later run on the machine computes with the same kernel: a timing taken
+while other work shares the device cannot change a config's pixels from one run to the next. A named kernel is
+checked to exist on the device before any model loads.
 
 **fp8** (`fp8: true`). The UNet's linear layers run as float8 matmuls (torchao's dynamic activation + weight
 quantization) on cards with fp8 tensor cores; convolutions and everything else stay bf16. Not yet measured: the GPU
@@ -18,8 +21,9 @@ script reports its speed and the relative error of the noise prediction against 
 """
 
 import importlib.util
+import json
 import os
-import statistics
+import platform
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +34,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from magicme.errors import ConfigError
+from magicme.video_io import atomic_path
 
 SDPA_BACKENDS = {
     "flash": SDPBackend.FLASH_ATTENTION,
@@ -38,6 +43,7 @@ SDPA_BACKENDS = {
     "math": SDPBackend.MATH,
 }
 CACHE_FOLDER = ".inductor-cache"
+KERNEL_CHOICES = ".sdpa-kernels.json"
 
 
 def unet_regions(unet: nn.Module) -> list[nn.Module]:
@@ -132,8 +138,9 @@ def attention_shape(width: int, height: int, frames: int, guidance: bool, heads:
 
 
 def time_sdpa(backend: str, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype,
-              repeats: int = 3) -> float:
-    """Median seconds of one attention call of `shape` with `backend` (after a warm-up call)."""
+              repeats: int = 5) -> float:
+    """Seconds of one attention call of `shape` with `backend`: the fastest of `repeats` after a warm-up call (the
+    minimum, as other work on the device only ever adds time)."""
     q = torch.randn(shape, device=device, dtype=dtype, generator=torch.Generator(device).manual_seed(0))
     seconds = []
     with sdpa_kernel([SDPA_BACKENDS[backend]]):
@@ -145,7 +152,7 @@ def time_sdpa(backend: str, shape: tuple[int, ...], device: torch.device, dtype:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds[1:])
+    return min(seconds[1:])
 
 
 def fastest_sdpa(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> str:
@@ -154,6 +161,28 @@ def fastest_sdpa(shape: tuple[int, ...], device: torch.device, dtype: torch.dtyp
     if not here:
         raise ConfigError(f"sdpa_backend: no attention kernel runs for {dtype} on {device}; use precision=fp32")
     return min(here, key=lambda name: time_sdpa(name, shape, device, dtype))
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"{device.type}:{platform.machine()}"
+
+
+def remembered_sdpa(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype, models_dir: Path) -> str:
+    """`auto`'s kernel for this device, dtype and shape: read from `<models_dir>/.sdpa-kernels.json`, or measured
+    (`fastest_sdpa`) and written there."""
+    path = Path(models_dir) / KERNEL_CHOICES
+    key = f"{device_name(device)} | {str(dtype).removeprefix('torch.')} | {'x'.join(map(str, shape))}"
+    try:
+        known = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        known = {}  # unreadable: measured again and rewritten
+    if known.get(key) in SDPA_BACKENDS and sdpa_runs(known[key], device, dtype):
+        return known[key]
+    known[key] = fastest_sdpa(shape, device, dtype)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(known, indent=1, sort_keys=True))
+    return known[key]
 
 
 @contextmanager

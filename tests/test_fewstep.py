@@ -20,6 +20,7 @@ from magicme.inspector import inspect_model, motion_layout, tensor_shapes
 from magicme.motion_module import load_motion_adapter, read_state_dict
 from magicme.noise_prior import sample_noise_prior
 from magicme.schema import check_sample_config, load_sample_config, model_config
+from magicme.speed import attention_kernel
 from magicme.tiny.sd import tiny_motion_adapter
 
 REPO = Path(__file__).resolve().parents[1]
@@ -239,8 +240,10 @@ def test_tiny_fewstep_configs_render_with_one_unet_batch_per_step(in_repo_layout
     prior = sample_noise_prior((1, 4, 8, 8, 8), 0.1, torch.Generator().manual_seed(42))
     expected = scheduler.scale_model_input(prior * scheduler.init_noise_sigma, scheduler.timesteps[0])
     assert torch.allclose(calls[0]["sample"], expected, atol=1e-5)
-    # the conditioning is the ID prompt's (its <tinyperson> tokens), one row per frame
-    positive, negative = pipe.prompts.encode_pair(PROMPT, "")
+    # the conditioning is the ID prompt's (its <tinyperson> tokens), one row per frame, encoded (as in the run) with
+    # the attention kernel the run used
+    with attention_kernel(record["attention_kernel"]):
+        positive, negative = pipe.prompts.encode_pair(PROMPT, "")
     assert torch.equal(calls[0]["text"], positive.repeat_interleave(8, dim=0))
     assert not torch.allclose(positive, pipe.prompts.encode_pair(PROMPT.replace("embedding:tinyperson ", ""), "")[0])
 

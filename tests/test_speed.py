@@ -14,7 +14,7 @@ from PIL import Image
 from magicme.errors import ConfigError
 from magicme.sampling import run_sampling
 from magicme.schema import SDPA_BACKEND_NAMES
-from magicme.speed import SDPA_BACKENDS, attention_shape, fastest_sdpa, sdpa_runs
+from magicme.speed import KERNEL_CHOICES, SDPA_BACKENDS, attention_shape, fastest_sdpa, remembered_sdpa, sdpa_runs
 
 RUN = {"prompts": ["a photo of <tinyperson> man"], "seeds": [3], "steps": 2, "guidance_scale": 7.5, "frames": 4,
        "width": 32, "height": 32, "fps": 4, "formats": ["gif"], "save_frames": True, "device": "cpu",
@@ -50,6 +50,19 @@ def test_auto_picks_a_kernel_this_device_runs():
     assert sdpa_runs(choice, torch.device("cpu"), torch.float32)
 
 
+def test_auto_choice_is_remembered_next_to_the_models(tmp_path):
+    """Measured once, then read back: a later run computes with the same kernel whatever its own timing says."""
+    shape, cpu, file = (2, 8, 64, 40), torch.device("cpu"), tmp_path / KERNEL_CHOICES
+    first = remembered_sdpa(shape, cpu, torch.float32, tmp_path)
+    saved = json.loads(file.read_text())
+    assert list(saved.values()) == [first]
+    file.write_text(json.dumps({key: "math" for key in saved}))
+    assert remembered_sdpa(shape, cpu, torch.float32, tmp_path) == "math"
+    file.write_text("{not json")
+    assert remembered_sdpa(shape, cpu, torch.float32, tmp_path) in SDPA_BACKENDS
+    assert len(json.loads(file.read_text())) == 1
+
+
 def test_compile_and_kernel_through_run_sampling(tmp_path, tiny_bundle):
     """`compile: true` reaches the UNet: dynamo captures one whole graph per block (fullgraph=True makes a graph
     break an error: v1's frame-pooled GroupNorms, which read the frame count, and FreeU's pre-hooks must trace),
@@ -67,8 +80,11 @@ def test_compile_and_kernel_through_run_sampling(tmp_path, tiny_bundle):
     flash, record = frames_and_record(render(tmp_path, tiny_bundle, "flash", sdpa_backend="flash"))
     assert record["attention_kernel"] == "flash"
     assert not np.array_equal(flash, plain)
-    _, record = frames_and_record(render(tmp_path, tiny_bundle, "auto"))
+    auto = render(tmp_path, tiny_bundle, "auto")
+    _, record = frames_and_record(auto)
     assert sdpa_runs(record["attention_kernel"], torch.device("cpu"), torch.float32)
+    # config.yaml names the kernel auto chose, so re-running it computes with the same one
+    assert yaml.safe_load((auto / "config.yaml").read_text())["sdpa_backend"] == record["attention_kernel"]
 
 
 @pytest.mark.parametrize("changes, message", [
