@@ -215,7 +215,7 @@ def test_late_control_changes_less_than_full_control(tiny_pipeline, tiny_bundle)
 
 def test_control_frame_k_reaches_frame_k_through_context_windows(tiny_pipeline, tiny_bundle, clips):
     """Windows of 4 frames without overlap never mix: a control clip differing only in frame 3 changes frames 0-3
-    (frame 3's window) and leaves frames 4-7 bit-identical; both ControlNets of a pair act."""
+    (frame 3's window) and leaves frames 4-7 bit-identical; both ControlNets of a pair act, each at its scale."""
     net = tiny_bundle["controlnet"]
     square, changed = read_video(clips["square"]), read_video(clips["changed"])
     tiny_pipeline.context = ContextSettings(length=4, overlap=0)
@@ -223,11 +223,13 @@ def test_control_frame_k_reaches_frame_k_through_context_windows(tiny_pipeline, 
         one = render(tiny_pipeline, make_control(tiny_pipeline, [net], [square]))
         other = render(tiny_pipeline, make_control(tiny_pipeline, [net], [changed]))
         pair = render(tiny_pipeline, make_control(tiny_pipeline, [net, net], [square, changed], [1.0, 0.5]))
+        second_off = render(tiny_pipeline, make_control(tiny_pipeline, [net, net], [square, changed], [1.0, 0.0]))
     finally:
         tiny_pipeline.context = None
     differs = [not np.array_equal(one[f], other[f]) for f in range(8)]
     assert differs == [True] * 4 + [False] * 4
     assert not np.array_equal(pair[:4], one[:4]) and not np.array_equal(pair[4:], one[4:])
+    assert np.array_equal(second_off, one)  # each net gets its own scale
 
 
 # ------------------------------------------------------------------------------------------------ runs
