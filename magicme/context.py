@@ -32,6 +32,9 @@ import torch
 from diffusers.models.unets.unet_motion_model import UNetMotionOutput
 
 
+PER_FRAME_KWARGS = ("down_block_additional_residuals", "mid_block_additional_residual")  # ControlNet residuals
+
+
 @dataclass(frozen=True)
 class ContextSettings:
     """`context: {length, overlap, closed_loop}` of a run: window length in frames (the motion module's training
@@ -106,8 +109,8 @@ def fuse_windows(forward: Callable[..., torch.Tensor], sample: torch.Tensor, enc
     returns its result as is (bit-identical to no windowing).
 
     `kwargs` pass through unchanged to every window's forward: per-batch conditioning (timestep, added_cond_kwargs'
-    image embeddings, cross_attention_kwargs) is right for every window; per-frame tensors in kwargs (ControlNet
-    residuals) are not sliced and are out of scope.
+    image embeddings, cross_attention_kwargs) is right for every window; the per-frame ControlNet residuals
+    (PER_FRAME_KWARGS, rows (B·F, …) batch-major like encoder_hidden_states) give each window its frames' rows.
     """
     if sample.ndim != 5:
         raise ValueError(f"expected latents (batch, channels, frames, h, w), got shape {tuple(sample.shape)}")
@@ -124,7 +127,9 @@ def fuse_windows(forward: Callable[..., torch.Tensor], sample: torch.Tensor, enc
     fused = None
     for window in windows:
         index = torch.tensor(window, device=sample.device)
-        pred = forward(sample=sample[:, :, index], encoder_hidden_states=rows[:, index].flatten(0, 1), **kwargs)
+        own = {k: frame_rows(v, batch, frames, index) for k, v in kwargs.items() if k in PER_FRAME_KWARGS}
+        pred = forward(sample=sample[:, :, index], encoder_hidden_states=rows[:, index].flatten(0, 1),
+                       **{**kwargs, **own})
         if fused is None:
             out_dtype = pred.dtype
             fused = pred.new_zeros((*pred.shape[:2], frames, *pred.shape[3:]),
@@ -135,6 +140,15 @@ def fuse_windows(forward: Callable[..., torch.Tensor], sample: torch.Tensor, enc
         fused[:, :, index] += pred.to(fused.dtype) * frame_weights  # indices within a window are distinct
     fused /= weight_sum.to(fused.device, fused.dtype).view(1, 1, -1, 1, 1)
     return fused.to(out_dtype)
+
+
+def frame_rows(value, batch: int, frames: int, index: torch.Tensor):
+    """The rows of the frames `index` of a (B·F, …) batch-major tensor, or of each tensor of a tuple; None stays."""
+    if value is None:
+        return None
+    if isinstance(value, (tuple, list)):
+        return type(value)(frame_rows(v, batch, frames, index) for v in value)
+    return value.unflatten(0, (batch, frames))[:, index].flatten(0, 1)
 
 
 def frame_weight_sums(frames: int, windows: list[list[int]], weights: torch.Tensor) -> torch.Tensor:

@@ -139,7 +139,7 @@ def run_sampling(config_path: Path | str | None, overrides: list[str] | None = N
         for stage in stages:
             stage.setup(pipe)
         stem = Path(config_path).stem if config_path else "sample"
-        out, todo = launch.on_main(lambda: start_run(folder, cfg, samples, tokens, stem, kernel))
+        out, todo = launch.on_main(lambda: start_run(folder, cfg, samples, tokens, stem, stages, kernel))
         share = assign([sample_cost(cfg, samples[i]) for i in todo], launch.world)[launch.rank]
         with attention_kernel(kernel) if kernel else contextlib.nullcontext():
             render(pipe, cfg, stages, [samples[todo[i]] for i in share], tokens, out, launch.rank, progress,
@@ -166,14 +166,16 @@ def attention_choice(pipe, cfg: DictConfig, device) -> str | None:
 
 
 def start_run(folder: RunFolder, cfg: DictConfig, samples: list[Sample], tokens: dict[str, int],
-              stem: str, kernel: str | None) -> tuple[Path, list[int]]:
-    """The main process opens the folder and merges what earlier runs finished; the run folder and the positions
-    of the samples still to render. config.yaml names the attention kernel `auto` chose: re-running it then
-    computes with the same kernel, bit for bit."""
+              stem: str, stages: list[Stage], kernel: str | None) -> tuple[Path, list[int]]:
+    """The main process opens the folder, saves what the stages derived from their inputs and merges what earlier
+    runs finished; the run folder and the positions of the samples still to render. config.yaml names the
+    attention kernel `auto` chose: re-running it then computes with the same kernel, bit for bit."""
     resolved = resolved_config(cfg, samples, tokens)
     if kernel is not None:
         resolved.sdpa_backend = kernel
     out = folder.open(cfg, resolved, stem)
+    for stage in stages:
+        stage.save_inputs(out)
     manifest.merge(out, samples)
     done = manifest.finished_videos(out, manifest.read_records(out))
     todo = [i for i, sample in enumerate(samples) if not manifest.finished(sample, done)]

@@ -19,6 +19,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from magicme.configfile import load_structured
+from magicme.control.settings import control_problems
 from magicme.errors import ConfigError
 from magicme.grid import fill_prompt, placeholder_problem, resolve_identities
 from magicme.prompt_weights import WEIGHTINGS, weighting_problems
@@ -104,6 +105,8 @@ class SampleConfig(VideoSettings):
     stages: list[str] = field(default_factory=lambda: ["t2v"])  # a first stage (t2v/edit), then refinements
     input_video: Optional[str] = None  # re-render this video (MP4/GIF/frame folder): the edit stage replaces t2v
     input_strength: float = 0.6  # how much of the input video is re-noised and denoised with the ID prompt
+    # ControlNets guiding the first stage: [{model, video | type + from, scale, start, end}] (magicme/control/)
+    control: list[Any] = field(default_factory=list)
     context: Optional[ContextConfig] = None  # null = the whole video at once (frames ≤ the motion module's length)
     freeu: Optional[FreeUConfig] = None  # null = off; {} = the graph's FreeU_V2 (b1 1.1, b2 1.2, s1 0.9, s2 0.4)
     precision: str = "auto"  # auto = fp16 on GPU, fp32 on CPU
@@ -362,7 +365,7 @@ def check_model(model: DictConfig, frames: int | None, prompts: list[str], prefi
 
 def check_settings(cfg: DictConfig) -> list[Sample]:
     """The checks that need no file header and no heavy library (a fraction of a second); returns the samples."""
-    _first(video_problems(cfg) + stage_problems(cfg) + run_problems(cfg))
+    _first(video_problems(cfg) + stage_problems(cfg) + run_problems(cfg) + control_problems(cfg))
     check_output_dir(cfg.output_dir)
     return expand_samples(cfg)
 

@@ -49,6 +49,12 @@ def test_shipped_sampling_configs_pass_every_check(path, tiny_bundle, tmp_path):
         f"model.loras=[{{path: {tiny_bundle['lora_animatelcm']}, strength: 0.8}}]",
         f"model.embeddings_dir={tmp_path / 'emb'}", f"face.clipseg_model={tiny_bundle['clipseg']}",
         f"output_dir={tmp_path / 'out'}"])
+    if cfg.input_video is not None:
+        cfg.input_video = str(tiny_bundle["input_clip"])
+    for entry in cfg.control:  # configs/tiny/sample_control*.yaml: the bundle's ControlNet and clip
+        entry.model = str(tiny_bundle["controlnet"])
+        if "video" in entry:
+            entry.video = str(tiny_bundle["control_clip"])
     (tmp_path / "emb").mkdir()
     texts = [text for s in expand_samples(cfg) for text in keyframes(s.prompt).values()]
     for name in {n for text in texts for n in referenced_names(text)}:  # the tiny identity under each name used

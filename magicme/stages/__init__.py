@@ -12,6 +12,7 @@ What a stage declares:
 - `check(cfg)`: the problems of its settings, run before any model loads (files exist, ranges, installed extras);
 - `prepare()`: read its inputs once per run, before any model loads (a bad input video fails fast);
 - `setup(pipe)`: load its helper models once per run, after the pipeline (a detector, an upscaler);
+- `save_inputs(out)`: write what it derived from its inputs into the run folder (an extracted control video);
 - `__call__(pipe, video, sample, generator) -> (video, info)`: do the work; `info` goes into samples.jsonl.
 
 Stage modules are imported when a config is read, so they import only light modules at the top and the heavy ones
@@ -21,6 +22,7 @@ Stage modules are imported when a config is read, so they import only light modu
 import importlib
 import importlib.util
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -108,6 +110,10 @@ class Stage:
 
     def setup(self, pipe) -> None:
         """Load the stage's helper models, once per run, after the pipeline has loaded."""
+
+    def save_inputs(self, out: Path) -> None:
+        """Write what the stage derived from its inputs (an extracted control video) into the run folder `out`,
+        once per run, for the user to inspect."""
 
     def __call__(self, pipe, video: np.ndarray | None, sample: Sample, generator) -> tuple[np.ndarray, dict]:
         raise NotImplementedError

@@ -1,13 +1,15 @@
 """ID video editing: re-render `input_video` with the identity (partial 3D-prior noise at `input_strength`).
 
 Its settings are the top-level `input_video` / `input_strength` keys (a config with `input_video` set starts with
-this stage instead of `t2v`; see magicme/schema.py).
+this stage instead of `t2v`; see magicme/schema.py). `control:` entries guide it with ControlNets, from clips or
+extracted from the input clip (magicme/control/).
 """
 
 from pathlib import Path
 
 import numpy as np
 
+from magicme.control.inputs import ControlInputs
 from magicme.errors import ConfigError
 from magicme.stages import Stage, register_stage
 from magicme.steps import schedule_problems
@@ -34,27 +36,38 @@ class EditVideo(Stage):
         super().__init__(cfg, progress)
         self.path, self.strength = str(cfg.input_video), cfg.input_strength
         self.source = None
+        self.control = ControlInputs(cfg)
 
     def prepare(self) -> None:
-        """Read and fit the input clip once, before any model time is spent on samples."""
+        """Read and fit the input clip once, and the control videos (some extracted from it), before any model time
+        is spent on samples."""
         self.source = prepare_input_video(self.path, self.run.frames, self.run.height, self.run.width)
+        self.control.prepare(self.source)
+
+    def setup(self, pipe) -> None:
+        self.control.setup(pipe)
+
+    def save_inputs(self, out: Path) -> None:
+        self.control.save(out)
 
     def __call__(self, pipe, video, sample, generator):
         r = self.run
         video = pipe.video_to_video(self.source, sample.prompt, sample.negative_prompt, generator,
                                     gamma=sample.gamma, strength=self.strength, steps=r.steps,
-                                    guidance_scale=r.guidance_scale, progress=self.progress)
+                                    guidance_scale=r.guidance_scale, progress=self.progress,
+                                    control=self.control.control)
         return video, {}
 
 
-def prepare_input_video(path: str, frames: int, height: int, width: int) -> np.ndarray:
-    """The first `frames` frames of an input video, resized to cover height × width and centre-cropped."""
+def prepare_input_video(path: str, frames: int, height: int, width: int, key: str = "input_video") -> np.ndarray:
+    """The first `frames` frames of an input video, resized to cover height × width and centre-cropped; `key` names
+    the setting in the error when it has fewer frames."""
     from magicme.vcd.resize import resize_video
     from magicme.video_io import read_video
 
     video = read_video(path)
     if len(video) < frames:
-        raise ConfigError(f"input_video: {path} has {len(video)} frames; the config asks for {frames} "
+        raise ConfigError(f"{key}: {path} has {len(video)} frames; the config asks for {frames} "
                           "(lower `frames`)")
     video = video[:frames]
     h, w = video.shape[1:3]

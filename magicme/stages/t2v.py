@@ -1,5 +1,9 @@
-"""Text→video: the sample's prompt, from the 3D Gaussian noise prior (the paper's T2V VCD)."""
+"""Text→video: the sample's prompt, from the 3D Gaussian noise prior (the paper's T2V VCD), guided by the
+`control:` ControlNets when there are any (magicme/control/)."""
 
+from pathlib import Path
+
+from magicme.control.inputs import ControlInputs
 from magicme.stages import Stage, register_stage
 
 
@@ -8,9 +12,23 @@ class TextToVideo(Stage):
     name = "t2v"
     first = True
 
+    def __init__(self, cfg, progress: bool = False):
+        super().__init__(cfg, progress)
+        self.control = ControlInputs(cfg)
+
+    def prepare(self) -> None:
+        self.control.prepare()
+
+    def setup(self, pipe) -> None:
+        self.control.setup(pipe)
+
+    def save_inputs(self, out: Path) -> None:
+        self.control.save(out)
+
     def __call__(self, pipe, video, sample, generator):
         r = self.run
         video = pipe.text_to_video(sample.prompt, sample.negative_prompt, generator, gamma=sample.gamma,
                                    frames=r.frames, height=r.height, width=r.width, steps=r.steps,
-                                   guidance_scale=r.guidance_scale, progress=self.progress)
+                                   guidance_scale=r.guidance_scale, progress=self.progress,
+                                   control=self.control.control)
         return video, {}

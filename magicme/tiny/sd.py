@@ -17,6 +17,7 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from magicme.embeddings import save_embedding
 from magicme.tiny.clipseg import save_tiny_clipseg
+from magicme.tiny.controlnet import save_control_models
 from magicme.tiny.lora import save_kohya_unet_lora
 from magicme.tiny.motion import save_diffusers_motion_module, save_original_motion_lora, save_original_motion_module
 
@@ -106,7 +107,8 @@ def save_tiny_sd(out: Path) -> Path:
 
 def build_tiny_bundle(out: Path | str, seed: int = 0) -> dict[str, Path]:
     """Build every tiny model under `out` (SD folder, motion modules v1/v2/v3, a MotionLoRA, CLIPSeg, an ID
-    embedding, the few-step modules and LoRA); the same seed always gives the same weights."""
+    embedding, the few-step modules and LoRA, a ControlNet and two clips); the same seed always gives the same
+    weights."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "RANDOM_WEIGHTS.txt").write_text(
@@ -127,6 +129,7 @@ def build_tiny_bundle(out: Path | str, seed: int = 0) -> dict[str, Path]:
     save_embedding(paths["embedding"], torch.randn(4, TEXT_WIDTH, generator=generator) * 0.02, "tinyperson",
                    class_word="man")
     paths.update(save_fewstep_models(out, seed))
+    paths.update(save_control_models(out, seed))
     return paths
 
 
