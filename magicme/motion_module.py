@@ -31,16 +31,25 @@ def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_motion_adapter(path: Path | str) -> tuple[MotionAdapter, MotionModuleInfo]:
+def check_family(info: MotionModuleInfo, path: Path | str, family: str) -> MotionModuleInfo:
+    """An SDXL motion module for an SD1.5 base (or the reverse) is an error, before the adapter is built."""
+    if info.family != family:
+        names = {"sd15": "SD1.5", "sdxl": "SDXL"}
+        raise ConfigError(f"model.motion_module: {path}: an {names[info.family]} motion module, but model.family is "
+                          f"{family}; use a motion module made for {names.get(family, family)} bases")
+    return info
+
+
+def load_motion_adapter(path: Path | str, family: str = "sd15") -> tuple[MotionAdapter, MotionModuleInfo]:
     """A `MotionAdapter` from a motion module file in either key layout (original AnimateDiff / AnimateLCM /
-    Lightning `_comfyui`, or a diffusers state dict such as Lightning's `_diffusers` files; told apart by keys), or
-    from a diffusers MotionAdapter folder."""
+    Lightning `_comfyui` / the SDXL beta's `.ckpt`, or a diffusers state dict such as Lightning's `_diffusers`
+    files; told apart by keys), or from a diffusers MotionAdapter folder; it must fit `family`'s bases."""
     path = Path(path)
     if path.is_dir():
         adapter = MotionAdapter.from_pretrained(path, local_files_only=True)
-        return adapter, motion_info_from_config(adapter.config, path)
+        return adapter, check_family(motion_info_from_config(adapter.config, path), path, family)
     state = read_state_dict(path)
-    info = inspect_motion_module(state, path)
+    info = check_family(inspect_motion_module(state, path), path, family)
     adapter = MotionAdapter(
         block_out_channels=info.block_out_channels, motion_layers_per_block=info.layers_per_block,
         motion_num_attention_heads=ATTENTION_HEADS, motion_norm_num_groups=NORM_GROUPS,

@@ -23,6 +23,7 @@ from magicme.errors import ConfigError
 
 FAMILIES = {
     "sd15": "magicme.families.sd15",
+    "sdxl": "magicme.families.sdxl",
 }
 
 

@@ -106,7 +106,8 @@ def save_tiny_sd(out: Path) -> Path:
 
 def build_tiny_bundle(out: Path | str, seed: int = 0) -> dict[str, Path]:
     """Build every tiny model under `out` (SD folder, motion modules v1/v2/v3, a MotionLoRA, CLIPSeg, an ID
-    embedding, the few-step modules and LoRA); the same seed always gives the same weights."""
+    embedding, the few-step modules and LoRA, and the SD-XL family's: magicme/tiny/sdxl.py); the same seed always
+    gives the same weights."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "RANDOM_WEIGHTS.txt").write_text(
@@ -127,6 +128,9 @@ def build_tiny_bundle(out: Path | str, seed: int = 0) -> dict[str, Path]:
     save_embedding(paths["embedding"], torch.randn(4, TEXT_WIDTH, generator=generator) * 0.02, "tinyperson",
                    class_word="man")
     paths.update(save_fewstep_models(out, seed))
+    from magicme.tiny.sdxl import save_sdxl_models  # after the SD1.5 files, whose random draws it leaves as they were
+
+    paths.update(save_sdxl_models(out, seed))
     return paths
 
 
