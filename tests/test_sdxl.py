@@ -176,3 +176,21 @@ def test_each_encoders_identity_vectors_reach_the_video(in_repo_layout, tiny_bun
 def test_weighted_sdxl_prompt_is_an_error(in_repo_layout):
     with pytest.raises(ConfigError, match="has weights, which model.family sdxl does not apply yet"):
         run_sampling(CONFIG, [*FAST, "prompts=[a photo of (<tinyperson>:1.3) man]", "output_dir=out"], progress=False)
+
+
+def test_context_windows_work_for_sdxl(in_repo_layout, monkeypatch):
+    """40 frames, more than the SDXL module's 32, in windows of 16: the UNet's layers never see more than 16
+    frames at once (its first convolution gets (negative + positive) × 16 frames)."""
+    rows, load = [], sdxl.load
+
+    def loading(*args, **kwargs):
+        pipe = load(*args, **kwargs)
+        pipe.t2v.unet.conv_in.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
+        return pipe
+
+    monkeypatch.setattr(sdxl, "load", loading)
+    run_dir = run_sampling(CONFIG, [*FAST, "frames=40", "context={length: 16, overlap: 4}", "prompts=[a photo]",
+                                    "output_dir=out"], progress=False)
+    (record,) = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert record["frames"] == 40 and len(read_pngs(run_dir / record["files"]["frames"])) == 40
+    assert rows and set(rows) == {2 * 16}
