@@ -7,15 +7,16 @@ pickled `.ckpt`/`.pt`/`.bin` files go through `magicme.checkpoint_io.load_checkp
 which imports torch, so torch is imported only inside the functions that read such files: importing this module
 costs no torch or diffusers. What is checked:
 
-- base: a diffusers folder (component configs, weights headers, tokenizer) or a single-file LDM checkpoint (SD1.5
-  family, not SDXL/SD2) whose shapes must fit the `base_config` folder it borrows configs and tokenizer from;
+- base: a diffusers folder (component configs, weights headers, tokenizer; both encoders and tokenizers for SD-XL)
+  or a single-file LDM checkpoint (SD1.5 family only) whose shapes must fit the `base_config` folder it borrows
+  configs and tokenizer from; its family must be `model.family`'s;
 - vae: a diffusers folder or single file with 4 latent channels, required when the base has no VAE weights;
-- motion module: a file in the original AnimateDiff or the diffusers key layout (v1/v2/v3 read from header shapes)
-  or a MotionAdapter folder, with the base UNet's channel widths; MotionLoRAs must target weights that module has,
+- motion module: a file in the original AnimateDiff or the diffusers key layout (v1/v2/v3 and SD1.5/SDXL read from
+  header shapes) or a MotionAdapter folder, of `model.family` and with the base UNet's channel widths; MotionLoRAs must target weights that module has,
   with a strength in [0, 2];
 - image LoRAs (`model.loras`): readable LoRA files of an SD1.5 UNet/text encoder, strength in [0, 2];
-- embeddings: each identity has tokens, finite values and the text encoder's width, and no two names differ only
-  by case (both would become the same lower-case token).
+- embeddings: each identity has tokens, finite values and the text encoder's width (SD-XL: `clip_l` and `clip_g`
+  with both encoders' widths), and no two names differ only by case (both would become the same lower-case token).
 """
 
 import json

@@ -128,9 +128,9 @@ def build_tiny_bundle(out: Path | str, seed: int = 0) -> dict[str, Path]:
     save_embedding(paths["embedding"], torch.randn(4, TEXT_WIDTH, generator=generator) * 0.02, "tinyperson",
                    class_word="man")
     paths.update(save_fewstep_models(out, seed))
-    from magicme.tiny.sdxl import save_sdxl_models  # after the SD1.5 files, whose random draws it leaves as they were
+    from magicme.tiny.sdxl import save_sdxl_models  # here: magicme.tiny.sdxl imports this module
 
-    paths.update(save_sdxl_models(out, seed))
+    paths.update(save_sdxl_models(out, seed))  # last, so the SD1.5 files' random draws stay as they were
     return paths
 
 
