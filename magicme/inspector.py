@@ -572,7 +572,8 @@ def _inspect_motion(report: Report, model: Mapping) -> set[str] | None:
         return None
     info, weights = found
     report.info.motion = info
-    detail = f"AnimateDiff {info.version}, {info.max_seq_length} frames max, channels {info.block_out_channels}"
+    version = "SDXL" if info.family == "sdxl" else info.version
+    detail = f"AnimateDiff {version}, {info.max_seq_length} frames max, channels {info.block_out_channels}"
     unet = report.info.unet_channels
     family = model.get("family", "sd15")
     if info.family != family:

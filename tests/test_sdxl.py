@@ -2,6 +2,7 @@
 before anything loads, and T2V end to end through `sample.py` / `run_sampling` (3D prior, identity tokens in both
 text encoders)."""
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -23,8 +24,9 @@ from magicme.schema import check_sample_config, load_sample_config
 from magicme.tiny.motion import save_original_motion_lora
 from magicme.tiny.sdxl import TEXT_WIDTHS, TIME_EMBED, UNET_CHANNELS, tiny_sdxl_motion_adapter
 
-CONFIG = Path("configs/tiny/sample_sdxl.yaml").resolve()
-SD15_CONFIG = Path("configs/tiny/sample.yaml").resolve()
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "configs" / "tiny" / "sample_sdxl.yaml"
+SD15_CONFIG = REPO / "configs" / "tiny" / "sample.yaml"
 FAST = ["steps=2", "frames=2", "width=32", "height=32", "device=cpu", "precision=fp32", "save_frames=true",
         "formats=[gif]"]
 
@@ -194,3 +196,13 @@ def test_context_windows_work_for_sdxl(in_repo_layout, monkeypatch):
     (record,) = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
     assert record["frames"] == 40 and len(read_pngs(run_dir / record["files"]["frames"])) == 40
     assert rows and set(rows) == {2 * 16}
+
+
+def test_check_models_reads_the_sdxl_files(in_repo_layout, capsys):
+    spec = importlib.util.spec_from_file_location("check_models", REPO / "scripts" / "check_models.py")
+    check_models = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check_models)
+    assert check_models.main(["--config", str(CONFIG)]) == 0
+    table = capsys.readouterr().out
+    assert "text width 32 + 48" in table and "AnimateDiff SDXL, 32 frames max, channels (32, 64, 64)" in table
+    assert check_models.main(["--config", str(CONFIG), "model.base=models/tiny/sd15"]) == 1
