@@ -481,7 +481,7 @@ def _inspect_base(report: Report, model: Mapping) -> None:
     elif base.is_dir():
         report.info = _inspect_folder_base(report, base, separate_vae=model.get("vae") is not None, family=family)
     elif not base.is_file():
-        group = "base" if base.suffix in CHECKPOINT_SUFFIXES else "sd15"
+        group = "sdxl" if family == "sdxl" else "base" if base.suffix in CHECKPOINT_SUFFIXES else "sd15"
         report.add("model.base", base, FAIL, f"not found; run: bash download_checkpoint.sh --only {group} (or "
                                              f"scripts/make_tiny_models.py for the tiny test models), or give a Hub id")
     elif base.suffix not in CHECKPOINT_SUFFIXES:
@@ -566,7 +566,8 @@ def _inspect_motion(report: Report, model: Mapping) -> set[str] | None:
             report.fail("model.motion_module", mm, err)
             return None
     else:
-        report.add("model.motion_module", mm, FAIL, "not found; run: bash download_checkpoint.sh --only motion")
+        group = "sdxl" if model.get("family") == "sdxl" else "motion"
+        report.add("model.motion_module", mm, FAIL, f"not found; run: bash download_checkpoint.sh --only {group}")
         return None
     if found is None:
         return None

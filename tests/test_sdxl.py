@@ -116,6 +116,9 @@ def test_sdxl_embedding_round_trip(tmp_path):
     (["model.animatediff_numerics=original"], "model.animatediff_numerics: 'original' is measured for the SD1.5"),
     (["model.motion_loras=[{path: sdxl_lora.ckpt}]"], "model.motion_loras: the MotionLoRAs are made for SD1.5"),
     (["prompts=[a photo of embedding:nobody man]"], "unknown identity 'nobody'"),
+    (["model.base=models/xl-missing"], "model.base: models/xl-missing: not found; run: bash download_checkpoint.sh "
+                                       "--only sdxl"),
+    (["model.motion_module=models/mm-missing.ckpt"], "not found; run: bash download_checkpoint.sh --only sdxl"),
 ])
 def test_sdxl_config_errors_before_loading(in_repo_layout, monkeypatch, overrides, message):
     save_original_motion_lora(tiny_sdxl_motion_adapter(), "sdxl_lora.ckpt")  # fits the SDXL module's keys
