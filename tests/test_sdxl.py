@@ -20,7 +20,8 @@ from magicme.families.sd15 import make_scheduler
 from magicme.inspector import inspect_motion_module, tensor_shapes
 from magicme.noise_prior import sample_noise_prior
 from magicme.sampling import run_sampling
-from magicme.schema import check_sample_config, load_sample_config
+from magicme.prompts import to_pipeline_prompt
+from magicme.schema import check_sample_config, load_sample_config, model_config
 from magicme.tiny.motion import save_original_motion_lora
 from magicme.tiny.sdxl import TEXT_WIDTHS, TIME_EMBED, UNET_CHANNELS, tiny_sdxl_motion_adapter
 
@@ -178,9 +179,59 @@ def test_each_encoders_identity_vectors_reach_the_video(in_repo_layout, tiny_bun
     assert not np.array_equal(ann, other_l) and not np.array_equal(ann, other_g)
 
 
-def test_weighted_sdxl_prompt_is_an_error(in_repo_layout):
-    with pytest.raises(ConfigError, match="has weights, which model.family sdxl does not apply yet"):
-        run_sampling(CONFIG, [*FAST, "prompts=[a photo of (<tinyperson>:1.3) man]", "output_dir=out"], progress=False)
+@pytest.fixture(scope="module")
+def sdxl_pipeline(tiny_bundle):
+    model = model_config({"family": "sdxl", "base": str(tiny_bundle["sdxl"]),
+                          "motion_module": str(tiny_bundle["motion_sdxl"]), "animatediff_numerics": "diffusers"})
+    return sdxl.load(model, {"tinyperson": tiny_bundle["embedding_sdxl"]}, device="cpu", precision="fp32")
+
+
+@pytest.mark.parametrize("negative", ["blurry, lowres", ""])
+def test_sdxl_prompt_encoding_is_diffusers_for_plain_prompts(sdxl_pipeline, negative):
+    """An unweighted prompt (with an identity) of ≤ 75 tokens: exactly the four tensors diffusers' own
+    `encode_prompt` gives (an empty negative prompt: diffusers' zeros)."""
+    prompt = "a photo of embedding:tinyperson man walking"
+    ours = sdxl_pipeline.prompts.encode_pair(prompt, negative)
+    theirs = sdxl_pipeline.t2v.encode_prompt(to_pipeline_prompt(prompt), device=torch.device("cpu"),
+                                             negative_prompt=to_pipeline_prompt(negative) or None)
+    names = ["prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds"]
+    for name, tensor in zip(names, theirs, strict=True):
+        assert torch.equal(ours[name], tensor), name
+    assert not torch.equal(ours["prompt_embeds"], sdxl_pipeline.prompts.encode_pair("a photo of man walking",
+                                                                                   negative)["prompt_embeds"])
+
+
+def test_prompt_weighting_none_reaches_both_encoders(sdxl_pipeline):
+    """`prompt_weighting: none`: the text goes to both encoders as written, parentheses and all, as diffusers reads
+    it; with comfy weighting the same text is parsed into a weight."""
+    prompt = "a photo of (man:1.5)"
+    theirs = sdxl_pipeline.t2v.encode_prompt(prompt, device=torch.device("cpu"), negative_prompt=None)
+    try:
+        sdxl_pipeline.prompts.weighting = "none"
+        literal = sdxl_pipeline.prompts.encode_pair(prompt, "")
+    finally:
+        sdxl_pipeline.prompts.weighting = "comfy"
+    assert torch.equal(literal["prompt_embeds"], theirs[0]) and torch.equal(literal["pooled_prompt_embeds"], theirs[2])
+    assert not torch.equal(sdxl_pipeline.prompts.encode_pair(prompt, "")["prompt_embeds"], theirs[0])
+
+
+def test_weights_and_long_prompts_reach_the_sdxl_video(in_repo_layout, monkeypatch):
+    """One run: a prompt, the same with its identity weighted 1.5, and one of more than 75 tokens. The weight
+    changes the video; the long prompt is read whole (2 chunks of 77 in the cross-attention)."""
+    calls = unet_calls(monkeypatch)
+    long = "a photo of <tinyperson> man " + "walking " * 12
+    prompts = ["a photo of <tinyperson> man", "a photo of (<tinyperson>:1.5) man", long]
+    run_dir = run_sampling(CONFIG, [*FAST, f"prompts={json.dumps(prompts)}", "seeds=[3]", "output_dir=out"],
+                           progress=False)
+    records = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    plain, weighted, _ = (read_pngs(run_dir / r["files"]["frames"]) for r in records)
+    assert not np.array_equal(plain, weighted)
+    assert [c["text"].shape[1] for c in calls] == [77, 77, 77, 77, 154, 154]
+
+
+def test_sdxl_prompt_travel_is_an_error(in_repo_layout):
+    with pytest.raises(ConfigError, match="prompt travel is not supported with model.family sdxl yet"):
+        run_sampling(CONFIG, [*FAST, "prompts=[{prompt: {0: a photo, 1: a dog}}]", "output_dir=out"], progress=False)
 
 
 def test_context_windows_work_for_sdxl(in_repo_layout, monkeypatch):

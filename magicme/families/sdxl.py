@@ -4,9 +4,9 @@ module (`mm_sdxl_v10_beta.ckpt`), with identities that have vectors for both SD-
 Composed from diffusers: the base's components (two tokenizers and CLIP text encoders, the second with projection),
 `UNetMotionModel.from_unet2d` with the motion module read by magicme/motion_module.py, and
 `AnimateDiffSDXLPipeline`, which encodes the prompt with both encoders and adds SD-XL's micro-conditioning (sizes,
-crop). T2V starts from the 3D noise prior as for SD1.5 (magicme/pipeline.py). What is not here yet (video→video
-stages, prompt weighting and travel, single-file bases, training) is listed in docs/sdxl.md; each is one clear error
-before sampling starts.
+crop). T2V starts from the 3D noise prior as for SD1.5 (magicme/pipeline.py); prompts are weighted and chunked as
+for SD1.5, per encoder (`SDXLPromptEncoder`). What is not here yet (video→video stages, prompt travel, single-file
+bases, training) is listed in docs/sdxl.md; each is one clear error before sampling starts.
 """
 
 import contextlib
@@ -25,12 +25,11 @@ from magicme.families.sd15 import check as check_schedulers
 from magicme.inspector import is_hub_id
 from magicme.motion_module import load_motion_adapter
 from magicme.pipeline import MagicPipeline
-from magicme.prompt_encoding import CHUNK_TOKENS
-from magicme.prompt_weights import parse_weighted
-from magicme.prompts import Prompt, to_pipeline_prompt, travels
+from magicme.prompt_encoding import CHUNK_TOKENS, PromptEncoder, TokenizedPrompt
+from magicme.prompts import Prompt, keyframes, travels
 
 NAME = "sdxl"
-__all__ = ["NAME", "check", "load", "make_scheduler", "scheduler_spec", "SDXLMagicPipeline"]
+__all__ = ["NAME", "check", "load", "make_scheduler", "scheduler_spec", "SDXLMagicPipeline", "SDXLPromptEncoder"]
 
 
 @dataclass
@@ -78,9 +77,69 @@ def load_base(base: str, dtype: torch.dtype, vae: AutoencoderKL | None = None) -
     )
 
 
+class SDXLPromptEncoder:
+    """SD-XL conditioning as diffusers' `encode_prompt` computes it — each encoder's penultimate hidden states,
+    concatenated, and the second encoder's projected pooled output — with SD1.5's weighting and 75-token chunks
+    (magicme/prompt_encoding.py) applied per encoder, as ComfyUI's SDXL CLIP does. An unweighted prompt of at most
+    75 tokens gives exactly diffusers' tensors; an empty negative prompt gives zeros, as diffusers does for SD-XL
+    (`force_zeros_for_empty_prompt`)."""
+
+    def __init__(self, pipeline, weighting: str = "comfy"):
+        self.pipeline = pipeline
+        self.sides = [PromptEncoder(pipeline, weighting, pipeline.tokenizer, pipeline.text_encoder, hidden_layer=-2),
+                      PromptEncoder(pipeline, weighting, pipeline.tokenizer_2, pipeline.text_encoder_2, hidden_layer=-2)]
+
+    @property
+    def weighting(self) -> str:
+        return self.sides[0].weighting
+
+    @weighting.setter
+    def weighting(self, value: str) -> None:
+        for side in self.sides:
+            side.weighting = value
+
+    def tokenize(self, prompt: str) -> TokenizedPrompt:
+        """The first tokenizer's ids (SD-XL's two tokenizers share one vocabulary; identities have N tokens in each)."""
+        return self.sides[0].tokenize(prompt)
+
+    def count(self, prompt: str) -> int:
+        return self.sides[0].count(prompt)
+
+    def check_length(self, prompt: str, where: str) -> int:
+        return self.sides[0].check_length(prompt, where)
+
+    def encode(self, prompt: str, chunks: int | None = None) -> torch.Tensor:
+        """(1, 77 · chunks, D1 + D2)."""
+        chunks = chunks or max(side.tokenize(prompt).chunks for side in self.sides)
+        return torch.cat([side.encode(prompt, chunks) for side in self.sides], dim=-1)
+
+    @torch.no_grad()
+    def pooled(self, prompt: str) -> torch.Tensor:
+        """(1, D2): the second encoder's projected output for the prompt's first chunk, unweighted."""
+        side = self.sides[1]
+        ids = side.tokenize(prompt).ids[:CHUNK_TOKENS]
+        return side.text_encoder(side.chunk_ids(ids), attention_mask=None)[0].to(side.text_encoder.dtype)
+
+    def encode_pair(self, prompt: str, negative_prompt: str) -> dict[str, torch.Tensor]:
+        """The four conditioning tensors of `AnimateDiffSDXLPipeline.__call__`, prompt and negative with the same
+        number of chunks."""
+        chunks = max(side.tokenize(text).chunks for side in self.sides for text in (prompt, negative_prompt))
+        embeds, pooled = self.encode(prompt, chunks), self.pooled(prompt)
+        if negative_prompt == "" and self.pipeline.config.force_zeros_for_empty_prompt:
+            negative, negative_pooled = torch.zeros_like(embeds), torch.zeros_like(pooled)
+        else:
+            negative, negative_pooled = self.encode(negative_prompt, chunks), self.pooled(negative_prompt)
+        return {"prompt_embeds": embeds, "negative_prompt_embeds": negative, "pooled_prompt_embeds": pooled,
+                "negative_pooled_prompt_embeds": negative_pooled}
+
+
 class SDXLMagicPipeline(MagicPipeline):
-    """MagicPipeline on `AnimateDiffSDXLPipeline`: text→video from the 3D prior, prompts encoded by diffusers with
-    both encoders (identity tokens expanded in each by its textual-inversion loader)."""
+    """MagicPipeline on `AnimateDiffSDXLPipeline`: text→video from the 3D prior, prompts encoded by
+    `SDXLPromptEncoder` (identity tokens expanded in each tokenizer by its textual-inversion loader)."""
+
+    def __init__(self, t2v: AnimateDiffSDXLPipeline, motion_version: str, max_frames: int, family: str = NAME):
+        super().__init__(t2v, motion_version, max_frames, family)
+        self.prompts = SDXLPromptEncoder(t2v)
 
     def make_v2v(self, t2v: AnimateDiffSDXLPipeline) -> None:
         return None  # diffusers has no AnimateDiff SDXL video→video pipeline; `check` refuses such stages
@@ -94,9 +153,8 @@ class SDXLMagicPipeline(MagicPipeline):
 
     @contextlib.contextmanager
     def conditioned(self, prompt: Prompt, negative_prompt: Prompt, frames: int, pipeline_kwargs: dict):
-        """The prompt strings with identity references rewritten to their tokens, for diffusers to encode with both
-        encoders. Weighted, travelling and longer-than-75-token prompts need a two-encoder prompt encoder, which
-        is not written yet: each is an error naming the prompt."""
+        """Weighted, chunked SD-XL conditioning of the prompt pair, unless the caller gave its own embeddings.
+        Prompt travel would also need the pooled embedding to travel: an error naming the prompt for now."""
         if pipeline_kwargs.get("prompt_embeds") is not None:
             yield {"prompt": prompt, "negative_prompt": negative_prompt or None}
             return
@@ -104,13 +162,7 @@ class SDXLMagicPipeline(MagicPipeline):
             if travels(text):
                 raise ConfigError(f"prompts: prompt travel is not supported with model.family sdxl yet; give {key} as "
                                   f"one text")
-            if any(weight != 1.0 for _, weight in parse_weighted(text, self.prompts.weighting)):
-                raise ConfigError(f"prompts: the {key} {text[:40]!r}… has weights, which model.family sdxl does not "
-                                  f"apply yet; remove them or set prompt_weighting: none")
-            if self.prompts.tokenize(text).chunks > 1:
-                raise ConfigError(f"prompts: the {key} {text[:40]!r}… is longer than {CHUNK_TOKENS} tokens, which "
-                                  f"model.family sdxl does not encode yet; shorten it")
-        yield {"prompt": to_pipeline_prompt(prompt), "negative_prompt": to_pipeline_prompt(negative_prompt) or None}
+        yield self.prompts.encode_pair(keyframes(prompt)[0], keyframes(negative_prompt)[0])
 
 
 def load(model, embeddings: dict[str, Path] | None = None, device: str = "auto", precision: str = "auto",
