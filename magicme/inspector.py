@@ -12,8 +12,8 @@ costs no torch or diffusers. What is checked:
   configs and tokenizer from; its family must be `model.family`'s;
 - vae: a diffusers folder or single file with 4 latent channels, required when the base has no VAE weights;
 - motion module: a file in the original AnimateDiff or the diffusers key layout (v1/v2/v3 and SD1.5/SDXL read from
-  header shapes) or a MotionAdapter folder, of `model.family` and with the base UNet's channel widths; MotionLoRAs must target weights that module has,
-  with a strength in [0, 2];
+  header shapes) or a MotionAdapter folder, of `model.family` and with the base UNet's channel widths; MotionLoRAs
+  must target weights that module has, with a strength in [0, 2];
 - image LoRAs (`model.loras`): readable LoRA files of an SD1.5 UNet/text encoder, strength in [0, 2];
 - embeddings: each identity has tokens, finite values and the text encoder's width (SD-XL: `clip_l` and `clip_g`
   with both encoders' widths), and no two names differ only by case (both would become the same lower-case token).
@@ -366,10 +366,9 @@ def _sd_folder_info(report: Report, item: str, folder: Path, parts: tuple[str, .
             _check_weights(report, item, folder / part)
     for tokenizer in [folder / "tokenizer"] + ([folder / "tokenizer_2"] if info.family == "sdxl" else []):
         if not ((tokenizer / "vocab.json").is_file() and (tokenizer / "merges.txt").is_file()):
-            group = info.family
             report.add(item, tokenizer, FAIL, f"tokenizer (vocab.json, merges.txt) missing; re-download the "
-                                              f"{FAMILY_LABELS[group]} folder (bash download_checkpoint.sh --only "
-                                              f"{group})")
+                                              f"{FAMILY_LABELS[info.family]} folder (bash download_checkpoint.sh "
+                                              f"--only {info.family})")
     try:
         if (folder / "unet" / "config.json").is_file():
             unet = _read_json(folder / "unet" / "config.json")

@@ -15,7 +15,8 @@ from diffusers import MotionAdapter, UNetMotionModel
 from diffusers.loaders.single_file_utils import convert_animatediff_checkpoint_to_diffusers
 from magicme.checkpoint_io import load_checkpoint
 from magicme.errors import ConfigError
-from magicme.inspector import MotionModuleInfo, inspect_motion_module, lora_target_weights, motion_info_from_config
+from magicme.inspector import (FAMILY_LABELS, MotionModuleInfo, inspect_motion_module, lora_target_weights,
+                               motion_info_from_config)
 
 ATTENTION_HEADS = 8  # fixed in the original AnimateDiff code for every version
 NORM_GROUPS = 32
@@ -34,9 +35,9 @@ def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
 def check_family(info: MotionModuleInfo, path: Path | str, family: str) -> MotionModuleInfo:
     """An SDXL motion module for an SD1.5 base (or the reverse) is an error, before the adapter is built."""
     if info.family != family:
-        names = {"sd15": "SD1.5", "sdxl": "SDXL"}
-        raise ConfigError(f"model.motion_module: {path}: an {names[info.family]} motion module, but model.family is "
-                          f"{family}; use a motion module made for {names.get(family, family)} bases")
+        raise ConfigError(f"model.motion_module: {path}: an {FAMILY_LABELS[info.family]} motion module, but "
+                          f"model.family is {family}; use a motion module made for "
+                          f"{FAMILY_LABELS.get(family, family)} bases")
     return info
 
 

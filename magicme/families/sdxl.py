@@ -86,8 +86,9 @@ class SDXLPromptEncoder:
 
     def __init__(self, pipeline, weighting: str = "comfy"):
         self.pipeline = pipeline
-        self.sides = [PromptEncoder(pipeline, weighting, pipeline.tokenizer, pipeline.text_encoder, hidden_layer=-2),
-                      PromptEncoder(pipeline, weighting, pipeline.tokenizer_2, pipeline.text_encoder_2, hidden_layer=-2)]
+        pairs = ((pipeline.tokenizer, pipeline.text_encoder), (pipeline.tokenizer_2, pipeline.text_encoder_2))
+        self.sides = [PromptEncoder(pipeline, weighting, tokenizer, encoder, hidden_layer=-2)
+                      for tokenizer, encoder in pairs]
 
     @property
     def weighting(self) -> str:
