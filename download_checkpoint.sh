@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Fetch the real weights into models/ (resumable, idempotent, selective).
 #
-#   bash download_checkpoint.sh                      # everything (~16 GB; ~13 GB with --fp16)
+#   bash download_checkpoint.sh                      # everything but sdxl (~16 GB; ~13 GB with --fp16)
+#   bash download_checkpoint.sh --only sdxl [--fp16] # SD-XL base + fp16-fix VAE + AnimateDiff SDXL module (opt-in)
 #   bash download_checkpoint.sh --only sd15,base,vae,motion,lora,embeddings   # what sampling needs
 #   bash download_checkpoint.sh --list               # the groups
 #   bash download_checkpoint.sh --dry-run [--only …] # the plan: every file, its source, destination and check
-#   bash download_checkpoint.sh --fp16               # SD1.5 in its fp16 variant (half the size; a fresh download)
+#   bash download_checkpoint.sh --fp16               # SD1.5 / SD-XL in their fp16 variants (half the size)
 #
 # Uses the Hugging Face CLI (`hf`, or the older `huggingface-cli`) when installed — it resumes and honours HF_TOKEN —
 # and curl otherwise (`curl -C -` resumes). A file already present is kept (re-fetched only if its known sha256
@@ -20,7 +21,8 @@ cd "$(dirname "$0")"
 
 MODELS=${MODELS_DIR:-models}
 HF_URL=${HF_ENDPOINT:-https://huggingface.co}
-ALL_GROUPS="sd15 base vae motion lora lightning lcm clipseg upscaler eval embeddings"
+DEFAULT_GROUPS="sd15 base vae motion lora lightning lcm clipseg upscaler eval embeddings"
+ALL_GROUPS="$DEFAULT_GROUPS sdxl"  # sdxl (~15 GB) only when asked for: --only sdxl
 EMBEDDINGS="altman andrew_ng bengio beyonce biden eli harry hermione hinton huang ironman jack_chen johnson lecun
 lifeifei lisa mona monroe musk obama scarlett taylor trump zuck"
 EMBEDDINGS_URL=https://raw.githubusercontent.com/Zhen-Dong/Magic-ComfyUI/HEAD/models/embeddings
@@ -47,6 +49,7 @@ describe() {
     upscaler) echo "Real-ESRGAN x2plus / x4plus (Tiled VCD upscaler, needs spandrel) -> $MODELS/upscaler/ (~130 MB)" ;;
     eval) echo "CLIP ViT-L/14 + DINO ViT-S/16 (evaluation metrics) -> $MODELS/eval/ (~1.8 GB)" ;;
     embeddings) echo "published Magic-Me identity embeddings (.pt) -> $MODELS/embeddings/ (~20 files, <1 MB)" ;;
+    sdxl) echo "SD-XL base 1.0 diffusers folder (no VAE) + sdxl-vae-fp16-fix + AnimateDiff SDXL beta motion module (docs/sdxl.md) -> $MODELS/stable-diffusion-xl-base-1.0, $MODELS/vae/sdxl-vae-fp16-fix, $MODELS/motion_module/ (~15 GB, --fp16 ~8 GB)" ;;
   esac
 }
 
@@ -114,6 +117,24 @@ plan() {
       for name in $EMBEDDINGS; do
         echo "url $EMBEDDINGS_URL/$name.pt|$EMBEDDINGS_LFS_URL/$name.pt $MODELS/embeddings/$name.pt unknown"
       done ;;
+    sdxl)
+      local repo=stabilityai/stable-diffusion-xl-base-1.0 xl=$MODELS/stable-diffusion-xl-base-1.0 f
+      for f in model_index.json scheduler/scheduler_config.json text_encoder/config.json text_encoder_2/config.json \
+               unet/config.json; do
+        echo "hf $repo $f $xl/$f unknown"
+      done
+      for f in merges.txt vocab.json special_tokens_map.json tokenizer_config.json; do
+        echo "hf $repo tokenizer/$f $xl/tokenizer/$f unknown"
+        echo "hf $repo tokenizer_2/$f $xl/tokenizer_2/$f unknown"
+      done
+      # no vae/: the fp16-fix VAE below replaces it (configs/sample/sdxl.yaml sets model.vae)
+      echo "hf $repo text_encoder/model.$w $xl/text_encoder/model.safetensors unknown"
+      echo "hf $repo text_encoder_2/model.$w $xl/text_encoder_2/model.safetensors unknown"
+      echo "hf $repo unet/diffusion_pytorch_model.$w $xl/unet/diffusion_pytorch_model.safetensors unknown"
+      echo "hf madebyollin/sdxl-vae-fp16-fix config.json $MODELS/vae/sdxl-vae-fp16-fix/config.json unknown"
+      echo "hf madebyollin/sdxl-vae-fp16-fix diffusion_pytorch_model.safetensors" \
+           "$MODELS/vae/sdxl-vae-fp16-fix/diffusion_pytorch_model.safetensors unknown"
+      echo "hf guoyww/animatediff mm_sdxl_v10_beta.ckpt $MODELS/motion_module/mm_sdxl_v10_beta.ckpt unknown" ;;
   esac
 }
 
@@ -260,7 +281,7 @@ summary() {
   done
 }
 
-ONLY=$ALL_GROUPS
+ONLY=$DEFAULT_GROUPS
 DRY_RUN=0
 FP16=0
 LIST=0

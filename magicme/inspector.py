@@ -7,15 +7,16 @@ pickled `.ckpt`/`.pt`/`.bin` files go through `magicme.checkpoint_io.load_checkp
 which imports torch, so torch is imported only inside the functions that read such files: importing this module
 costs no torch or diffusers. What is checked:
 
-- base: a diffusers folder (component configs, weights headers, tokenizer) or a single-file LDM checkpoint (SD1.5
-  family, not SDXL/SD2) whose shapes must fit the `base_config` folder it borrows configs and tokenizer from;
+- base: a diffusers folder (component configs, weights headers, tokenizer; both encoders and tokenizers for SD-XL)
+  or a single-file LDM checkpoint (SD1.5 family only) whose shapes must fit the `base_config` folder it borrows
+  configs and tokenizer from; its family must be `model.family`'s;
 - vae: a diffusers folder or single file with 4 latent channels, required when the base has no VAE weights;
-- motion module: a file in the original AnimateDiff or the diffusers key layout (v1/v2/v3 read from header shapes)
-  or a MotionAdapter folder, with the base UNet's channel widths; MotionLoRAs must target weights that module has,
-  with a strength in [0, 2];
+- motion module: a file in the original AnimateDiff or the diffusers key layout (v1/v2/v3 and SD1.5/SDXL read from
+  header shapes) or a MotionAdapter folder, of `model.family` and with the base UNet's channel widths; MotionLoRAs
+  must target weights that module has, with a strength in [0, 2];
 - image LoRAs (`model.loras`): readable LoRA files of an SD1.5 UNet/text encoder, strength in [0, 2];
-- embeddings: each identity has tokens, finite values and the text encoder's width, and no two names differ only
-  by case (both would become the same lower-case token).
+- embeddings: each identity has tokens, finite values and the text encoder's width (SD-XL: `clip_l` and `clip_g`
+  with both encoders' widths), and no two names differ only by case (both would become the same lower-case token).
 """
 
 import json
@@ -56,6 +57,7 @@ class MotionModuleInfo:
     max_seq_length: int
     layout: str = "original"  # "original" | "diffusers" (a file's key layout) | "folder" (a MotionAdapter folder)
     positional_weights: bool = True  # False: the file has no sinusoid tables (AnimateLCM); they are rebuilt
+    family: str = "sd15"  # the base family it was trained for: "sd15" (4 UNet levels) or "sdxl" (3)
 
 
 @dataclass
@@ -71,6 +73,7 @@ class ModelInfo:
     """What the rest of a run must fit, known before loading; None where a Hub model is only known once loaded."""
     family: str = "sd15"
     text_width: int | None = None  # text encoder hidden size (embedding width)
+    text_width_2: int | None = None  # SD-XL's second text encoder's (its embeddings' clip_g width)
     unet_channels: tuple[int, ...] | None = None
     cross_attention: int | None = None
     has_vae: bool = True
@@ -293,8 +296,6 @@ def inspect_motion_module(state: Mapping[str, Any], path: Path | str = "motion m
     inner = MOTION_KEY.strip(".") + "." if layout == "original" else ""
     keys = [k for k in state if ".motion_modules." in k and "_lora." not in k]
     down = sorted({int(k.split(".")[1]) for k in keys if k.startswith("down_blocks.")})
-    if max(down, default=0) == 2:  # SD1.5 has 4 down blocks (0-3), SDXL 3
-        raise ConfigError(f"{path}: this is an SDXL motion module; magicme runs SD1.5-family models")
     norms = [state.get(f"down_blocks.{i}.motion_modules.0.{inner}norm.weight") for i in down]
     if not down or any(n is None for n in norms):
         raise ConfigError(f"{path}: incomplete motion module (no input norm weights in its down blocks)")
@@ -303,7 +304,14 @@ def inspect_motion_module(state: Mapping[str, Any], path: Path | str = "motion m
     pe = [v for k, v in state.items() if k.endswith(("pos_encoder.pe", "pos_embed.pe"))]
     max_len = _shape(pe[0])[1] if pe else NO_PE_MAX_LENGTH
     mid = any(k.startswith("mid_block.") for k in keys)
-    return MotionModuleInfo(motion_version(mid, max_len), channels, layers, mid, max_len, layout, bool(pe))
+    return MotionModuleInfo(motion_version(mid, max_len), channels, layers, mid, max_len, layout, bool(pe),
+                            motion_family(channels))
+
+
+def motion_family(block_out_channels: tuple[int, ...]) -> str:
+    """The base family a motion module fits, from its number of UNet levels: SD-XL's UNet has 3 (320, 640, 1280),
+    SD1.5's 4 (the tiny SD1.5 bundle's 2, its SD-XL one's 3)."""
+    return "sdxl" if len(block_out_channels) == 3 else "sd15"
 
 
 def motion_info_from_config(config: Mapping[str, Any], path: Path | str = "motion module") -> MotionModuleInfo:
@@ -314,8 +322,9 @@ def motion_info_from_config(config: Mapping[str, Any], path: Path | str = "motio
     max_len = int(config.get("motion_max_seq_length", 32))
     layers = config.get("motion_layers_per_block", 2)
     layers = layers if isinstance(layers, int) else layers[0]
-    return MotionModuleInfo(motion_version(mid, max_len), tuple(config["block_out_channels"]), layers, mid, max_len,
-                            "folder")
+    channels = tuple(config["block_out_channels"])
+    return MotionModuleInfo(motion_version(mid, max_len), channels, layers, mid, max_len, "folder",
+                            family=motion_family(channels))
 
 
 def original_motion_key(diffusers_key: str) -> str:
@@ -344,19 +353,22 @@ def lora_target_weights(keys: Iterable[str]) -> dict[str, tuple[str, str]]:
 
 
 def _sd_folder_info(report: Report, item: str, folder: Path, parts: tuple[str, ...], need_weights: bool) -> ModelInfo:
-    """An SD1.5 diffusers folder: each part's config (+ weights headers when `need_weights`) and a tokenizer."""
+    """An SD1.5 or SD-XL diffusers folder: each part's config (+ weights headers when `need_weights`) and a
+    tokenizer (both encoders and tokenizers for SD-XL, which `text_encoder_2/` marks)."""
     info = ModelInfo(has_vae=(folder / "vae" / "config.json").is_file())
+    if (folder / "text_encoder_2").is_dir():
+        info.family = "sdxl"
+        parts = (*parts, "text_encoder_2")
     for part in parts:
         if not (folder / part / "config.json").is_file():
             report.add(item, folder / part, FAIL, "config.json missing: not a diffusers SD folder")
         elif need_weights:
             _check_weights(report, item, folder / part)
-    tokenizer = folder / "tokenizer"
-    if not ((tokenizer / "vocab.json").is_file() and (tokenizer / "merges.txt").is_file()):
-        report.add(item, tokenizer, FAIL, "tokenizer (vocab.json, merges.txt) missing; re-download the SD1.5 folder "
-                                          "(bash download_checkpoint.sh --only sd15)")
-    if (folder / "text_encoder_2").is_dir():
-        info.family = "sdxl"
+    for tokenizer in [folder / "tokenizer"] + ([folder / "tokenizer_2"] if info.family == "sdxl" else []):
+        if not ((tokenizer / "vocab.json").is_file() and (tokenizer / "merges.txt").is_file()):
+            report.add(item, tokenizer, FAIL, f"tokenizer (vocab.json, merges.txt) missing; re-download the "
+                                              f"{FAMILY_LABELS[info.family]} folder (bash download_checkpoint.sh "
+                                              f"--only {info.family})")
     try:
         if (folder / "unet" / "config.json").is_file():
             unet = _read_json(folder / "unet" / "config.json")
@@ -364,6 +376,8 @@ def _sd_folder_info(report: Report, item: str, folder: Path, parts: tuple[str, .
             info.cross_attention = unet.get("cross_attention_dim")
         if (folder / "text_encoder" / "config.json").is_file():
             info.text_width = _read_json(folder / "text_encoder" / "config.json").get("hidden_size")
+        if (folder / "text_encoder_2" / "config.json").is_file():
+            info.text_width_2 = _read_json(folder / "text_encoder_2" / "config.json").get("hidden_size")
     except ConfigError as err:
         report.add(item, folder, FAIL, str(err))
     if info.cross_attention == SD2_WIDTH:
@@ -371,35 +385,47 @@ def _sd_folder_info(report: Report, item: str, folder: Path, parts: tuple[str, .
     return info
 
 
-def _family_fails(report: Report, item: str, path: Path, family: str) -> bool:
-    """Report a base of another family as a FAIL (its widths fit no SD1.5 motion module or embedding)."""
-    if family == "sd15":
+FAMILY_LABELS = {"sd15": "SD1.5", "sdxl": "SDXL"}
+FAMILY_NAMES = {"sd15": "an SD1.5 model", "sdxl": "an SDXL model", "sd2": f"an SD2 model (cross-attention {SD2_WIDTH})"}
+
+
+def _family_fails(report: Report, item: str, path: Path, family: str, wanted: str) -> bool:
+    """Report a base of another family than `model.family` (`wanted`) as a FAIL: its widths fit none of that
+    family's motion modules or embeddings."""
+    if family == wanted:
         return False
-    name = {"sdxl": "an SDXL model", "sd2": f"an SD2 model (cross-attention {SD2_WIDTH})"}[family]
-    report.add(item, path, FAIL, f"{name}; magicme runs SD1.5-family models")
+    hint = f"set model.family: {family}" if family in ("sd15", "sdxl") else "magicme runs SD1.5 and SDXL models"
+    report.add(item, path, FAIL, f"{FAMILY_NAMES[family]}, but model.family is {wanted}; {hint}")
     return True
 
 
-def _inspect_folder_base(report: Report, base: Path, separate_vae: bool) -> ModelInfo:
+def _inspect_folder_base(report: Report, base: Path, separate_vae: bool, family: str) -> ModelInfo:
     """A diffusers base folder; its vae/ is checked only when it is the VAE the run will load."""
     before = len(report.checks)
     parts = ("unet", "text_encoder") if separate_vae or not (base / "vae").is_dir() else ("unet", "text_encoder", "vae")
     info = _sd_folder_info(report, "model.base", base, parts, need_weights=True)
-    if not _family_fails(report, "model.base", base, info.family) and len(report.checks) == before:
-        report.add("model.base", base, OK, f"diffusers folder; UNet {info.unet_channels}, text width {info.text_width}")
+    if not _family_fails(report, "model.base", base, info.family, family) and len(report.checks) == before:
+        widths = info.text_width if info.text_width_2 is None else f"{info.text_width} + {info.text_width_2}"
+        report.add("model.base", base, OK, f"diffusers folder; UNet {info.unet_channels}, text width {widths}")
     return info
 
 
-def _single_file_info(report: Report, base: Path) -> tuple[ModelInfo, int] | None:
+def _single_file_info(report: Report, base: Path, family: str) -> tuple[ModelInfo, int] | None:
     """What a single-file LDM checkpoint holds and its UNet's input width, or None after reporting why it is not
-    an SD1.5 one. Its UNet's channel widths come from `base_config`."""
+    an SD1.5 one (single-file SD-XL bases are not read yet: docs/sdxl.md). Its UNet's channel widths come from
+    `base_config`."""
     try:
         shapes = tensor_shapes(base)
     except ConfigError as err:
         report.fail("model.base", base, err)
         return None
     if any(k.startswith("conditioner.embedders.") for k in shapes):
-        _family_fails(report, "model.base", base, "sdxl")
+        if not _family_fails(report, "model.base", base, "sdxl", family):
+            report.add("model.base", base, FAIL, "single-file SDXL bases are not supported yet; use the diffusers "
+                                                 "folder (e.g. stable-diffusion-xl-base-1.0)")
+        return None
+    if family != "sd15":
+        _family_fails(report, "model.base", base, "sd15", family)
         return None
     if UNET_KEY + "input_blocks.0.0.weight" not in shapes or TEXT_TOKEN_KEY not in shapes:
         report.add("model.base", base, FAIL, "not an SD1.5 single-file checkpoint (no 'model.diffusion_model.' UNet "
@@ -408,7 +434,7 @@ def _single_file_info(report: Report, base: Path) -> tuple[ModelInfo, int] | Non
     info = ModelInfo(text_width=shapes[TEXT_TOKEN_KEY][1], cross_attention=shapes.get(CROSS_ATTN_KEY, (0, 0))[1],
                      has_vae=any(k.startswith(VAE_KEYS) for k in shapes))
     if info.cross_attention == SD2_WIDTH:
-        _family_fails(report, "model.base", base, "sd2")
+        _family_fails(report, "model.base", base, "sd2", family)
         return None
     vae_note = "with VAE" if info.has_vae else "no VAE weights (noVAE)"
     report.add("model.base", base, OK, f"single-file LDM checkpoint, text width {info.text_width}, {vae_note}")
@@ -447,17 +473,19 @@ def _inspect_base(report: Report, model: Mapping) -> None:
     """Fills report.info with the base's widths (left unknown for a Hub id)."""
     value = str(model.get("base"))
     base = Path(value)
+    family = model.get("family", "sd15")
     if is_hub_id(value):
         report.add("model.base", value, WARN, "Hub id, checked when loaded")
+        report.info.family = family
     elif base.is_dir():
-        report.info = _inspect_folder_base(report, base, separate_vae=model.get("vae") is not None)
+        report.info = _inspect_folder_base(report, base, separate_vae=model.get("vae") is not None, family=family)
     elif not base.is_file():
-        group = "base" if base.suffix in CHECKPOINT_SUFFIXES else "sd15"
+        group = "sdxl" if family == "sdxl" else "base" if base.suffix in CHECKPOINT_SUFFIXES else "sd15"
         report.add("model.base", base, FAIL, f"not found; run: bash download_checkpoint.sh --only {group} (or "
                                              f"scripts/make_tiny_models.py for the tiny test models), or give a Hub id")
     elif base.suffix not in CHECKPOINT_SUFFIXES:
         report.add("model.base", base, FAIL, f"a file but not a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)})")
-    elif (found := _single_file_info(report, base)) is not None:
+    elif (found := _single_file_info(report, base, family)) is not None:
         report.info = _base_config_info(report, model, base, *found)
 
 
@@ -537,15 +565,22 @@ def _inspect_motion(report: Report, model: Mapping) -> set[str] | None:
             report.fail("model.motion_module", mm, err)
             return None
     else:
-        report.add("model.motion_module", mm, FAIL, "not found; run: bash download_checkpoint.sh --only motion")
+        group = "sdxl" if model.get("family") == "sdxl" else "motion"
+        report.add("model.motion_module", mm, FAIL, f"not found; run: bash download_checkpoint.sh --only {group}")
         return None
     if found is None:
         return None
     info, weights = found
     report.info.motion = info
-    detail = f"AnimateDiff {info.version}, {info.max_seq_length} frames max, channels {info.block_out_channels}"
+    version = "SDXL" if info.family == "sdxl" else info.version
+    detail = f"AnimateDiff {version}, {info.max_seq_length} frames max, channels {info.block_out_channels}"
     unet = report.info.unet_channels
-    if unet and tuple(unet) != info.block_out_channels:
+    family = model.get("family", "sd15")
+    if info.family != family:
+        report.add("model.motion_module", mm, FAIL, f"an {FAMILY_LABELS[info.family]} motion module, but "
+                                                    f"model.family is {family}; use a motion module made for "
+                                                    f"{FAMILY_LABELS.get(family, family)} bases")
+    elif unet and tuple(unet) != info.block_out_channels:
         report.add("model.motion_module", mm, FAIL, f"{detail} do not fit the base UNet {tuple(unet)}; use a motion "
                                                     f"module made for this base's family")
     else:
@@ -638,7 +673,9 @@ def inspect_model(model: Mapping, report: Report | None = None, embedding_names:
     _inspect_loras(report, model)
     folder = model.get("embeddings_dir")
     if folder is not None or embedding_names:
-        inspect_embeddings(folder, embedding_names, report.info.text_width, report)
+        widths = report.info.text_width if model.get("family", "sd15") == "sd15" else (
+            report.info.text_width, report.info.text_width_2)
+        inspect_embeddings(folder, embedding_names, widths, report)
     return report
 
 
@@ -672,31 +709,37 @@ def _check_case_collisions(report: Report, folder: Path | str, available: dict[s
                                                              f"<{lower}> would be ambiguous; rename or remove one")
 
 
-def _embedding_problem(path: Path, text_width: int | None) -> tuple[str | None, tuple[int, ...] | None]:
-    """Why an identity file cannot be used (None if it can), and its (tokens, width). Embeddings are small, so
-    they are read whole, with torch imported here only."""
+def _embedding_problem(path: Path, text_width: int | tuple | None) -> tuple[str | None, tuple[int, ...] | None]:
+    """Why an identity file cannot be used (None if it can), and its (tokens, width, …): one width for SD1.5, a
+    tuple of the two encoders' widths (each may be None) for an SD-XL base. Embeddings are small, so they are read
+    whole, with torch imported here only."""
     import torch
 
-    from magicme.embeddings import load_embedding_file
+    from magicme.embeddings import load_embedding_file, load_sdxl_embedding_file
 
+    sdxl = isinstance(text_width, tuple)
     try:
-        vectors = load_embedding_file(path)
+        tensors = load_sdxl_embedding_file(path) if sdxl else (load_embedding_file(path),)
     except ConfigError as err:
         return str(err).removeprefix(f"{path}: "), None
-    shape = tuple(vectors.shape)
+    shape = (tensors[0].shape[0], *(t.shape[1] for t in tensors))
+    widths = text_width if sdxl else (text_width,)
     if shape[0] == 0:
         return "0 tokens: an empty embedding; re-train or re-download it", shape
-    if not torch.isfinite(vectors).all():
+    if not all(torch.isfinite(t).all() for t in tensors):
         return "NaN or infinite values (a diverged training run?); re-train or re-download it", shape
-    if text_width and shape[1] != text_width:
-        return f"width {shape[1]}, the text encoder {text_width}; use an embedding trained for this base family", shape
+    for name, tensor, width in zip(("clip_l ", "clip_g ") if sdxl else ("",), tensors, widths):
+        if width and tensor.shape[1] != width:
+            return (f"{name}width {tensor.shape[1]}, the text encoder {width}; use an embedding trained for this "
+                    f"base family"), shape
     return None, shape
 
 
-def inspect_embeddings(folder: Path | str | None, names: list[str] | None, text_width: int | None,
+def inspect_embeddings(folder: Path | str | None, names: list[str] | None, text_width: int | tuple | None,
                        report: Report) -> dict[str, Path]:
     """Check the identity files in `folder` (all of them, or only `names`): each must have at least one token,
-    finite values and width `text_width` (unchecked when None), and no two names may differ only by case.
+    finite values and width `text_width` (unchecked when None; a tuple of both encoders' widths for SD-XL, whose
+    files hold clip_l and clip_g), and no two names may differ only by case.
     Returns name → path of the selected identities."""
     from magicme.embeddings import find_embeddings
 
@@ -717,7 +760,7 @@ def inspect_embeddings(folder: Path | str | None, names: list[str] | None, text_
         if problem is not None:
             report.add(item, path, FAIL, f"identity {name!r}: {problem}")
         else:
-            shapes.append(f"{shape[0]}×{shape[1]}")
+            shapes.append("×".join(map(str, shape)))
     if shapes:
         report.add(item, folder, OK, f"{len(shapes)} identities ({', '.join(sorted(set(shapes)))})")
     return selected

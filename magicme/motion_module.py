@@ -15,7 +15,8 @@ from diffusers import MotionAdapter, UNetMotionModel
 from diffusers.loaders.single_file_utils import convert_animatediff_checkpoint_to_diffusers
 from magicme.checkpoint_io import load_checkpoint
 from magicme.errors import ConfigError
-from magicme.inspector import MotionModuleInfo, inspect_motion_module, lora_target_weights, motion_info_from_config
+from magicme.inspector import (FAMILY_LABELS, MotionModuleInfo, inspect_motion_module, lora_target_weights,
+                               motion_info_from_config)
 
 ATTENTION_HEADS = 8  # fixed in the original AnimateDiff code for every version
 NORM_GROUPS = 32
@@ -31,16 +32,25 @@ def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_motion_adapter(path: Path | str) -> tuple[MotionAdapter, MotionModuleInfo]:
+def check_family(info: MotionModuleInfo, path: Path | str, family: str) -> MotionModuleInfo:
+    """An SDXL motion module for an SD1.5 base (or the reverse) is an error, before the adapter is built."""
+    if info.family != family:
+        raise ConfigError(f"model.motion_module: {path}: an {FAMILY_LABELS[info.family]} motion module, but "
+                          f"model.family is {family}; use a motion module made for "
+                          f"{FAMILY_LABELS.get(family, family)} bases")
+    return info
+
+
+def load_motion_adapter(path: Path | str, family: str = "sd15") -> tuple[MotionAdapter, MotionModuleInfo]:
     """A `MotionAdapter` from a motion module file in either key layout (original AnimateDiff / AnimateLCM /
-    Lightning `_comfyui`, or a diffusers state dict such as Lightning's `_diffusers` files; told apart by keys), or
-    from a diffusers MotionAdapter folder."""
+    Lightning `_comfyui` / the SDXL beta's `.ckpt`, or a diffusers state dict such as Lightning's `_diffusers`
+    files; told apart by keys), or from a diffusers MotionAdapter folder; it must fit `family`'s bases."""
     path = Path(path)
     if path.is_dir():
         adapter = MotionAdapter.from_pretrained(path, local_files_only=True)
-        return adapter, motion_info_from_config(adapter.config, path)
+        return adapter, check_family(motion_info_from_config(adapter.config, path), path, family)
     state = read_state_dict(path)
-    info = inspect_motion_module(state, path)
+    info = check_family(inspect_motion_module(state, path), path, family)
     adapter = MotionAdapter(
         block_out_channels=info.block_out_channels, motion_layers_per_block=info.layers_per_block,
         motion_num_attention_heads=ATTENTION_HEADS, motion_norm_num_groups=NORM_GROUPS,

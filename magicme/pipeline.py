@@ -52,12 +52,20 @@ class MagicPipeline:
 
     def __init__(self, t2v: AnimateDiffPipeline, motion_version: str, max_frames: int, family: str = "sd15"):
         self.t2v = t2v
-        self.v2v = AnimateDiffVideoToVideoPipeline(**t2v.components)
+        self.v2v = self.make_v2v(t2v)
         self.motion_version = motion_version
         self.max_frames = max_frames
         self.family = family
         self.prompts = PromptEncoder(t2v)  # comfy weighting; a run sets `prompts.weighting` from its config
         self.context: ContextSettings | None = None  # context windows for videos longer than the motion module
+
+    def make_v2v(self, t2v: AnimateDiffPipeline) -> AnimateDiffVideoToVideoPipeline | None:
+        """The video→video pipeline on the same components (a family without one returns None)."""
+        return AnimateDiffVideoToVideoPipeline(**t2v.components)
+
+    def decode_options(self) -> dict:
+        """The text→video pipeline's VAE decoding arguments (chunked: see `vae_chunk`)."""
+        return {"decode_chunk_size": self.vae_chunk}
 
     @property
     def device(self) -> torch.device:
@@ -109,7 +117,7 @@ class MagicPipeline:
             out = self.t2v(**passthrough(self.t2v, pipeline_kwargs, dict(
                 **prompt_kwargs, num_frames=frames, height=height, width=width, num_inference_steps=steps,
                 guidance_scale=guidance_scale, latents=latents, generator=generator, output_type="np",
-                decode_chunk_size=self.vae_chunk,
+                **self.decode_options(),
             )))
         return np.asarray(out.frames[0], dtype=np.float32)
 

@@ -38,14 +38,23 @@ class TokenizedPrompt:
 
 
 class PromptEncoder:
-    """Encodes prompts with a diffusers pipeline's tokenizer and text encoder (and its loaded identities)."""
+    """Encodes prompts with a diffusers pipeline's tokenizer and text encoder (and its loaded identities).
 
-    def __init__(self, pipeline, weighting: str = "comfy"):
+    `tokenizer` / `text_encoder` select another pair of the pipeline's (SD-XL's second), and `hidden_layer` a
+    hidden state instead of the last one (SD-XL reads the penultimate, -2)."""
+
+    def __init__(self, pipeline, weighting: str = "comfy", tokenizer=None, text_encoder=None,
+                 hidden_layer: int | None = None):
         self.pipeline, self.weighting = pipeline, weighting
+        self._tokenizer, self._text_encoder, self.hidden_layer = tokenizer, text_encoder, hidden_layer
 
     @property
     def tokenizer(self):
-        return self.pipeline.tokenizer
+        return self._tokenizer if self._tokenizer is not None else self.pipeline.tokenizer
+
+    @property
+    def text_encoder(self):
+        return self._text_encoder if self._text_encoder is not None else self.pipeline.text_encoder
 
     def tokenize(self, prompt: str) -> TokenizedPrompt:
         """Token ids and weights of a prompt; `<name>` / `embedding:name` become the identity's N tokens."""
@@ -69,15 +78,21 @@ class PromptEncoder:
                               f"({MAX_CHUNKS * CHUNK_TOKENS} tokens); shorten it")
         return len(tokens.ids)
 
+    def chunk_ids(self, ids: list[int]) -> torch.Tensor:
+        """(1, 77): BOS + ids + EOS, padded as diffusers pads."""
+        tok = self.tokenizer
+        row = [tok.bos_token_id, *ids, tok.eos_token_id]
+        row += [tok.pad_token_id] * (tok.model_max_length - len(row))
+        return torch.tensor([row], device=self.pipeline._execution_device)
+
     @torch.no_grad()
     def encode_chunk(self, ids: list[int]) -> torch.Tensor:
-        """(1, 77, D): BOS + ids + EOS, padded as diffusers pads, through the text encoder once."""
-        tok, encoder = self.tokenizer, self.pipeline.text_encoder
-        length = tok.model_max_length
-        row = [tok.bos_token_id, *ids, tok.eos_token_id]
-        row += [tok.pad_token_id] * (length - len(row))
-        device = self.pipeline._execution_device
-        return encoder(torch.tensor([row], device=device), attention_mask=None)[0].to(encoder.dtype)
+        """(1, 77, D): the chunk's row through the text encoder once."""
+        encoder = self.text_encoder
+        if self.hidden_layer is None:
+            return encoder(self.chunk_ids(ids), attention_mask=None)[0].to(encoder.dtype)
+        out = encoder(self.chunk_ids(ids), attention_mask=None, output_hidden_states=True)
+        return out.hidden_states[self.hidden_layer].to(encoder.dtype)
 
     def encode(self, prompt: str, chunks: int | None = None) -> torch.Tensor:
         """(1, 77 · chunks, D) conditioning of `prompt`; padded with empty chunks up to `chunks`."""

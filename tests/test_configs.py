@@ -40,13 +40,15 @@ def test_readme_config_table_names_every_top_level_key():
 
 @pytest.mark.parametrize("path", SAMPLE, ids=str)
 def test_shipped_sampling_configs_pass_every_check(path, tiny_bundle, tmp_path):
-    """Each shipped config, with its model files swapped for the tiny bundle's, passes every pre-load check
-    (ranges, stages, frames vs the motion module, identities)."""
-    cfg = load_sample_config(path, [
-        f"model.base={tiny_bundle['sd15']}", "model.base_config=null", "model.vae=null",
-        f"model.motion_module={tiny_bundle['motion_v2']}",
+    """Each shipped config, with its model files swapped for the tiny bundle's of its family, passes every
+    pre-load check (ranges, stages, frames vs the motion module, identities)."""
+    sdxl = OmegaConf.load(path).get("model", {}).get("family") == "sdxl"
+    files = [f"model.base={tiny_bundle['sdxl']}", f"model.motion_module={tiny_bundle['motion_sdxl']}"] if sdxl else [
+        f"model.base={tiny_bundle['sd15']}", f"model.motion_module={tiny_bundle['motion_v2']}",
         f"model.motion_loras=[{{path: {tiny_bundle['motion_lora']}, strength: 0.6}}]",
-        f"model.loras=[{{path: {tiny_bundle['lora_animatelcm']}, strength: 0.8}}]",
+        f"model.loras=[{{path: {tiny_bundle['lora_animatelcm']}, strength: 0.8}}]"]
+    cfg = load_sample_config(path, [
+        *files, "model.base_config=null", "model.vae=null",
         f"model.embeddings_dir={tmp_path / 'emb'}", f"face.clipseg_model={tiny_bundle['clipseg']}",
         f"output_dir={tmp_path / 'out'}"])
     if cfg.input_video is not None:
@@ -57,8 +59,9 @@ def test_shipped_sampling_configs_pass_every_check(path, tiny_bundle, tmp_path):
             entry.video = str(tiny_bundle["control_clip"])
     (tmp_path / "emb").mkdir()
     texts = [text for s in expand_samples(cfg) for text in keyframes(s.prompt).values()]
+    identity = tiny_bundle["embedding_sdxl" if sdxl else "embedding"]
     for name in {n for text in texts for n in referenced_names(text)}:  # the tiny identity under each name used
-        (tmp_path / "emb" / f"{name}.pt").write_bytes(tiny_bundle["embedding"].read_bytes())
+        (tmp_path / "emb" / f"{name}{identity.suffix}").write_bytes(identity.read_bytes())
     samples, embeddings = check_sample_config(cfg)
     assert samples and not (tmp_path / "out").exists()
 

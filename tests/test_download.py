@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "download_checkpoint.sh"
-GROUPS = ["sd15", "base", "vae", "motion", "lora", "lightning", "lcm", "clipseg", "upscaler", "eval", "embeddings"]
+GROUPS = ["sd15", "base", "vae", "motion", "lora", "lightning", "lcm", "clipseg", "upscaler", "eval", "embeddings",
+          "sdxl"]
 MM_V2_SHA = "69ed0f5fef82b110aca51bcab73b21104242bc65d6ab4b8b2a2a94d31cad1bf0"
 
 
@@ -99,7 +100,23 @@ def test_dry_run_plans_every_file_and_downloads_nothing(tmp_path):
     ]:
         assert expected in out, expected
     assert "safety_checker" not in out and "ema" not in out.replace("no-ema", "")
+    assert "stable-diffusion-xl" not in out and "mm_sdxl" not in out  # opt-in: --only sdxl
     assert not (tmp_path / "models").exists()
+
+
+def test_sdxl_group_plans_the_sdxl_files(tmp_path):
+    out = run("--dry-run", "--fp16", "--only", "sdxl", models=tmp_path).stdout
+    for expected in [
+        "stable-diffusion-xl-base-1.0/unet/diffusion_pytorch_model.safetensors <- https://huggingface.co/stabilityai/"
+        "stable-diffusion-xl-base-1.0/resolve/main/unet/diffusion_pytorch_model.fp16.safetensors",
+        "stable-diffusion-xl-base-1.0/text_encoder_2/model.safetensors", "stable-diffusion-xl-base-1.0/tokenizer_2/vocab.json",
+        "vae/sdxl-vae-fp16-fix/diffusion_pytorch_model.safetensors <- https://huggingface.co/madebyollin/"
+        "sdxl-vae-fp16-fix/resolve/main/diffusion_pytorch_model.safetensors",
+        "motion_module/mm_sdxl_v10_beta.ckpt <- https://huggingface.co/guoyww/animatediff/resolve/main/"
+        "mm_sdxl_v10_beta.ckpt",
+    ]:
+        assert expected in out, expected
+    assert "stable-diffusion-xl-base-1.0/vae/" not in out and "stable-diffusion-v1-5" not in out
 
 
 def test_fp16_variant_is_saved_under_the_plain_name(tmp_path):

@@ -56,10 +56,12 @@ def test_not_a_motion_module(tiny_bundle, tmp_path):
         load_motion_adapter(tmp_path / "missing.ckpt")
 
 
-def test_sdxl_module_is_rejected():
+def test_sdxl_module_is_rejected(tmp_path):
     state = {f"down_blocks.{i}.motion_modules.0.temporal_transformer.norm.weight": torch.zeros(320) for i in range(3)}
-    with pytest.raises(ConfigError, match="SDXL"):
-        inspect_motion_module(state)
+    assert inspect_motion_module(state).family == "sdxl"
+    torch.save(state, tmp_path / "mm_sdxl.ckpt")
+    with pytest.raises(ConfigError, match="an SDXL motion module, but model.family is sd15"):
+        load_motion_adapter(tmp_path / "mm_sdxl.ckpt")
 
 
 def test_motion_lora_merge_is_exact(tiny_bundle):

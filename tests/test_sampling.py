@@ -113,7 +113,7 @@ BAD_CONFIGS = [
     ({"model.scheduler": "heun"}, "model.scheduler.name: 'heun' is neither a preset"),
     ({"model.scheduler": {"name": "euler", "kwargs": {"spacing": "trailing"}}},
      "model.scheduler.kwargs: EulerDiscreteScheduler has no setting spacing"),
-    ({"model.family": "sdxl"}, "model.family: 'sdxl' is not one of sd15"),
+    ({"model.family": "sd3"}, "model.family: 'sd3' is not one of sd15, sdxl"),
     ({"model.motion_module": "nowhere/mm.ckpt"}, "model.motion_module: nowhere/mm.ckpt: not found; run: bash download_checkpoint.sh"),
     ({"model.base": "models/missing-base"}, "model.base: models/missing-base: not found; run: bash download_checkpoint.sh"),
     ({"prompts": []}, "prompts: no prompts given"),

@@ -12,7 +12,7 @@ A family is one module with these functions:
     load(model, embeddings, *, device, precision, attention, vae_slicing, cpu_offload) -> MagicPipeline
         The loaded pipeline (magicme/pipeline.py): text→video and video→video with the 3D noise prior.
 
-Adding a family (e.g. SD-XL) = one module beside sd15.py + one line in FAMILIES. Modules are imported only when
+Adding a family = one module beside sd15.py (sdxl.py is the second) + one line in FAMILIES. Modules are imported only when
 a run uses them, so reading a config stays fast.
 """
 
@@ -23,6 +23,7 @@ from magicme.errors import ConfigError
 
 FAMILIES = {
     "sd15": "magicme.families.sd15",
+    "sdxl": "magicme.families.sdxl",
 }
 
 

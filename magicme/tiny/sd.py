@@ -107,8 +107,8 @@ def save_tiny_sd(out: Path) -> Path:
 
 def build_tiny_bundle(out: Path | str, seed: int = 0) -> dict[str, Path]:
     """Build every tiny model under `out` (SD folder, motion modules v1/v2/v3, a MotionLoRA, CLIPSeg, an ID
-    embedding, the few-step modules and LoRA, a ControlNet and two clips); the same seed always gives the same
-    weights."""
+    embedding, the few-step modules and LoRA, a ControlNet and two clips, and the SD-XL family's:
+    magicme/tiny/sdxl.py); the same seed always gives the same weights."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "RANDOM_WEIGHTS.txt").write_text(
@@ -130,6 +130,9 @@ def build_tiny_bundle(out: Path | str, seed: int = 0) -> dict[str, Path]:
                    class_word="man")
     paths.update(save_fewstep_models(out, seed))
     paths.update(save_control_models(out, seed))
+    from magicme.tiny.sdxl import save_sdxl_models  # here: magicme.tiny.sdxl imports this module
+
+    paths.update(save_sdxl_models(out, seed))  # last, so the SD1.5 files' random draws stay as they were
     return paths
 
 

@@ -1,0 +1,263 @@
+"""The SD-XL family on the tiny SD-XL bundle (magicme/tiny/sdxl.py): its file formats, the family checks made
+before anything loads, and T2V end to end through `sample.py` / `run_sampling` (3D prior, identity tokens in both
+text encoders)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import sample
+from magicme.embeddings import load_sdxl_embedding_file, read_class_word, save_sdxl_embedding
+from magicme.errors import ConfigError
+from magicme.families import sdxl
+from magicme.families.sd15 import make_scheduler
+from magicme.inspector import inspect_motion_module, tensor_shapes
+from magicme.noise_prior import sample_noise_prior
+from magicme.sampling import run_sampling
+from magicme.prompts import to_pipeline_prompt
+from magicme.schema import check_sample_config, load_sample_config, model_config
+from magicme.tiny.motion import save_original_motion_lora
+from magicme.tiny.sdxl import TEXT_WIDTHS, TIME_EMBED, UNET_CHANNELS, tiny_sdxl_motion_adapter
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "configs" / "tiny" / "sample_sdxl.yaml"
+SD15_CONFIG = REPO / "configs" / "tiny" / "sample.yaml"
+FAST = ["steps=2", "frames=2", "width=32", "height=32", "device=cpu", "precision=fp32", "save_frames=true",
+        "formats=[gif]"]
+
+
+@pytest.fixture()
+def in_repo_layout(tmp_path, tiny_bundle, monkeypatch):
+    """A working folder where the tiny configs' `models/tiny/...` paths are the session's bundle."""
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "tiny").symlink_to(tiny_bundle["sd15"].parent)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def unet_calls(monkeypatch) -> list:
+    """Every UNet call of the pipeline the run loads: input latents, cross-attention and added conditioning."""
+    calls, load = [], sdxl.load
+
+    def record(module, args, kwargs):
+        calls.append({"sample": args[0].detach().clone(), "text": kwargs["encoder_hidden_states"].detach().clone(),
+                      "added": {k: v.detach().clone() for k, v in kwargs["added_cond_kwargs"].items()}})
+
+    def loading(*args, **kwargs):
+        pipe = load(*args, **kwargs)
+        pipe.t2v.unet.register_forward_pre_hook(record, with_kwargs=True)
+        return pipe
+
+    monkeypatch.setattr(sdxl, "load", loading)
+    return calls
+
+
+def checked(*overrides: str):
+    return check_sample_config(load_sample_config(CONFIG, list(overrides)))
+
+
+def read_pngs(folder: Path) -> np.ndarray:
+    return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sorted(folder.glob("*.png"))])
+
+
+# --- the tiny SD-XL files -------------------------------------------------------------------------------------------
+
+
+def test_tiny_sdxl_bundle_has_the_real_layouts(tiny_bundle):
+    base = tiny_bundle["sdxl"]
+    for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        assert (base / part / "config.json").is_file()
+    assert (base / "scheduler" / "scheduler_config.json").is_file()
+    for part in ("tokenizer", "tokenizer_2"):
+        assert (base / part / "vocab.json").is_file()
+    assert json.loads((base / "text_encoder_2" / "config.json").read_text())["architectures"] == [
+        "CLIPTextModelWithProjection"]
+    unet = json.loads((base / "unet" / "config.json").read_text())
+    assert unet["addition_embed_type"] == "text_time"
+    assert unet["projection_class_embeddings_input_dim"] == TEXT_WIDTHS[1] + 6 * TIME_EMBED
+    assert unet["cross_attention_dim"] == sum(TEXT_WIDTHS)
+    # the motion module: original AnimateDiff keys, three UNet levels, no mid block, 32 frames (mm_sdxl_v10_beta)
+    shapes = tensor_shapes(tiny_bundle["motion_sdxl"])
+    assert all(".temporal_transformer." in k for k in shapes)
+    assert {k.split(".")[1] for k in shapes if k.startswith("down_blocks.")} == {"0", "1", "2"}
+    assert not any(k.startswith("mid_block.") for k in shapes)
+    info = inspect_motion_module(shapes, tiny_bundle["motion_sdxl"])
+    assert (info.family, info.block_out_channels, info.max_seq_length, info.layout) == (
+        "sdxl", UNET_CHANNELS, 32, "original")
+    # the identity: the A1111/ComfyUI SDXL file, one tensor per encoder
+    tensors = load_file(tiny_bundle["embedding_sdxl"])
+    assert {k: tuple(v.shape) for k, v in tensors.items()} == {"clip_l": (4, TEXT_WIDTHS[0]),
+                                                               "clip_g": (4, TEXT_WIDTHS[1])}
+
+
+def test_sdxl_embedding_round_trip(tmp_path):
+    clip_l, clip_g = torch.randn(3, 768), torch.randn(3, 1280)
+    path = save_sdxl_embedding(tmp_path / "ann.safetensors", clip_l, clip_g, class_word="woman")
+    read_l, read_g = load_sdxl_embedding_file(path)
+    assert torch.equal(read_l, clip_l) and torch.equal(read_g, clip_g)
+    assert read_class_word(path) == "woman"
+
+
+# --- checks before loading ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["model.motion_module=models/tiny/motion_module/mm_tiny_v2.ckpt"],
+     "model.motion_module: models/tiny/motion_module/mm_tiny_v2.ckpt: an SD1.5 motion module, but model.family is "
+     "sdxl"),
+    (["model.base=models/tiny/sd15"], "model.base: models/tiny/sd15: an SD1.5 model, but model.family is sdxl"),
+    (["model.embeddings_dir=models/tiny/embeddings"], "not an SDXL embedding (no clip_l and clip_g tensors"),
+    (["stages=[t2v,face]", "face.clipseg_model=models/tiny/clipseg"],
+     "face.strength: this stage denoises video→video, which model.family sdxl does not do"),
+    (["model.animatediff_numerics=original"], "model.animatediff_numerics: 'original' is measured for the SD1.5"),
+    (["model.motion_loras=[{path: sdxl_lora.ckpt}]"], "model.motion_loras: the MotionLoRAs are made for SD1.5"),
+    (["prompts=[a photo of embedding:nobody man]"], "unknown identity 'nobody'"),
+    (["model.base=models/xl-missing"], "model.base: models/xl-missing: not found; run: bash download_checkpoint.sh "
+                                       "--only sdxl"),
+    (["model.motion_module=models/mm-missing.ckpt"], "not found; run: bash download_checkpoint.sh --only sdxl"),
+])
+def test_sdxl_config_errors_before_loading(in_repo_layout, monkeypatch, overrides, message):
+    save_original_motion_lora(tiny_sdxl_motion_adapter(), "sdxl_lora.ckpt")  # fits the SDXL module's keys
+    monkeypatch.setattr(sdxl, "load", lambda *a, **k: pytest.fail("loaded a model"))
+    with pytest.raises(ConfigError) as err:
+        checked(*overrides)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_sdxl_files_in_an_sd15_run_are_one_error(in_repo_layout):
+    sd15 = SD15_CONFIG
+    with pytest.raises(ConfigError, match="model.motion_module: .*mm_sdxl_tiny_beta.ckpt: an SDXL motion module, "
+                                          "but model.family is sd15"):
+        check_sample_config(load_sample_config(sd15, ["model.motion_module=models/tiny/motion_module/"
+                                                      "mm_sdxl_tiny_beta.ckpt", "model.motion_loras=[]"]))
+    with pytest.raises(ConfigError, match=r"an SDXL embedding \(clip_l, clip_g\), but the base is SD1.5"):
+        check_sample_config(load_sample_config(sd15, ["model.embeddings_dir=models/tiny/embeddings_sdxl"]))
+
+
+# --- sampling -------------------------------------------------------------------------------------------------------
+
+
+def test_tiny_sdxl_config_renders_from_the_3d_prior(in_repo_layout, monkeypatch):
+    """configs/tiny/sample_sdxl.yaml through sample.py: the first UNet input is seed 42's 3D prior noise (γ 0.1),
+    as the scheduler scales it; cross-attention sees both encoders; SD-XL's added conditioning is there."""
+    calls = unet_calls(monkeypatch)
+    assert sample.main(["--config", str(CONFIG), "--quiet", "output_dir=out"]) == 0
+    (run_dir,) = Path("out").iterdir()
+    records = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert [(r["frames"], r["height"], r["width"], r["seed"]) for r in records] == [(8, 64, 64, 42), (8, 64, 64, 7)]
+    assert len(calls) == 2 * 4  # 2 samples × 4 steps, prompt and negative batched
+    scheduler = make_scheduler({"name": "ddim"})
+    scheduler.set_timesteps(4)
+    prior = sample_noise_prior((1, 4, 8, 8, 8), 0.1, torch.Generator().manual_seed(42))
+    expected = scheduler.scale_model_input(prior * scheduler.init_noise_sigma, scheduler.timesteps[0])
+    assert torch.allclose(calls[0]["sample"][1], expected[0], atol=1e-6)  # [negative, positive] halves, same noise
+    assert calls[0]["text"].shape[-1] == sum(TEXT_WIDTHS)
+    assert calls[0]["added"]["text_embeds"].shape[-1] == TEXT_WIDTHS[1]
+    assert calls[0]["added"]["time_ids"][0].tolist() == [64, 64, 0, 0, 64, 64]
+
+
+def test_each_encoders_identity_vectors_reach_the_video(in_repo_layout, tiny_bundle, tmp_path):
+    """One run, four identities: the tiny one, the same with only its clip_l or only its clip_g vectors changed,
+    and the same file again. Changing either encoder's vectors changes the video; the copy renders identically."""
+    clip_l, clip_g = load_sdxl_embedding_file(tiny_bundle["embedding_sdxl"])
+    folder = tmp_path / "ids"
+    save_sdxl_embedding(folder / "ann.safetensors", clip_l, clip_g)
+    save_sdxl_embedding(folder / "twin.safetensors", clip_l, clip_g)
+    save_sdxl_embedding(folder / "otherl.safetensors", clip_l.flip(0) * 50, clip_g)
+    save_sdxl_embedding(folder / "otherg.safetensors", clip_l, clip_g.flip(0) * 50)
+    prompts = [f"a photo of <{name}> man" for name in ("ann", "twin", "otherl", "otherg")]
+    run_dir = run_sampling(CONFIG, [*FAST, f"model.embeddings_dir={folder}", f"prompts={json.dumps(prompts)}",
+                                    "seeds=[3]", "output_dir=out"], progress=False)
+    records = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    ann, twin, other_l, other_g = (read_pngs(run_dir / r["files"]["frames"]) for r in records)
+    assert np.array_equal(ann, twin)
+    assert not np.array_equal(ann, other_l) and not np.array_equal(ann, other_g)
+
+
+@pytest.fixture(scope="module")
+def sdxl_pipeline(tiny_bundle):
+    model = model_config({"family": "sdxl", "base": str(tiny_bundle["sdxl"]),
+                          "motion_module": str(tiny_bundle["motion_sdxl"]), "animatediff_numerics": "diffusers"})
+    return sdxl.load(model, {"tinyperson": tiny_bundle["embedding_sdxl"]}, device="cpu", precision="fp32")
+
+
+@pytest.mark.parametrize("negative", ["blurry, lowres", ""])
+def test_sdxl_prompt_encoding_is_diffusers_for_plain_prompts(sdxl_pipeline, negative):
+    """An unweighted prompt (with an identity) of ≤ 75 tokens: exactly the four tensors diffusers' own
+    `encode_prompt` gives (an empty negative prompt: diffusers' zeros)."""
+    prompt = "a photo of embedding:tinyperson man walking"
+    ours = sdxl_pipeline.prompts.encode_pair(prompt, negative)
+    theirs = sdxl_pipeline.t2v.encode_prompt(to_pipeline_prompt(prompt), device=torch.device("cpu"),
+                                             negative_prompt=to_pipeline_prompt(negative) or None)
+    names = ["prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds"]
+    for name, tensor in zip(names, theirs, strict=True):
+        assert torch.equal(ours[name], tensor), name
+    assert not torch.equal(ours["prompt_embeds"], sdxl_pipeline.prompts.encode_pair("a photo of man walking",
+                                                                                   negative)["prompt_embeds"])
+
+
+def test_prompt_weighting_none_reaches_both_encoders(sdxl_pipeline):
+    """`prompt_weighting: none`: the text goes to both encoders as written, parentheses and all, as diffusers reads
+    it; with comfy weighting the same text is parsed into a weight."""
+    prompt = "a photo of (man:1.5)"
+    theirs = sdxl_pipeline.t2v.encode_prompt(prompt, device=torch.device("cpu"), negative_prompt=None)
+    try:
+        sdxl_pipeline.prompts.weighting = "none"
+        literal = sdxl_pipeline.prompts.encode_pair(prompt, "")
+    finally:
+        sdxl_pipeline.prompts.weighting = "comfy"
+    assert torch.equal(literal["prompt_embeds"], theirs[0]) and torch.equal(literal["pooled_prompt_embeds"], theirs[2])
+    assert not torch.equal(sdxl_pipeline.prompts.encode_pair(prompt, "")["prompt_embeds"], theirs[0])
+
+
+def test_weights_and_long_prompts_reach_the_sdxl_video(in_repo_layout, monkeypatch):
+    """One run: a prompt, the same with its identity weighted 1.5, and one of more than 75 tokens. The weight
+    changes the video; the long prompt is read whole (2 chunks of 77 in the cross-attention)."""
+    calls = unet_calls(monkeypatch)
+    long = "a photo of <tinyperson> man " + "walking " * 12
+    prompts = ["a photo of <tinyperson> man", "a photo of (<tinyperson>:1.5) man", long]
+    run_dir = run_sampling(CONFIG, [*FAST, f"prompts={json.dumps(prompts)}", "seeds=[3]", "output_dir=out"],
+                           progress=False)
+    records = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    plain, weighted, _ = (read_pngs(run_dir / r["files"]["frames"]) for r in records)
+    assert not np.array_equal(plain, weighted)
+    assert [c["text"].shape[1] for c in calls] == [77, 77, 77, 77, 154, 154]
+
+
+def test_sdxl_prompt_travel_is_an_error(in_repo_layout):
+    with pytest.raises(ConfigError, match="prompt travel is not supported with model.family sdxl yet"):
+        run_sampling(CONFIG, [*FAST, "prompts=[{prompt: {0: a photo, 1: a dog}}]", "output_dir=out"], progress=False)
+
+
+def test_context_windows_work_for_sdxl(in_repo_layout, monkeypatch):
+    """40 frames, more than the SDXL module's 32, in windows of 16: the UNet's layers never see more than 16
+    frames at once (its first convolution gets (negative + positive) × 16 frames)."""
+    rows, load = [], sdxl.load
+
+    def loading(*args, **kwargs):
+        pipe = load(*args, **kwargs)
+        pipe.t2v.unet.conv_in.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
+        return pipe
+
+    monkeypatch.setattr(sdxl, "load", loading)
+    run_dir = run_sampling(CONFIG, [*FAST, "frames=40", "context={length: 16, overlap: 4}", "prompts=[a photo]",
+                                    "output_dir=out"], progress=False)
+    (record,) = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert record["frames"] == 40 and len(read_pngs(run_dir / record["files"]["frames"])) == 40
+    assert rows and set(rows) == {2 * 16}
+
+
+def test_check_models_reads_the_sdxl_files(in_repo_layout, capsys):
+    spec = importlib.util.spec_from_file_location("check_models", REPO / "scripts" / "check_models.py")
+    check_models = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check_models)
+    assert check_models.main(["--config", str(CONFIG)]) == 0
+    table = capsys.readouterr().out
+    assert "text width 32 + 48" in table and "AnimateDiff SDXL, 32 frames max, channels (32, 64, 64)" in table
+    assert check_models.main(["--config", str(CONFIG), "model.base=models/tiny/sd15"]) == 1
