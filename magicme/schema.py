@@ -415,7 +415,11 @@ def check_sample_config(cfg: DictConfig) -> tuple[list[Sample], dict[str, Path]]
     _, embeddings = check_model(cfg.model, frames_at_once, prompts, context=cfg.context is not None)
     stage_schedulers = {f"{name}.scheduler": cfg[name].scheduler for name in cfg.stages
                         if name in cfg and cfg[name].get("scheduler") is not None}
-    get_family(cfg.model.family).check(cfg.model, stage_schedulers, denoise_schedules(cfg))
+    family = get_family(cfg.model.family)
+    if cfg.control and not family.CONTROL:
+        raise ConfigError(f"control: ControlNets are not wired for model.family {cfg.model.family} yet (SD1.5 only: "
+                          "docs/control.md); remove the control entries")
+    family.check(cfg.model, stage_schedulers, denoise_schedules(cfg))
     return samples, embeddings
 
 

@@ -121,6 +121,8 @@ def test_sdxl_embedding_round_trip(tmp_path):
     (["model.base=models/xl-missing"], "model.base: models/xl-missing: not found; run: bash download_checkpoint.sh "
                                        "--only sdxl"),
     (["model.motion_module=models/mm-missing.ckpt"], "not found; run: bash download_checkpoint.sh --only sdxl"),
+    (["control=[{model: models/tiny/controlnet, video: models/tiny/clips/control_square.gif}]"],
+     "control: ControlNets are not wired for model.family sdxl yet"),
 ])
 def test_sdxl_config_errors_before_loading(in_repo_layout, monkeypatch, overrides, message):
     save_original_motion_lora(tiny_sdxl_motion_adapter(), "sdxl_lora.ckpt")  # fits the SDXL module's keys

@@ -1,7 +1,9 @@
 """Model families: which base architecture a `model:` block describes (`model.family`).
 
-A family is one module with these functions:
+A family is one module with a flag and these functions:
 
+    CONTROL: bool
+        Whether the first stage may take `control:` ControlNets (magicme/control/) with this family.
     check(model, schedulers, schedules) -> None
         What needs the family's libraries to check before loading (the files were already read from their headers
         by magicme/inspector.py): the model's scheduler and the stages' own (`schedulers`, by config key), and the

@@ -26,6 +26,7 @@ from magicme.parity import apply_animatediff_numerics
 from magicme.pipeline import MagicPipeline
 
 NAME = "sd15"
+CONTROL = True  # the first stage takes `control:` ControlNets (magicme/control/)
 # The beta schedule every sampler shares: AnimateDiff's linear betas 0.00085–0.012, which the original Magic-Me and
 # AnimateDiff sample (and the motion modules were trained) with. SD1.5 itself was trained with "scaled_linear" betas
 # over the same range; the original code uses "linear", and so do we.

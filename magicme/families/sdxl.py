@@ -29,6 +29,7 @@ from magicme.prompt_encoding import CHUNK_TOKENS, PromptEncoder, TokenizedPrompt
 from magicme.prompts import Prompt, keyframes, travels
 
 NAME = "sdxl"
+CONTROL = False  # SD-XL ControlNets are not wired yet (docs/control.md)
 __all__ = ["NAME", "check", "load", "make_scheduler", "scheduler_spec", "SDXLMagicPipeline", "SDXLPromptEncoder"]
 
 
