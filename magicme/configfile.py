@@ -9,7 +9,6 @@ such as `${nope}` that does not resolve — becomes one `ConfigError` naming the
 import copy
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf

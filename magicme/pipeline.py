@@ -43,6 +43,19 @@ def passthrough(pipeline, kwargs: dict, ours: dict) -> dict:
     return merged
 
 
+def place(pipe, device: torch.device, attention: str, vae_slicing: bool, cpu_offload: bool) -> None:
+    """The run-wide attention and memory options, the same for every family's diffusers pipeline: xformers,
+    frame-by-frame VAE decoding, and either model CPU offload or the whole pipeline on `device`."""
+    if attention == "xformers":
+        pipe.enable_xformers_memory_efficient_attention()
+    if vae_slicing:
+        pipe.vae.enable_slicing()
+    if cpu_offload:
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+
+
 class MagicPipeline:
     """The loaded models plus the two operations every stage is made of."""
 

@@ -14,7 +14,7 @@ from magicme.evaluation.cache import CACHE_NAME, EvalCache, context_key, entry_k
 from magicme.evaluation.evaluate import EvalSettings, evaluate
 from magicme.tiny.eval_models import save_tiny_clip, save_tiny_dino
 from magicme.video_io import write_frames, write_video
-from tests.test_evaluation import record, write_run
+from tests.test_evaluation import record
 
 skdata = pytest.importorskip("skimage.data")
 

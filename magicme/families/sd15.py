@@ -23,7 +23,7 @@ from magicme.errors import ConfigError
 from magicme.inspector import CHECKPOINT_SUFFIXES, is_hub_id
 from magicme.motion_module import load_motion_adapter, merge_motion_lora, read_state_dict
 from magicme.parity import apply_animatediff_numerics
-from magicme.pipeline import MagicPipeline
+from magicme.pipeline import MagicPipeline, place
 
 NAME = "sd15"
 CONTROL = True  # the first stage takes `control:` ControlNets (magicme/control/)
@@ -179,12 +179,5 @@ def load(model, embeddings: dict[str, Path] | None = None, device: str = "auto",
     )
     fuse_loras(pipe, model.loras)
     load_into_pipeline(pipe, embeddings or {})
-    if attention == "xformers":
-        pipe.enable_xformers_memory_efficient_attention()
-    if vae_slicing:
-        pipe.vae.enable_slicing()
-    if cpu_offload:
-        pipe.enable_model_cpu_offload(device=device_)
-    else:
-        pipe.to(device_)
+    place(pipe, device_, attention, vae_slicing, cpu_offload)
     return MagicPipeline(pipe, motion_version=info.version, max_frames=info.max_seq_length, family=NAME)

@@ -24,7 +24,7 @@ from magicme.families.sd15 import load_vae, make_scheduler, scheduler_spec
 from magicme.families.sd15 import check as check_schedulers
 from magicme.inspector import is_hub_id
 from magicme.motion_module import load_motion_adapter
-from magicme.pipeline import MagicPipeline
+from magicme.pipeline import MagicPipeline, place
 from magicme.prompt_encoding import CHUNK_TOKENS, PromptEncoder, TokenizedPrompt
 from magicme.prompts import Prompt, keyframes, travels
 
@@ -184,12 +184,5 @@ def load(model, embeddings: dict[str, Path] | None = None, device: str = "auto",
         tokenizer_2=base.tokenizer_2, unet=unet, motion_adapter=None, scheduler=make_scheduler(model.scheduler),
     )
     load_into_sdxl_pipeline(pipe, embeddings or {})
-    if attention == "xformers":
-        pipe.enable_xformers_memory_efficient_attention()
-    if vae_slicing:
-        pipe.vae.enable_slicing()
-    if cpu_offload:
-        pipe.enable_model_cpu_offload(device=device_)
-    else:
-        pipe.to(device_)
+    place(pipe, device_, attention, vae_slicing, cpu_offload)
     return SDXLMagicPipeline(pipe, motion_version=info.version, max_frames=info.max_seq_length, family=NAME)

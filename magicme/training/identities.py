@@ -9,7 +9,6 @@ others, so re-running a command after a crash redoes only what was lost.
 """
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from accelerate import PartialState
 from accelerate.utils import gather_object, parse_flag_from_env
