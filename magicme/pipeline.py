@@ -76,9 +76,20 @@ class MagicPipeline:
         """The video→video pipeline on the same components (a family without one returns None)."""
         return AnimateDiffVideoToVideoPipeline(**t2v.components)
 
-    def decode_options(self) -> dict:
-        """The text→video pipeline's VAE decoding arguments (chunked: see `vae_chunk`)."""
-        return {"decode_chunk_size": self.vae_chunk}
+    def output_options(self) -> dict:
+        """The pipelines' output arguments: [0, 1] frames, VAE-decoded `vae_chunk` frames at a time."""
+        return {"output_type": "np", "decode_chunk_size": self.vae_chunk}
+
+    def frames(self, out) -> np.ndarray:
+        """The (frames, height, width, 3) [0, 1] video of a pipeline's output."""
+        return np.asarray(out.frames[0], dtype=np.float32)
+
+    @contextlib.contextmanager
+    def partial_schedule(self, scheduler, length: int, steps: int, noisy: torch.Tensor):
+        """The video→video pipeline's arguments that make it denoise `noisy` over the last `steps` steps of a
+        `length`-step schedule (the scheduler's timesteps are already set to `length`)."""
+        # diffusers keeps int(strength · length) steps; (steps + 0.5) / length makes that exactly steps
+        yield {"num_inference_steps": length, "strength": min(1.0, (steps + 0.5) / length), "latents": noisy}
 
     @property
     def device(self) -> torch.device:
@@ -129,10 +140,9 @@ class MagicPipeline:
                 self.conditioned(prompt, negative_prompt, frames, pipeline_kwargs) as prompt_kwargs:
             out = self.t2v(**passthrough(self.t2v, pipeline_kwargs, dict(
                 **prompt_kwargs, num_frames=frames, height=height, width=width, num_inference_steps=steps,
-                guidance_scale=guidance_scale, latents=latents, generator=generator, output_type="np",
-                **self.decode_options(),
+                guidance_scale=guidance_scale, latents=latents, generator=generator, **self.output_options(),
             )))
-        return np.asarray(out.frames[0], dtype=np.float32)
+        return self.frames(out)
 
     @torch.no_grad()
     def encode_video(self, video: np.ndarray) -> torch.Tensor:
@@ -179,10 +189,8 @@ class MagicPipeline:
             clean = self.encode_video(video)
             noise = sample_noise_prior(tuple(clean.shape), gamma, generator, device=self.device, dtype=self.dtype)
             noisy = noise_latents(clean, noise, sched, run[0])
-            ours = dict(height=height, width=width, num_inference_steps=length, guidance_scale=guidance_scale,
-                        # diffusers keeps int(strength · length) steps; (steps + 0.5) / length makes that exactly steps
-                        strength=min(1.0, (steps + 0.5) / length), latents=noisy, generator=generator,
-                        output_type="np", decode_chunk_size=self.vae_chunk)
+            ours = dict(height=height, width=width, guidance_scale=guidance_scale, generator=generator,
+                        **self.output_options())
             if mask is not None:
                 if sched.order != 1:
                     raise ValueError(f"masked denoising needs a first-order scheduler; {type(sched).__name__} has "
@@ -193,9 +201,10 @@ class MagicPipeline:
             self.v2v.set_progress_bar_config(disable=not progress, leave=False)
             with windowed_unet(self.t2v.unet, self.context), \
                     controlled_unet(self.t2v.unet, control, lambda: len(run)), \
-                    self.conditioned(prompt, negative_prompt, frames, pipeline_kwargs) as prompt_kwargs:
-                out = self.v2v(**passthrough(self.v2v, pipeline_kwargs, {**prompt_kwargs, **ours}))
-        return np.asarray(out.frames[0], dtype=np.float32)
+                    self.conditioned(prompt, negative_prompt, frames, pipeline_kwargs) as prompt_kwargs, \
+                    self.partial_schedule(sched, length, steps, noisy) as schedule_kwargs:
+                out = self.v2v(**passthrough(self.v2v, pipeline_kwargs, {**prompt_kwargs, **ours, **schedule_kwargs}))
+        return self.frames(out)
 
     def latent_mask(self, mask: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
         """A pixel mask ((H, W) or (F, H, W)) at the latents' resolution, (1, 1, F or 1, h, w), bilinear as

@@ -113,8 +113,6 @@ def test_sdxl_embedding_round_trip(tmp_path):
      "sdxl"),
     (["model.base=models/tiny/sd15"], "model.base: models/tiny/sd15: an SD1.5 model, but model.family is sdxl"),
     (["model.embeddings_dir=models/tiny/embeddings"], "not an SDXL embedding (no clip_l and clip_g tensors"),
-    (["stages=[t2v,face]", "face.clipseg_model=models/tiny/clipseg"],
-     "face.strength: this stage denoises video→video, which model.family sdxl does not do"),
     (["model.animatediff_numerics=original"], "model.animatediff_numerics: 'original' is measured for the SD1.5"),
     (["model.motion_loras=[{path: sdxl_lora.ckpt}]"], "model.motion_loras: the MotionLoRAs are made for SD1.5"),
     (["prompts=[a photo of embedding:nobody man]"], "unknown identity 'nobody'"),
@@ -230,11 +228,6 @@ def test_weights_and_long_prompts_reach_the_sdxl_video(in_repo_layout, monkeypat
     plain, weighted, _ = (read_pngs(run_dir / r["files"]["frames"]) for r in records)
     assert not np.array_equal(plain, weighted)
     assert [c["text"].shape[1] for c in calls] == [77, 77, 77, 77, 154, 154]
-
-
-def test_sdxl_prompt_travel_is_an_error(in_repo_layout):
-    with pytest.raises(ConfigError, match="prompt travel is not supported with model.family sdxl yet"):
-        run_sampling(CONFIG, [*FAST, "prompts=[{prompt: {0: a photo, 1: a dog}}]", "output_dir=out"], progress=False)
 
 
 def test_context_windows_work_for_sdxl(in_repo_layout, monkeypatch):

@@ -4,15 +4,18 @@ module (`mm_sdxl_v10_beta.ckpt`), with identities that have vectors for both SD-
 Composed from diffusers: the base's components (two tokenizers and CLIP text encoders, the second with projection),
 `UNetMotionModel.from_unet2d` with the motion module read by magicme/motion_module.py, and
 `AnimateDiffSDXLPipeline`, which encodes the prompt with both encoders and adds SD-XL's micro-conditioning (sizes,
-crop). T2V starts from the 3D noise prior as for SD1.5 (magicme/pipeline.py); prompts are weighted and chunked as
-for SD1.5, per encoder (`SDXLPromptEncoder`). What is not here yet (video→video stages, prompt travel, single-file
-bases, training) is listed in docs/sdxl.md; each is one clear error before sampling starts.
+crop). T2V starts from the 3D noise prior as for SD1.5 (magicme/pipeline.py); video→video (Face/Tiled VCD, editing)
+runs the same pipeline over the last steps of a schedule from prior-noised latents (`last_steps`), as diffusers has no
+AnimateDiff SD-XL video→video pipeline. Prompts are weighted, chunked and travel as for SD1.5, per encoder
+(`SDXLPromptEncoder`). What is not here yet is listed in docs/sdxl.md; each is one clear error before sampling.
 """
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers import AnimateDiffSDXLPipeline, AutoencoderKL, UNet2DConditionModel, UNetMotionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
@@ -27,10 +30,12 @@ from magicme.motion_module import load_motion_adapter
 from magicme.pipeline import MagicPipeline, place
 from magicme.prompt_encoding import CHUNK_TOKENS, PromptEncoder, TokenizedPrompt
 from magicme.prompts import Prompt, keyframes, travels
+from magicme.travel import interpolate, per_frame_conditioning
 
 NAME = "sdxl"
 CONTROL = False  # SD-XL ControlNets are not wired yet (docs/control.md)
-__all__ = ["NAME", "check", "load", "make_scheduler", "scheduler_spec", "SDXLMagicPipeline", "SDXLPromptEncoder"]
+__all__ = ["NAME", "check", "last_steps", "load", "make_scheduler", "scheduler_spec", "SDXLMagicPipeline",
+           "SDXLPromptEncoder"]
 
 
 @dataclass
@@ -44,7 +49,7 @@ class SDXLComponents:
 
 
 def check(model, schedulers: dict | None = None, schedules: list | None = None) -> None:
-    """The settings this family does not have yet are errors now, before anything loads; then the schedulers, as
+    """The settings this family does not have are errors now, before anything loads; then the schedulers, as
     for SD1.5 (the same presets and AnimateDiff's linear betas, which diffusers' AnimateDiff SDXL example uses)."""
     if model.get("loras"):
         raise ConfigError("model.loras: image LoRAs are not supported with model.family sdxl yet; remove them")
@@ -54,10 +59,6 @@ def check(model, schedulers: dict | None = None, schedules: list | None = None) 
     if model.get("animatediff_numerics", "original") != "diffusers":
         raise ConfigError("model.animatediff_numerics: 'original' is measured for the SD1.5 motion modules only; set "
                           "model.animatediff_numerics: diffusers for model.family sdxl")
-    for _, _, _, why in schedules or []:
-        if why != "steps":
-            raise ConfigError(f"{why}: this stage denoises video→video, which model.family sdxl does not do yet "
-                              f"(see docs/sdxl.md); remove the stage or set its strength to 0")
     check_schedulers(model, schedulers, schedules)
 
 
@@ -122,51 +123,126 @@ class SDXLPromptEncoder:
         ids = side.tokenize(prompt).ids[:CHUNK_TOKENS]
         return side.text_encoder(side.chunk_ids(ids), attention_mask=None)[0].to(side.text_encoder.dtype)
 
+    def chunks(self, *texts: str) -> int:
+        """The 75-token chunks the longest of `texts` needs in either tokenizer."""
+        return max(side.tokenize(text).chunks for side in self.sides for text in texts)
+
+    def conditioning(self, text: str, chunks: int, negative: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1, 77 · chunks, D1 + D2) rows and the (1, D2) pooled vector of `text`; zeros for an empty negative
+        prompt, as diffusers gives SD-XL (`force_zeros_for_empty_prompt`)."""
+        embeds, pooled = self.encode(text, chunks), self.pooled(text)
+        if negative and text == "" and self.pipeline.config.force_zeros_for_empty_prompt:
+            return torch.zeros_like(embeds), torch.zeros_like(pooled)
+        return embeds, pooled
+
     def encode_pair(self, prompt: str, negative_prompt: str) -> dict[str, torch.Tensor]:
         """The four conditioning tensors of `AnimateDiffSDXLPipeline.__call__`, prompt and negative with the same
         number of chunks."""
-        chunks = max(side.tokenize(text).chunks for side in self.sides for text in (prompt, negative_prompt))
-        embeds, pooled = self.encode(prompt, chunks), self.pooled(prompt)
-        if negative_prompt == "" and self.pipeline.config.force_zeros_for_empty_prompt:
-            negative, negative_pooled = torch.zeros_like(embeds), torch.zeros_like(pooled)
-        else:
-            negative, negative_pooled = self.encode(negative_prompt, chunks), self.pooled(negative_prompt)
+        chunks = self.chunks(prompt, negative_prompt)
+        embeds, pooled = self.conditioning(prompt, chunks)
+        negative, negative_pooled = self.conditioning(negative_prompt, chunks, negative=True)
         return {"prompt_embeds": embeds, "negative_prompt_embeds": negative, "pooled_prompt_embeds": pooled,
                 "negative_pooled_prompt_embeds": negative_pooled}
 
 
+@contextlib.contextmanager
+def last_steps(scheduler, steps: int) -> Iterator[None]:
+    """While active, `scheduler.set_timesteps(n)` builds the n-step schedule but hands its caller only the last `steps`
+    timesteps, with the scheduler's step index starting where they start: what diffusers' video→video pipelines do
+    with `strength` (`get_timesteps` + `set_begin_index`), for a pipeline that has no `strength`. The scheduler's
+    own list is the whole schedule again by the loop's first `scale_model_input`, as multistep and LCM schedulers
+    index it."""
+    set_timesteps, scale_model_input = scheduler.set_timesteps, scheduler.scale_model_input
+    whole = []
+
+    def set_tail(num_inference_steps: int, *args, **kwargs) -> None:
+        set_timesteps(num_inference_steps, *args, **kwargs)
+        start = (num_inference_steps - steps) * scheduler.order
+        whole[:] = [scheduler.timesteps]
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(start)
+        scheduler.timesteps = scheduler.timesteps[start:]
+
+    def scale(sample: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if whole:
+            scheduler.timesteps = whole[0]
+        return scale_model_input(sample, *args, **kwargs)
+
+    scheduler.set_timesteps, scheduler.scale_model_input = set_tail, scale
+    try:
+        yield
+    finally:
+        del scheduler.set_timesteps, scheduler.scale_model_input
+        if whole:
+            scheduler.timesteps = whole[0]
+
+
 class SDXLMagicPipeline(MagicPipeline):
-    """MagicPipeline on `AnimateDiffSDXLPipeline`: text→video from the 3D prior, prompts encoded by
-    `SDXLPromptEncoder` (identity tokens expanded in each tokenizer by its textual-inversion loader)."""
+    """MagicPipeline on `AnimateDiffSDXLPipeline`, which serves text→video and video→video: prompts encoded by
+    `SDXLPromptEncoder` (identity tokens expanded in each tokenizer by its textual-inversion loader), frames decoded
+    by the VAE `vae_chunk` at a time (the pipeline's own decoder takes all frames at once, too much memory at
+    1024²)."""
 
     def __init__(self, t2v: AnimateDiffSDXLPipeline, motion_version: str, max_frames: int, family: str = NAME):
         super().__init__(t2v, motion_version, max_frames, family)
         self.prompts = SDXLPromptEncoder(t2v)
 
-    def make_v2v(self, t2v: AnimateDiffSDXLPipeline) -> None:
-        return None  # diffusers has no AnimateDiff SDXL video→video pipeline; `check` refuses such stages
+    def make_v2v(self, t2v: AnimateDiffSDXLPipeline) -> AnimateDiffSDXLPipeline:
+        return t2v  # diffusers has no AnimateDiff SD-XL video→video pipeline: `partial_schedule` makes one of it
 
-    def decode_options(self) -> dict:
-        return {}  # AnimateDiffSDXLPipeline decodes all frames at once (no decode_chunk_size)
+    def output_options(self) -> dict:
+        return {"output_type": "latent"}
 
-    def video_to_video(self, *args, **kwargs):
-        raise ConfigError("stages: video→video (face, tiled, edit) is not available for model.family sdxl yet; see "
-                          "docs/sdxl.md")
+    @torch.no_grad()
+    def frames(self, out) -> np.ndarray:
+        """The pipeline's latents decoded `vae_chunk` frames at a time, in fp32 when an fp16 VAE asks for it
+        (`force_upcast`, the stock SD-XL VAE), as the pipeline's own decoder does."""
+        vae = self.t2v.vae
+        latents = out.frames[0].transpose(0, 1) / vae.config.scaling_factor  # (F, C, h, w)
+        upcast = vae.dtype == torch.float16 and vae.config.force_upcast
+        if upcast:
+            vae.to(torch.float32)
+        try:
+            pixels = torch.cat([vae.decode(latents[i:i + self.vae_chunk].to(vae.dtype)).sample.float()
+                                for i in range(0, len(latents), self.vae_chunk)])
+        finally:
+            if upcast:
+                vae.to(torch.float16)
+        video = self.t2v.video_processor.postprocess_video(video=pixels.transpose(0, 1)[None], output_type="np")
+        return np.asarray(video[0], dtype=np.float32)
+
+    @contextlib.contextmanager
+    def partial_schedule(self, scheduler, length: int, steps: int, noisy: torch.Tensor):
+        """The last `steps` of a `length`-step schedule through `last_steps`; the pipeline scales given latents by
+        the scheduler's `init_noise_sigma`, which noised latents already carry."""
+        with last_steps(scheduler, steps):
+            yield {"num_inference_steps": length, "num_frames": noisy.shape[2],
+                   "latents": noisy / scheduler.init_noise_sigma}
 
     @contextlib.contextmanager
     def conditioned(self, prompt: Prompt, negative_prompt: Prompt, frames: int, pipeline_kwargs: dict):
         """Weighted, chunked SD-XL conditioning of the prompt pair, unless the caller gave its own embeddings.
-        Prompt travel would also need the pooled embedding to travel: an error naming the prompt for now."""
+
+        A travelling prompt travels in the per-frame cross-attention rows, as for SD1.5 (magicme/travel.py). The
+        pooled embedding is one vector per video in diffusers' motion UNet (it joins the timestep embedding before
+        the frames are split), so it cannot differ per frame: it is the frames' mean of the interpolated pooled
+        vectors."""
         if pipeline_kwargs.get("prompt_embeds") is not None:
             yield {"prompt": prompt, "negative_prompt": negative_prompt or None}
             return
-        for key, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
-            if travels(text):
-                raise ConfigError(f"prompts: prompt travel is not supported with model.family sdxl yet; give {key} as "
-                                  f"one text")
-        yield self.prompts.encode_pair(keyframes(prompt)[0], keyframes(negative_prompt)[0])
-
-
+        positive, negative = keyframes(prompt), keyframes(negative_prompt)
+        if not (travels(prompt) or travels(negative_prompt)):
+            yield self.prompts.encode_pair(positive[0], negative[0])
+            return
+        chunks = self.prompts.chunks(*positive.values(), *negative.values())
+        rows, pooled = [], []
+        for keyed, is_negative in ((positive, False), (negative, True)):
+            encoded = [self.prompts.conditioning(text, chunks, negative=is_negative) for text in keyed.values()]
+            rows.append(interpolate([embeds for embeds, _ in encoded], list(keyed), frames))
+            pooled.append(interpolate([vector for _, vector in encoded], list(keyed), frames).mean(0, keepdim=True))
+        with per_frame_conditioning(self.t2v.unet, *rows):
+            yield {"prompt_embeds": rows[0][:1], "negative_prompt_embeds": rows[1][:1],
+                   "pooled_prompt_embeds": pooled[0], "negative_pooled_prompt_embeds": pooled[1]}
 def load(model, embeddings: dict[str, Path] | None = None, device: str = "auto", precision: str = "auto",
          attention: str = "sdpa", vae_slicing: bool = False, cpu_offload: bool = False) -> SDXLMagicPipeline:
     """Build the T2V pipeline from a checked `model:` block, with the identities the prompts use registered as
