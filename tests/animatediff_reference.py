@@ -37,7 +37,20 @@ def tiny_unet(version: str, seed: int = 0) -> UNetMotionModel:
         block_out_channels=(32, 64), motion_layers_per_block=1, motion_num_attention_heads=HEADS,
         motion_norm_num_groups=MOTION_GROUPS, motion_max_seq_length=max_len, use_motion_mid_block=mid,
     )
-    unet = UNetMotionModel.from_unet2d(unet2d, adapter).to(torch.float64).eval()
+    return randomized(UNetMotionModel.from_unet2d(unet2d, adapter), seed)
+
+
+def tiny_sdxl_unet(seed: int = 0) -> UNetMotionModel:
+    """A float64 UNetMotionModel of the tiny SD-XL bundle's shapes (three levels, text_time added conditioning, the
+    SDXL motion module's layout); every parameter drawn from `seed`."""
+    from magicme.tiny.sdxl import tiny_sdxl_motion_adapter, tiny_sdxl_unet as tiny_sdxl_unet2d
+
+    return randomized(UNetMotionModel.from_unet2d(tiny_sdxl_unet2d(), tiny_sdxl_motion_adapter()), seed)
+
+
+def randomized(unet: UNetMotionModel, seed: int) -> UNetMotionModel:
+    """`unet` in float64 with every parameter drawn from `seed` (zero-initialised layers would hide mismatches)."""
+    unet = unet.to(torch.float64).eval()
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in unet.named_parameters():
@@ -110,13 +123,20 @@ def geglu_feed_forward(x: torch.Tensor, ff: nn.Module) -> torch.Tensor:
     return linear(hidden * gelu, ff.net[2])
 
 
-def reference_motion_module(m: AnimateDiffTransformer3D, x: torch.Tensor, frames: int) -> torch.Tensor:
-    """The original `TemporalTransformer3DModel` on x (B·F, C, H, W) with `m`'s weights: per-frame GroupNorm →
-    proj_in → per layer [2 × (LayerNorm → + positions → temporal self-attention → residual),
-    LayerNorm → GEGLU feed-forward → residual] → proj_out → residual."""
+def reference_motion_module(m: AnimateDiffTransformer3D, x: torch.Tensor, frames: int,
+                            pooled_norm: bool = False) -> torch.Tensor:
+    """The original `TemporalTransformer3DModel` on x (B·F, C, H, W) with `m`'s weights: GroupNorm → proj_in →
+    per layer [2 × (LayerNorm → + positions → temporal self-attention → residual), LayerNorm → GEGLU feed-forward →
+    residual] → proj_out → residual. The SD1.5 code's GroupNorm sees single frames; the SD-XL branch's
+    (`pooled_norm`) sees the (B, C, F, H, W) video, so its statistics pool over the frames."""
     bf, c, h, w = x.shape
     b = bf // frames
-    hs = group_norm(x, MOTION_GROUPS, m.norm.weight, m.norm.bias, MOTION_GN_EPS)  # x rows are single frames
+    if pooled_norm:
+        video = x.reshape(b, frames, c, h, w).transpose(1, 2)
+        hs = group_norm(video, MOTION_GROUPS, m.norm.weight, m.norm.bias, MOTION_GN_EPS).transpose(1, 2)
+        hs = hs.reshape(bf, c, h, w)
+    else:
+        hs = group_norm(x, MOTION_GROUPS, m.norm.weight, m.norm.bias, MOTION_GN_EPS)  # x rows are single frames
     hs = linear(hs.reshape(b, frames, c, h, w).permute(0, 3, 4, 1, 2).reshape(b * h * w, frames, c), m.proj_in)
     pe = position_table(frames, hs.shape[-1])
     for block in m.transformer_blocks:
@@ -130,13 +150,13 @@ def reference_motion_module(m: AnimateDiffTransformer3D, x: torch.Tensor, frames
 class ReferenceMotionModule(nn.Module):
     """Stands in for an AnimateDiffTransformer3D inside the reference UNet (same call signature)."""
 
-    def __init__(self, module: AnimateDiffTransformer3D):
+    def __init__(self, module: AnimateDiffTransformer3D, pooled_norm: bool):
         super().__init__()
-        self.module = module
+        self.module, self.pooled_norm = module, pooled_norm
 
     def forward(self, hidden_states, encoder_hidden_states=None, timestep=None, class_labels=None, num_frames=1,
                 cross_attention_kwargs=None):
-        return reference_motion_module(self.module, hidden_states, num_frames)
+        return reference_motion_module(self.module, hidden_states, num_frames, self.pooled_norm)
 
 
 class ReferenceGroupNorm(nn.Module):
@@ -156,15 +176,18 @@ class ReferenceGroupNorm(nn.Module):
         return group_norm(video, UNET_GROUPS, w, b, UNET_GN_EPS).transpose(1, 2).reshape(bf, c, h, wd)
 
 
-def reference_unet(unet: UNetMotionModel, frames: int, pooled_norms: bool) -> UNetMotionModel:
-    """A copy of stock `unet` that runs the original math: every motion module replaced by the reference one, every
-    resnet norm and `conv_norm_out` by the reference GroupNorm (pooled over frames when `pooled_norms`, as v1).
-    The rest (convolutions, spatial attention, time embedding) is diffusers', which matches the original's 2D part."""
+def reference_unet(unet: UNetMotionModel, frames: int, pooled_norms: bool,
+                   pooled_motion_norm: bool = False) -> UNetMotionModel:
+    """A copy of stock `unet` that runs the original math: every motion module replaced by the reference one (its
+    GroupNorm pooled over frames when `pooled_motion_norm`, as the SD-XL branch), every resnet norm and
+    `conv_norm_out` by the reference GroupNorm (pooled over frames when `pooled_norms`, as v1). The rest
+    (convolutions, spatial attention, time and added embeddings) is diffusers', which matches the original's 2D
+    part."""
     ref = copy.deepcopy(unet)
     for parent in list(ref.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, AnimateDiffTransformer3D):
-                setattr(parent, name, ReferenceMotionModule(child))
+                setattr(parent, name, ReferenceMotionModule(child, pooled_motion_norm))
         if isinstance(parent, ResnetBlock2D):
             parent.norm1 = ReferenceGroupNorm(parent.norm1, frames, pooled_norms)
             parent.norm2 = ReferenceGroupNorm(parent.norm2, frames, pooled_norms)

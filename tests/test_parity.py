@@ -18,8 +18,9 @@ from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
 from magicme.errors import ConfigError
 from magicme.parity import FramePooledGroupNorm, FramewiseGroupNorm, apply_animatediff_numerics
 from tests.animatediff_reference import (
-    rel_err, reference_motion_module, reference_unet, tiny_inputs, tiny_unet,
+    CROSS_DIM, rel_err, reference_motion_module, reference_unet, tiny_inputs, tiny_sdxl_unet, tiny_unet,
 )
+from magicme.tiny.sdxl import TEXT_WIDTHS
 
 VERSIONS = ("v1", "v2", "v3")
 FRAMES = 8
@@ -171,3 +172,24 @@ def test_bad_arguments_raise_config_error(stock_unets):
         apply_animatediff_numerics(unet, "v4")
     with pytest.raises(ConfigError, match="model.animatediff_numerics"):
         apply_animatediff_numerics(unet, "v2", "exact")
+
+
+def test_sdxl_stock_diffusers_is_the_original_sdxl_code():
+    """The AnimateDiff SD-XL branch (guoyww/AnimateDiff@sdxl, animatediff/models/motion_module.py) applies its
+    motion-module GroupNorm to the (B, C, F, H, W) video, pooling over frames, and runs every 2D layer per frame:
+    what stock diffusers computes. So SD-XL needs no patch (and must not get SD1.5's per-frame one): stock
+    diffusers equals the reference to rounding, the SD1.5 convention is far off."""
+    stock = tiny_sdxl_unet()
+    generator = torch.Generator().manual_seed(3)
+    inputs = tiny_inputs(batch=2, frames=FRAMES)
+    inputs["encoder_hidden_states"] = torch.randn(2 * FRAMES, 5, sum(TEXT_WIDTHS), generator=generator,
+                                                  dtype=torch.float64)
+    inputs["added_cond_kwargs"] = {"text_embeds": torch.randn(2, TEXT_WIDTHS[1], generator=generator,
+                                                              dtype=torch.float64),
+                                   "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64], [48, 80, 8, 0, 64, 64]],
+                                                            dtype=torch.float64)}
+    assert CROSS_DIM != sum(TEXT_WIDTHS)  # the SD-XL UNet reads both encoders' widths
+    expected = run(reference_unet(stock, FRAMES, pooled_norms=False, pooled_motion_norm=True), inputs)
+    assert rel_err(run(stock, inputs), expected) <= PARITY_TOL
+    sd15_convention = run(reference_unet(stock, FRAMES, pooled_norms=False, pooled_motion_norm=False), inputs)
+    assert rel_err(sd15_convention, expected) > STOCK_GAP

@@ -113,7 +113,6 @@ def test_sdxl_embedding_round_trip(tmp_path):
      "sdxl"),
     (["model.base=models/tiny/sd15"], "model.base: models/tiny/sd15: an SD1.5 model, but model.family is sdxl"),
     (["model.embeddings_dir=models/tiny/embeddings"], "not an SDXL embedding (no clip_l and clip_g tensors"),
-    (["model.animatediff_numerics=original"], "model.animatediff_numerics: 'original' is measured for the SD1.5"),
     (["model.motion_loras=[{path: sdxl_lora.ckpt}]"], "model.motion_loras: the MotionLoRAs are made for SD1.5"),
     (["prompts=[a photo of embedding:nobody man]"], "unknown identity 'nobody'"),
     (["model.base=models/xl-missing"], "model.base: models/xl-missing: not found; run: bash download_checkpoint.sh "
@@ -185,6 +184,19 @@ def sdxl_pipeline(tiny_bundle):
     model = model_config({"family": "sdxl", "base": str(tiny_bundle["sdxl"]),
                           "motion_module": str(tiny_bundle["motion_sdxl"]), "animatediff_numerics": "diffusers"})
     return sdxl.load(model, {"tinyperson": tiny_bundle["embedding_sdxl"]}, device="cpu", precision="fp32")
+
+
+def test_original_numerics_leave_the_sdxl_unet_stock(tiny_bundle):
+    """`animatediff_numerics: original` (the default) with an SD-XL module: the AnimateDiff SD-XL code computes what
+    stock diffusers does (tests/test_parity.py), so SD1.5's per-frame motion GroupNorm must not be applied; the
+    scheduler gets AnimateDiff SD-XL's betas."""
+    model = model_config({"family": "sdxl", "base": str(tiny_bundle["sdxl"]),
+                          "motion_module": str(tiny_bundle["motion_sdxl"])})
+    assert model.animatediff_numerics == "original"
+    pipe = sdxl.load(model, {}, device="cpu", precision="fp32")
+    norms = {type(m).__name__ for m in pipe.t2v.unet.modules() if isinstance(m, torch.nn.GroupNorm)}
+    assert norms == {"GroupNorm"}
+    assert {k: pipe.t2v.scheduler.config[k] for k in sdxl.SDXL_BETAS} == sdxl.SDXL_BETAS
 
 
 @pytest.mark.parametrize("negative", ["blurry, lowres", ""])

@@ -16,7 +16,6 @@ from diffusers.pipelines.animatediff.pipeline_animatediff_sdxl import retrieve_t
 
 import sample
 from magicme.families import sdxl
-from magicme.families.sd15 import make_scheduler
 from magicme.noise_prior import noise_latents, sample_noise_prior
 from magicme.sampling import run_sampling
 from magicme.schema import model_config
@@ -67,8 +66,8 @@ def test_last_steps_is_diffusers_video_to_video_schedule(preset, cls, steps, str
     (`timesteps[t_start · order:]` with `set_begin_index(t_start · order)`), multistep and LCM schedulers included.
     (3, 0.06): karras' 50-step schedule repeats timestep 1 at its end, so only the begin index finds the step."""
     length = schedule_length(steps, strength)
-    ours, reference = make_scheduler({"name": preset}), make_scheduler({"name": preset})
-    assert isinstance(ours, cls)
+    ours, reference = sdxl.make_scheduler({"name": preset}), sdxl.make_scheduler({"name": preset})
+    assert isinstance(ours, cls) and ours.config.beta_end == sdxl.SDXL_BETAS["beta_end"]
     start = (length - steps) * reference.order
     reference.set_timesteps(length)
     if hasattr(reference, "set_begin_index"):
@@ -94,10 +93,10 @@ def test_sdxl_video_to_video_starts_from_prior_noised_latents(sdxl_pipeline, pre
     try:
         out = sdxl_pipeline.video_to_video(video, "a photo of <tinyperson> man", "", torch.Generator().manual_seed(5),
                                            gamma=0.1, strength=0.6, steps=3, guidance_scale=7.5, progress=False,
-                                           scheduler=make_scheduler({"name": preset}))
+                                           scheduler=sdxl.make_scheduler({"name": preset}))
     finally:
         hook.remove()
-    scheduler, length = make_scheduler({"name": preset}), schedule_length(3, 0.6)
+    scheduler, length = sdxl.make_scheduler({"name": preset}), schedule_length(3, 0.6)
     scheduler.set_timesteps(length)
     kept = scheduler.timesteps[-3:]
     if hasattr(scheduler, "set_begin_index"):

@@ -62,9 +62,9 @@ class BaseComponents:
     unet: UNet2DConditionModel
 
 
-def scheduler_spec(scheduler, key: str = "model.scheduler") -> tuple[type, dict]:
+def scheduler_spec(scheduler, key: str = "model.scheduler", betas: dict = SD15_BETAS) -> tuple[type, dict]:
     """The diffusers class and constructor arguments of a scheduler block `{name, kwargs}` (`key` names it in
-    errors: `model.scheduler`, `face.scheduler`, …)."""
+    errors: `model.scheduler`, `face.scheduler`, …) over the family's `betas`."""
     name, kwargs = scheduler["name"], dict(scheduler.get("kwargs") or {})
     class_name, preset = SCHEDULER_PRESETS.get(name, (name, {}))
     cls = getattr(diffusers, class_name, None)
@@ -76,26 +76,26 @@ def scheduler_spec(scheduler, key: str = "model.scheduler") -> tuple[type, dict]
     if unknown:
         raise ConfigError(f"{key}.kwargs: {class_name} has no setting {', '.join(unknown)}; it takes "
                           f"{', '.join(sorted(accepted))}")
-    return cls, {**SD15_BETAS, **preset, **kwargs}
+    return cls, {**betas, **preset, **kwargs}
 
 
-def make_scheduler(scheduler, key: str = "model.scheduler"):
+def make_scheduler(scheduler, key: str = "model.scheduler", betas: dict = SD15_BETAS):
     """A fresh scheduler from a `{name, kwargs}` block."""
-    cls, kwargs = scheduler_spec(scheduler, key)
+    cls, kwargs = scheduler_spec(scheduler, key, betas)
     return cls(**kwargs)
 
 
-def check(model, schedulers: dict | None = None, schedules: list | None = None) -> None:
+def check(model, schedulers: dict | None = None, schedules: list | None = None, betas: dict = SD15_BETAS) -> None:
     """What needs this family's libraries to check (the files were already inspected from their headers by
     magicme/inspector.py): the classes and settings of the model's scheduler and of `schedulers` (stages' own,
     by config key), and that each scheduler can make the schedules the run asks of it — `schedules`:
     (scheduler key, block, schedule length, the setting that asks for it); e.g. LCMScheduler picks its steps from
     `original_inference_steps` and can make no longer schedule. Raises `ConfigError`."""
     for key, scheduler in {"model.scheduler": model.scheduler, **(schedulers or {})}.items():
-        scheduler_spec(scheduler, key)
+        scheduler_spec(scheduler, key, betas)
     for key, scheduler, length, why in schedules or []:
         try:
-            make_scheduler(scheduler, key).set_timesteps(length)
+            make_scheduler(scheduler, key, betas).set_timesteps(length)
         except ValueError as err:
             raise ConfigError(f"{why}: needs a schedule of {length} steps, which {key} ({scheduler['name']}) cannot "
                               f"make ({err}); run fewer steps or raise the strength") from None

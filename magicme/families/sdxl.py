@@ -23,8 +23,9 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokeniz
 from magicme.devices import resolve_device, resolve_dtype
 from magicme.embeddings import load_into_sdxl_pipeline
 from magicme.errors import ConfigError
-from magicme.families.sd15 import load_vae, make_scheduler, scheduler_spec
+from magicme.families import sd15
 from magicme.families.sd15 import check as check_schedulers
+from magicme.families.sd15 import load_vae
 from magicme.inspector import is_hub_id
 from magicme.motion_module import load_motion_adapter
 from magicme.pipeline import MagicPipeline, place
@@ -34,8 +35,23 @@ from magicme.travel import interpolate, per_frame_conditioning
 
 NAME = "sdxl"
 CONTROL = False  # SD-XL ControlNets are not wired yet (docs/control.md)
+# The betas AnimateDiff SD-XL samples with (guoyww/AnimateDiff, branch sdxl, configs/inference/inference.yaml, read by
+# its scripts/animate.py for an EulerDiscreteScheduler with leading spacing, steps_offset 1): SD-XL's own
+# scaled_linear schedule from 0.00085, but ending at 0.020 instead of SD-XL's 0.012.
+SDXL_BETAS = {"beta_start": 0.00085, "beta_end": 0.020, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
 __all__ = ["NAME", "check", "last_steps", "load", "make_scheduler", "scheduler_spec", "SDXLMagicPipeline",
            "SDXLPromptEncoder"]
+
+
+def scheduler_spec(scheduler, key: str = "model.scheduler") -> tuple[type, dict]:
+    """A scheduler block's diffusers class and arguments: SD1.5's presets, SD-XL AnimateDiff's betas."""
+    return sd15.scheduler_spec(scheduler, key, betas=SDXL_BETAS)
+
+
+def make_scheduler(scheduler, key: str = "model.scheduler"):
+    """A fresh scheduler from a `{name, kwargs}` block."""
+    cls, kwargs = scheduler_spec(scheduler, key)
+    return cls(**kwargs)
 
 
 @dataclass
@@ -49,17 +65,18 @@ class SDXLComponents:
 
 
 def check(model, schedulers: dict | None = None, schedules: list | None = None) -> None:
-    """The settings this family does not have are errors now, before anything loads; then the schedulers, as
-    for SD1.5 (the same presets and AnimateDiff's linear betas, which diffusers' AnimateDiff SDXL example uses)."""
+    """The settings this family does not have are errors now, before anything loads; then the schedulers: the
+    SD1.5 presets over AnimateDiff SD-XL's betas (`SDXL_BETAS`).
+
+    `model.animatediff_numerics` needs nothing here: the AnimateDiff SD-XL code normalises its motion modules'
+    input over all frames and runs the 2D layers per frame, as stock diffusers does (tests/test_parity.py), so
+    'original' and 'diffusers' are the same computation; SD1.5's patch (magicme/parity.py) is not applied."""
     if model.get("loras"):
         raise ConfigError("model.loras: image LoRAs are not supported with model.family sdxl yet; remove them")
     if model.get("motion_loras"):
         raise ConfigError("model.motion_loras: the MotionLoRAs are made for SD1.5 v2 modules; remove them for "
                           "model.family sdxl")
-    if model.get("animatediff_numerics", "original") != "diffusers":
-        raise ConfigError("model.animatediff_numerics: 'original' is measured for the SD1.5 motion modules only; set "
-                          "model.animatediff_numerics: diffusers for model.family sdxl")
-    check_schedulers(model, schedulers, schedules)
+    check_schedulers(model, schedulers, schedules, betas=SDXL_BETAS)
 
 
 def load_base(base: str, dtype: torch.dtype, vae: AutoencoderKL | None = None) -> SDXLComponents:
