@@ -39,6 +39,11 @@ UNET_KEY = "model.diffusion_model."
 VAE_KEYS = ("first_stage_model.", "vae.")
 TEXT_TOKEN_KEY = "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"
 CROSS_ATTN_KEY = UNET_KEY + "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
+# SD-XL files: the first encoder in transformers' layout, the second in OpenCLIP's; the UNet's first attention is at
+# its second level (input_blocks.4)
+SDXL_TEXT_TOKEN_KEYS = ("conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight",
+                        "conditioner.embedders.1.model.token_embedding.weight")
+SDXL_CROSS_ATTN_KEY = UNET_KEY + "input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight"
 SD2_WIDTH = 1024
 MOTION_KEY = ".temporal_transformer."
 NO_PE_MAX_LENGTH = 64  # AnimateLCM's PositionalEncoding length (its files carry no `pos_encoder` tensors)
@@ -412,18 +417,15 @@ def _inspect_folder_base(report: Report, base: Path, separate_vae: bool, family:
 
 def _single_file_info(report: Report, base: Path, family: str) -> tuple[ModelInfo, int] | None:
     """What a single-file LDM checkpoint holds and its UNet's input width, or None after reporting why it is not
-    an SD1.5 one (single-file SD-XL bases are not read yet: docs/sdxl.md). Its UNet's channel widths come from
-    `base_config`."""
+    a base of `family`. Its UNet's channel widths come from `base_config`."""
     try:
         shapes = tensor_shapes(base)
     except ConfigError as err:
         report.fail("model.base", base, err)
         return None
     if any(k.startswith("conditioner.embedders.") for k in shapes):
-        if not _family_fails(report, "model.base", base, "sdxl", family):
-            report.add("model.base", base, FAIL, "single-file SDXL bases are not supported yet; use the diffusers "
-                                                 "folder (e.g. stable-diffusion-xl-base-1.0)")
-        return None
+        return None if _family_fails(report, "model.base", base, "sdxl", family) else \
+            _sdxl_single_file_info(report, base, shapes)
     if family != "sd15":
         _family_fails(report, "model.base", base, "sd15", family)
         return None
@@ -441,24 +443,49 @@ def _single_file_info(report: Report, base: Path, family: str) -> tuple[ModelInf
     return info, shapes[UNET_KEY + "input_blocks.0.0.weight"][0]
 
 
+def _sdxl_single_file_info(report: Report, base: Path, shapes: dict) -> tuple[ModelInfo, int] | None:
+    """An SD-XL single file (`sd_xl_base_1.0.safetensors` and fine-tunes): both encoders' widths, its UNet's."""
+    if UNET_KEY + "input_blocks.0.0.weight" not in shapes or any(k not in shapes for k in SDXL_TEXT_TOKEN_KEYS):
+        report.add("model.base", base, FAIL, "not an SD-XL base checkpoint (no UNet, or not both text encoders: a "
+                                             "refiner?); use an SD-XL base file or folder")
+        return None
+    info = ModelInfo(family="sdxl", text_width=shapes[SDXL_TEXT_TOKEN_KEYS[0]][1],
+                     text_width_2=shapes[SDXL_TEXT_TOKEN_KEYS[1]][1],
+                     cross_attention=shapes.get(SDXL_CROSS_ATTN_KEY, (0, 0))[1],
+                     has_vae=any(k.startswith(VAE_KEYS) for k in shapes))
+    vae_note = "with VAE" if info.has_vae else "no VAE weights"
+    report.add("model.base", base, OK, f"single-file SD-XL checkpoint, text width {info.text_width} + "
+                                       f"{info.text_width_2}, {vae_note}")
+    return info, shapes[UNET_KEY + "input_blocks.0.0.weight"][0]
+
+
 def _base_config_info(report: Report, model: Mapping, base: Path, file_info: ModelInfo, unet_in: int) -> ModelInfo:
     """The diffusers folder a single-file base borrows configs and tokenizer from, which must fit the file."""
     value = model.get("base_config")
     if value is not None and is_hub_id(str(value)):
         report.add("model.base_config", value, WARN, "Hub id, checked when loaded")
         return file_info
+    family = file_info.family
     if value is None or not Path(str(value)).is_dir():
-        report.add("model.base_config", value, FAIL, "a single-file base needs a diffusers SD1.5 folder (configs + "
-                                                     "tokenizer); run: bash download_checkpoint.sh --only sd15")
+        report.add("model.base_config", value, FAIL, f"a single-file base needs a diffusers {FAMILY_LABELS[family]} "
+                                                     f"folder (configs + tokenizer); run: bash download_checkpoint.sh "
+                                                     f"--only {family}")
         return file_info
     config = Path(str(value))
     before = len(report.checks)
     cfg = _sd_folder_info(report, "model.base_config", config, ("unet", "vae", "text_encoder"), need_weights=False)
+    if cfg.family != family:
+        report.add("model.base_config", config, FAIL, f"{FAMILY_NAMES[cfg.family]} folder, but {base.name} is "
+                                                      f"{FAMILY_NAMES[family]}; give the {FAMILY_LABELS[family]} "
+                                                      f"folder it was fine-tuned from")
+        return file_info
     mismatches = []
     if cfg.unet_channels and cfg.unet_channels[0] != unet_in:
         mismatches.append(f"UNet width {unet_in} vs config {cfg.unet_channels[0]}")
     if cfg.text_width and cfg.text_width != file_info.text_width:
         mismatches.append(f"text width {file_info.text_width} vs config {cfg.text_width}")
+    if cfg.text_width_2 and cfg.text_width_2 != file_info.text_width_2:
+        mismatches.append(f"second text width {file_info.text_width_2} vs config {cfg.text_width_2}")
     if cfg.cross_attention and cfg.cross_attention != file_info.cross_attention:
         mismatches.append(f"cross-attention {file_info.cross_attention} vs config {cfg.cross_attention}")
     if mismatches:

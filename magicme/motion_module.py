@@ -11,7 +11,7 @@ take the same path.
 from pathlib import Path
 
 import torch
-from diffusers import MotionAdapter, UNetMotionModel
+from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
 from diffusers.loaders.single_file_utils import convert_animatediff_checkpoint_to_diffusers
 from magicme.checkpoint_io import load_checkpoint
 from magicme.errors import ConfigError
@@ -65,6 +65,18 @@ def load_motion_adapter(path: Path | str, family: str = "sd15") -> tuple[MotionA
             f"(missing {missing[:3]}, unexpected {unexpected[:3]}); is this file complete?"
         )
     return adapter, info
+
+
+def motion_unet(unet2d: UNet2DConditionModel, adapter: MotionAdapter) -> UNetMotionModel:
+    """The base's 2D UNet with the motion module: diffusers' `UNetMotionModel.from_unet2d`, then every 2D weight
+    loaded by name. `from_unet2d` copies the blocks, conv_in/out and the time embedding, but leaves SD-XL's
+    `add_embedding` (the pooled-text + size/crop micro-conditioning) at its random initialisation (left for later
+    in diffusers PR #6721); loading the whole 2D state dict makes every 2D weight the base's, whatever the family."""
+    unet = UNetMotionModel.from_unet2d(unet2d, adapter)
+    unexpected = unet.load_state_dict(unet2d.state_dict(), strict=False).unexpected_keys
+    if unexpected:
+        raise ValueError(f"UNetMotionModel has no place for the 2D UNet's {unexpected[:3]}")
+    return unet
 
 
 def lora_targets(state: dict[str, torch.Tensor]) -> dict[str, tuple[str, str]]:

@@ -268,3 +268,69 @@ def test_check_models_reads_the_sdxl_files(in_repo_layout, capsys):
     table = capsys.readouterr().out
     assert "text width 32 + 48" in table and "AnimateDiff SDXL, 32 frames max, channels (32, 64, 64)" in table
     assert check_models.main(["--config", str(CONFIG), "model.base=models/tiny/sd15"]) == 1
+
+
+# --- single-file SD-XL bases ----------------------------------------------------------------------------------------
+
+
+def test_single_file_sdxl_base_is_read_exactly_and_renders_as_its_folder(in_repo_layout, tiny_bundle):
+    """The tiny SD-XL folder written as one file in `sd_xl_base_1.0.safetensors`'s layout (both encoders, OpenCLIP
+    naming for the second): diffusers' `from_single_file` reads every tensor back exactly, the inspector reports
+    both encoders' widths, and a run from the file with `base_config` renders the folder's video (to one level
+    of 255: the same weights, loaded into differently aligned memory, round the pooled projection differently by
+    ~2e-7)."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from magicme.inspector import inspect_model
+    from magicme.tiny.sdxl import save_tiny_sdxl_single_file
+
+    folder = tiny_bundle["sdxl"]
+    path = save_tiny_sdxl_single_file(folder, in_repo_layout / "xl_tiny.safetensors")
+    pipe = StableDiffusionXLPipeline.from_single_file(str(path), config=str(folder), local_files_only=True)
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        ours = getattr(pipe, name).state_dict()
+        theirs = getattr(sdxl.load_base(str(folder), None, torch.float32), name).state_dict()
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), name
+    report = inspect_model(model_config({"family": "sdxl", "base": str(path), "base_config": str(folder),
+                                         "motion_module": str(tiny_bundle["motion_sdxl"])}))
+    assert report.ok and "text width 32 + 48" in report.table()
+    runs = [run_sampling(CONFIG, [*FAST, "seeds=[3]", f"output_dir=out{i}", *base], progress=False)
+            for i, base in enumerate([[], [f"model.base={path}", f"model.base_config={folder}"]])]
+    folder_run, file_run = (read_pngs(r / json.loads((r / "samples.jsonl").read_text().splitlines()[0])["files"]
+                                      ["frames"]) for r in runs)
+    assert np.abs(folder_run.astype(int) - file_run).max() <= 1
+
+
+@pytest.mark.parametrize("base_config,message", [
+    (None, "a single-file base needs a diffusers SDXL folder (configs + tokenizer); run: bash download_checkpoint.sh "
+           "--only sdxl"),
+    ("models/tiny/sd15", "an SD1.5 model folder, but xl_tiny.safetensors is an SDXL model; give the SDXL folder"),
+])
+def test_single_file_sdxl_base_config_errors_before_loading(in_repo_layout, tiny_bundle, monkeypatch, base_config,
+                                                           message):
+    from magicme.tiny.sdxl import save_tiny_sdxl_single_file
+
+    save_tiny_sdxl_single_file(tiny_bundle["sdxl"], in_repo_layout / "xl_tiny.safetensors")
+    monkeypatch.setattr(sdxl, "load", lambda *a, **k: pytest.fail("loaded a model"))
+    overrides = ["model.base=xl_tiny.safetensors"] + ([f"model.base_config={base_config}"] if base_config else [])
+    with pytest.raises(ConfigError) as err:
+        checked(*overrides)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="an SDXL model, but model.family is sd15; set model.family: sdxl"):
+        check_sample_config(load_sample_config(SD15_CONFIG, ["model.base=xl_tiny.safetensors"]))
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_every_2d_weight_of_the_base_reaches_the_motion_unet(tiny_bundle, family):
+    """diffusers' `from_unet2d` leaves SD-XL's `add_embedding` (pooled text + size/crop conditioning) random; the
+    loaded video UNet must carry every weight of the base's 2D UNet, for both families."""
+    from diffusers import UNet2DConditionModel
+
+    from magicme.families import get_family
+
+    base = tiny_bundle[family]
+    motion = tiny_bundle["motion_sdxl" if family == "sdxl" else "motion_v2"]
+    model = model_config({"family": family, "base": str(base), "motion_module": str(motion)})
+    unet = get_family(family).load(model, {}, device="cpu", precision="fp32").t2v.unet.state_dict()
+    for key, value in UNet2DConditionModel.from_pretrained(base, subfolder="unet").state_dict().items():
+        assert torch.equal(unet[key], value), key

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import diffusers
 import torch
-from diffusers import AnimateDiffPipeline, AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel, UNetMotionModel
+from diffusers import AnimateDiffPipeline, AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from magicme.devices import resolve_device, resolve_dtype
 from magicme.embeddings import load_into_pipeline
 from magicme.errors import ConfigError
 from magicme.inspector import CHECKPOINT_SUFFIXES, is_hub_id
-from magicme.motion_module import load_motion_adapter, merge_motion_lora, read_state_dict
+from magicme.motion_module import load_motion_adapter, merge_motion_lora, motion_unet, read_state_dict
 from magicme.parity import apply_animatediff_numerics
 from magicme.pipeline import MagicPipeline, place
 
@@ -167,7 +167,7 @@ def load(model, embeddings: dict[str, Path] | None = None, device: str = "auto",
     vae = load_vae(str(model.vae), model.get("base_config"), dtype) if model.get("vae") else None
     base = load_base(str(model.base), model.get("base_config"), dtype, vae=vae)
     adapter, info = load_motion_adapter(model.motion_module)
-    unet = UNetMotionModel.from_unet2d(base.unet, adapter)
+    unet = motion_unet(base.unet, adapter)
     if unet.dtype != dtype:
         unet.to(dtype)
     apply_animatediff_numerics(unet, info.version, model.animatediff_numerics)

@@ -2,7 +2,7 @@
 module (`mm_sdxl_v10_beta.ckpt`), with identities that have vectors for both SD-XL text encoders.
 
 Composed from diffusers: the base's components (two tokenizers and CLIP text encoders, the second with projection),
-`UNetMotionModel.from_unet2d` with the motion module read by magicme/motion_module.py, and
+a `UNetMotionModel` with the motion module read by magicme/motion_module.py (`motion_unet`), and
 `AnimateDiffSDXLPipeline`, which encodes the prompt with both encoders and adds SD-XL's micro-conditioning (sizes,
 crop). T2V starts from the 3D noise prior as for SD1.5 (magicme/pipeline.py); video→video (Face/Tiled VCD, editing)
 runs the same pipeline over the last steps of a schedule from prior-noised latents (`last_steps`), as diffusers has no
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import AnimateDiffSDXLPipeline, AutoencoderKL, UNet2DConditionModel, UNetMotionModel
+from diffusers import AnimateDiffSDXLPipeline, AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from magicme.devices import resolve_device, resolve_dtype
@@ -27,7 +27,7 @@ from magicme.families import sd15
 from magicme.families.sd15 import check as check_schedulers
 from magicme.families.sd15 import load_vae
 from magicme.inspector import is_hub_id
-from magicme.motion_module import load_motion_adapter
+from magicme.motion_module import load_motion_adapter, motion_unet
 from magicme.pipeline import MagicPipeline, place
 from magicme.prompt_encoding import CHUNK_TOKENS, PromptEncoder, TokenizedPrompt
 from magicme.prompts import Prompt, keyframes, travels
@@ -38,7 +38,8 @@ CONTROL = False  # SD-XL ControlNets are not wired yet (docs/control.md)
 # The betas AnimateDiff SD-XL samples with (guoyww/AnimateDiff, branch sdxl, configs/inference/inference.yaml, read by
 # its scripts/animate.py for an EulerDiscreteScheduler with leading spacing, steps_offset 1): SD-XL's own
 # scaled_linear schedule from 0.00085, but ending at 0.020 instead of SD-XL's 0.012.
-SDXL_BETAS = {"beta_start": 0.00085, "beta_end": 0.020, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
+SDXL_BETAS = {"beta_start": 0.00085, "beta_end": 0.020, "beta_schedule": "scaled_linear",
+              "num_train_timesteps": 1000}
 __all__ = ["NAME", "check", "last_steps", "load", "make_scheduler", "scheduler_spec", "SDXLMagicPipeline",
            "SDXLPromptEncoder"]
 
@@ -79,11 +80,18 @@ def check(model, schedulers: dict | None = None, schedules: list | None = None) 
     check_schedulers(model, schedulers, schedules, betas=SDXL_BETAS)
 
 
-def load_base(base: str, dtype: torch.dtype, vae: AutoencoderKL | None = None) -> SDXLComponents:
-    """SD-XL tokenizers, text encoders, VAE and 2D UNet from a diffusers folder (or a Hub id the user wrote)."""
+def load_base(base: str, base_config: str | None, dtype: torch.dtype,
+              vae: AutoencoderKL | None = None) -> SDXLComponents:
+    """SD-XL tokenizers, text encoders, VAE and 2D UNet from a diffusers folder (or a Hub id the user wrote) or a
+    single file (`sd_xl_base_1.0.safetensors`, fine-tunes), whose component configs and tokenizers come from
+    `base_config`, a diffusers SD-XL folder. A given `vae` replaces the base's own, which is then not loaded."""
     if Path(base).is_file():
-        raise ConfigError(f"model.base: {base}: single-file SDXL bases are not supported yet; use the diffusers folder "
-                          f"(e.g. stable-diffusion-xl-base-1.0)")
+        extra = {"vae": vae} if vae is not None else {}
+        pipe = StableDiffusionXLPipeline.from_single_file(
+            base, config=str(base_config), local_files_only=not is_hub_id(str(base_config)), torch_dtype=dtype,
+            **extra)
+        return SDXLComponents(pipe.tokenizer, pipe.tokenizer_2, pipe.text_encoder, pipe.text_encoder_2, pipe.vae,
+                              pipe.unet)
     local = not is_hub_id(base)
     kwargs = {"local_files_only": local, "torch_dtype": dtype}
     return SDXLComponents(
@@ -267,9 +275,9 @@ def load(model, embeddings: dict[str, Path] | None = None, device: str = "auto",
     device_ = resolve_device(device)
     dtype = resolve_dtype(precision, device_)
     vae = load_vae(str(model.vae), model.get("base_config") or str(model.base), dtype) if model.get("vae") else None
-    base = load_base(str(model.base), dtype, vae=vae)
+    base = load_base(str(model.base), model.get("base_config"), dtype, vae=vae)
     adapter, info = load_motion_adapter(model.motion_module, family=NAME)
-    unet = UNetMotionModel.from_unet2d(base.unet, adapter)
+    unet = motion_unet(base.unet, adapter)
     if unet.dtype != dtype:
         unet.to(dtype)
     pipe = AnimateDiffSDXLPipeline(

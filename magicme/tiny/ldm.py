@@ -1,4 +1,5 @@
-"""Write an SD1.5-family model in the single-file *LDM* layout of community checkpoints (Realistic Vision & co.).
+"""Write an SD1.5-family or SD-XL model in the single-file *LDM* layout of community checkpoints (Realistic Vision,
+SD-XL fine-tunes & co.).
 
 Fixture building only: diffusers reads this layout (`from_single_file`) but has no writer, so this renamer inverts
 its reader (`diffusers.loaders.single_file_utils.convert_ldm_{unet,vae,clip}_checkpoint`) rule by rule. The UNet's
@@ -8,6 +9,11 @@ or depth works; tests/test_ldm_layout.py proves the round trip exact.
     UNet  down_blocks.1.resnets.0.norm1  → model.diffusion_model.input_blocks.4.0.in_layers.0
     VAE   decoder.up_blocks.0.resnets.2  → first_stage_model.decoder.up.3.block.2
     CLIP  embeddings.token_embedding     → cond_stage_model.transformer.text_model.embeddings.token_embedding
+
+SD-XL (`save_sdxl_ldm_checkpoint`): the same UNet and VAE names (the text_time embedding as `label_emb`), its first
+text encoder under `conditioner.embedders.0.transformer.`, its second in OpenCLIP's layout under
+`conditioner.embedders.1.model.` (q/k/v fused into `in_proj`, `text_projection` transposed), inverting
+`convert_open_clip_checkpoint`.
 """
 
 import re
@@ -25,6 +31,10 @@ TEXT_PREFIX = "cond_stage_model.transformer.text_model."
 _UNET_RESNET = (("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("time_emb_proj", "emb_layers.1"),
                 ("norm2", "out_layers.0"), ("conv2", "out_layers.3"), ("conv_shortcut", "skip_connection"))
 _VAE_ATTENTION = (("group_norm", "norm"), ("to_q", "q"), ("to_k", "k"), ("to_v", "v"), ("to_out.0", "proj_out"))
+SDXL_TEXT_PREFIX = "conditioner.embedders.0.transformer.text_model."
+SDXL_OPENCLIP_PREFIX = "conditioner.embedders.1.model."
+_OPENCLIP_LAYER = (("self_attn.out_proj", "attn.out_proj"), ("layer_norm1", "ln_1"), ("layer_norm2", "ln_2"),
+                   ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj"))
 
 
 def _rename_head(tail: str, renames) -> str:
@@ -71,6 +81,14 @@ def unet_key_to_ldm(key: str, layers: int, attention_up_blocks: set[int]) -> str
 
 
 def unet_to_ldm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """LDM keys; SD-XL's added text_time embedding becomes `label_emb`."""
+    extra = DIFFUSERS_TO_LDM_MAPPING["unet"]["addition_embed_type"]
+    added = {UNET_PREFIX + extra[k]: state[k] for k in extra if k in state}
+    state = {k: v for k, v in state.items() if k not in extra}
+    return {**unet_blocks_to_ldm(state), **added}
+
+
+def unet_blocks_to_ldm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     layers = unet_layers_per_block(state)
     attention_up = {int(k.split(".")[1]) for k in state if k.startswith("up_blocks.") and ".attentions." in k}
     return {UNET_PREFIX + unet_key_to_ldm(k, layers, attention_up): v for k, v in state.items()}
@@ -113,6 +131,45 @@ def text_encoder_to_ldm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     """transformers `CLIPTextModel` keys (with or without the older `text_model.` wrapper) under LDM's prefix."""
     return {TEXT_PREFIX + k.removeprefix("text_model."): v for k, v in state.items()
             if not k.endswith("position_ids")}
+
+
+def openclip_to_ldm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers `CLIPTextModelWithProjection` keys in OpenCLIP's layout, as SD-XL files keep their second
+    encoder: per layer q/k/v concatenated into `attn.in_proj_*`, other names as OpenCLIP's, `text_projection` as
+    the (width, projection) matrix OpenCLIP multiplies by (the transpose of the Linear's weight)."""
+    top = DIFFUSERS_TO_LDM_MAPPING["openclip"]["layers"]
+    out = {}
+    for key, value in state.items():
+        if key in top:
+            out[top[key]] = value.T.contiguous() if key == "text_projection.weight" else value
+            continue
+        m = re.match(r"text_model\.encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$", key)
+        if m is None:
+            if not key.endswith("position_ids"):
+                raise ValueError(f"no OpenCLIP name for text encoder key {key!r}")
+            continue
+        layer, name, kind = m.groups()
+        if name in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
+            if name == "self_attn.q_proj":
+                parts = [state[f"text_model.encoder.layers.{layer}.self_attn.{x}_proj.{kind}"] for x in "qkv"]
+                out[f"transformer.resblocks.{layer}.attn.in_proj_{kind}"] = torch.cat(parts)
+            continue
+        out[f"transformer.resblocks.{layer}.{_rename_head(name + '.' + kind, _OPENCLIP_LAYER)}"] = value
+    return {SDXL_OPENCLIP_PREFIX + k: v for k, v in out.items()}
+
+
+def save_sdxl_ldm_checkpoint(unet, vae, text_encoder, text_encoder_2, path: Path | str) -> Path:
+    """Write SD-XL's diffusers/transformers modules as one single-file checkpoint in the layout of
+    `sd_xl_base_1.0.safetensors` (safetensors only, as SD-XL files are distributed)."""
+    unet, vae, clip_l, clip_g = (m if isinstance(m, dict) else m.state_dict()
+                                 for m in (unet, vae, text_encoder, text_encoder_2))
+    state = {**unet_to_ldm(unet), **vae_to_ldm(vae), **openclip_to_ldm(clip_g),
+             **{SDXL_TEXT_PREFIX + k.removeprefix("text_model."): v for k, v in clip_l.items()
+                if not k.endswith("position_ids")}}
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+    return path
 
 
 def ldm_state_dict(unet: dict[str, torch.Tensor], vae: dict[str, torch.Tensor],

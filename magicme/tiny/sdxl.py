@@ -12,10 +12,11 @@ import json
 from pathlib import Path
 
 import torch
-from diffusers import MotionAdapter, UNet2DConditionModel
+from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from magicme.embeddings import save_sdxl_embedding
+from magicme.tiny.ldm import save_sdxl_ldm_checkpoint
 from magicme.tiny.motion import save_original_motion_module
 from magicme.tiny.sd import animatediff_ddim, save_tiny_tokenizer, tiny_vae
 
@@ -75,6 +76,15 @@ def save_tiny_sdxl(out: Path) -> Path:
     }
     (out / "model_index.json").write_text(json.dumps(index, indent=2))
     return out
+
+
+def save_tiny_sdxl_single_file(folder: Path, path: Path) -> Path:
+    """The tiny SD-XL folder's weights as one single-file checkpoint in `sd_xl_base_1.0.safetensors`'s layout."""
+    return save_sdxl_ldm_checkpoint(UNet2DConditionModel.from_pretrained(folder, subfolder="unet"),
+                                    AutoencoderKL.from_pretrained(folder, subfolder="vae"),
+                                    CLIPTextModel.from_pretrained(folder, subfolder="text_encoder"),
+                                    CLIPTextModelWithProjection.from_pretrained(folder, subfolder="text_encoder_2"),
+                                    path)
 
 
 def save_sdxl_models(out: Path, seed: int = 0) -> dict[str, Path]:
