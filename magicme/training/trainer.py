@@ -277,9 +277,9 @@ def check_state_fits(point: ResumePoint, cfg: DictConfig) -> None:
                           f"continue {cfg.name!r} with num_tokens={cfg.num_tokens}")
     width = identity_width(cfg.model) or vectors.shape[1]
     if vectors.shape[1] != width:
+        encoders = "two text encoders are" if cfg.model.family == "sdxl" else "text encoder is"
         raise ConfigError(f"--resume {point.path}: vectors of width {vectors.shape[1]} cannot continue on "
-                          f"model.base, whose text encoder(s) are {width} wide; resume with the base it was trained "
-                          f"on")
+                          f"model.base, whose {encoders} {width} wide; resume with the base it was trained on")
 
 
 def claim_run_dir(cfg: DictConfig, point: ResumePoint | None) -> tuple[Path, RunLock]:
