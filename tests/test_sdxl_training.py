@@ -19,7 +19,11 @@ from magicme.families import sdxl as sdxl_family
 from magicme.schema import model_config
 from magicme.training import trainer
 from magicme.training.augment import Geometry, micro_conditioning
-from magicme.training.config import TrainConfig, load_train_config, validate_train_config
+from magicme.training.config import (
+    TrainConfig,
+    load_train_config,
+    validate_train_config,
+)
 from magicme.training.data import TrainImage, TrainingBatches
 from magicme.training.sdxl import default_resolution, vae_dtype
 from magicme.training.tokens import token_names
@@ -130,9 +134,10 @@ class Recorder:
             base = real_load(*args, **kwargs)
             self.original = [e.get_input_embeddings().weight.detach().clone()
                              for e in (base.text_encoder, base.text_encoder_2)]
-            base.unet.register_forward_pre_hook(
-                lambda m, a, k: self.unet.append({key: v.detach().clone() for key, v in k["added_cond_kwargs"].items()}),
-                with_kwargs=True)
+            def unet_call(module, args, kwargs):
+                self.unet.append({key: v.detach().clone() for key, v in kwargs["added_cond_kwargs"].items()})
+
+            base.unet.register_forward_pre_hook(unet_call, with_kwargs=True)
             base.text_encoder_2.register_forward_pre_hook(lambda m, a: self.encoder_2.append(a[0].clone()))
             self.base = base
             return base
@@ -165,7 +170,7 @@ def test_training_writes_the_sdxl_embedding_and_a_validation_video(trained):
         assert (run_dir / name).is_file(), name
     assert not list(run_dir.glob("*.pt")) and not list(run_dir.glob("checkpoints/tinyxl-*.pt"))  # no SD1.5 layout
     with safe_open(run_dir / "tinyxl.safetensors", "pt") as f:
-        assert {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()} == {"clip_l": (4, 32), "clip_g": (4, 48)}
+        assert {k: tuple(f.get_slice(k).get_shape()) for k in f} == {"clip_l": (4, 32), "clip_g": (4, 48)}
     assert read_class_word(run_dir / "tinyxl.safetensors") == "man"
     assert len(list((run_dir / "samples/step-4").glob("*.mp4"))) == 1
     assert OmegaConf.load(run_dir / "config.yaml").resolution == 64
@@ -238,7 +243,7 @@ def test_resume_continues_bit_identically(trained, tiny_bundle, photos, tmp_path
     assert all(torch.equal(again[key], straight[key]) for key in ("clip_l", "clip_g"))
 
 
-# --- the VAE under fp16 ------------------------------------------------------------------------------------------------
+# --- the VAE under fp16 ---------------------------------------------------------------------------------------------
 
 
 def fp16_fix_vae(tiny_bundle, folder: Path) -> Path:
@@ -277,7 +282,7 @@ def test_fp16_training_encodes_with_the_stock_vae_in_float32(tiny_bundle, photos
     assert identity.vectors.grad is not None and identity.vectors.grad[:, WIDTHS[0]:].abs().sum() > 0
 
 
-# --- errors before loading ---------------------------------------------------------------------------------------------
+# --- errors before loading ------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("change,message", [
@@ -290,10 +295,13 @@ def test_fp16_training_encodes_with_the_stock_vae_in_float32(tiny_bundle, photos
     ({"resolution": 32}, "resolution: 32 is below 48, 3/4 of this SD-XL base's native 64"),
     ({"model.family": "sd15", "model.base": "SD15", "model.vae": "SDXL/vae"}, "model.vae: only for model.family sdxl"),
     ({"model.family": "sd3"}, "model.family: 'sd3' is not sd15 or sdxl"),
-], ids=["sd15-base", "validation-family", "sd15-motion-module", "resolution", "vae-for-sd15", "unknown-family"])
+    ({"model.base": "MMXL"}, "model.base: {MMXL}: single-file SDXL bases are not supported"),
+], ids=["sd15-base", "validation-family", "sd15-motion-module", "resolution", "vae-for-sd15", "unknown-family",
+        "single-file"])
 def test_family_mismatches_are_one_error_before_loading(tiny_bundle, photos, tmp_path, capsys, monkeypatch,
                                                          change, message):
-    files = {"SD15": str(tiny_bundle["sd15"]), "MM15": str(tiny_bundle["motion_v2"]), "SDXL": str(tiny_bundle["sdxl"])}
+    files = {"SD15": str(tiny_bundle["sd15"]), "MM15": str(tiny_bundle["motion_v2"]), "SDXL": str(tiny_bundle["sdxl"]),
+             "MMXL": str(tiny_bundle["motion_sdxl"])}
     for key, value in change.items():
         for name, path in files.items():
             value = value.replace(name, path) if isinstance(value, str) else value

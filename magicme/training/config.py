@@ -93,8 +93,8 @@ class TrainConfig:
 
 
 NAME_FIELD = "{name}"  # in images_dir: the identity's name (dataset/{name} is the default with `identities`)
-SHARED_KEYS = ("model.family", "model.base", "model.base_config", "model.vae", "model.clipseg", "mixed_precision", "log_with", "compile",
-               "compile_backend", "tf32")
+SHARED_KEYS = ("model.family", "model.base", "model.base_config", "model.vae", "model.clipseg", "mixed_precision",
+               "log_with", "compile", "compile_backend", "tf32")
 
 
 def load_train_config(path: Path | str, overrides: list[str] | None = None) -> DictConfig:
@@ -177,6 +177,10 @@ def check_family(cfg: DictConfig) -> None:
     """`model.family` and what depends on it, before anything loads; fills in the family's default resolution."""
     family = cfg.model.family
     _check(family in ("sd15", "sdxl"), f"model.family: {family!r} is not sd15 or sdxl")
+    if cfg.validation.every > 0:
+        _check(cfg.validation.model.family == family,
+               f"validation.model.family: {cfg.validation.model.family} but model.family is {family}; validation "
+               f"videos need a base of the family the tokens are trained for (set validation.model.family: {family})")
     if family == "sd15":
         _check(cfg.model.vae is None, "model.vae: only for model.family sdxl (the fp16-fix VAE); SD1.5 training uses "
                                       "the base's VAE, remove model.vae")
@@ -193,10 +197,6 @@ def check_family(cfg: DictConfig) -> None:
     lowest = int(MIN_RESOLUTION_SHARE * native)
     _check(cfg.resolution >= lowest, f"resolution: {cfg.resolution} is below {lowest}, 3/4 of this SD-XL base's "
                                      f"native {native}; use {native} (the default) or at least {lowest}")
-    if cfg.validation.every > 0:
-        _check(cfg.validation.model.family == family,
-               f"validation.model.family: {cfg.validation.model.family} but model.family is {family}; validation "
-               f"videos need a base of the family the tokens are trained for (set validation.model.family: {family})")
 
 
 def check_caption_template(template: str) -> None:

@@ -52,7 +52,7 @@ class Outcome:
     steps: int  # the run's steps now
     final_loss: float | None
     seconds: float  # spent in this command
-    output: str  # <run>/<name>.pt
+    output: str  # <run>/<name>.pt (SD-XL: <name>.safetensors)
 
 
 def decide(cfg: DictConfig, resume: str | None) -> Decision:
