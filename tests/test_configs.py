@@ -10,7 +10,7 @@ from magicme.schema import check_sample_config, expand_samples, load_sample_conf
 from magicme.training.config import load_train_configs
 
 SAMPLE = sorted(Path("configs/sample").glob("*.yaml")) + sorted(Path("configs/tiny").glob("sample*.yaml"))
-TRAIN = sorted(Path("configs/train").glob("*.yaml")) + [Path("configs/tiny/train.yaml")]
+TRAIN = sorted(Path("configs/train").glob("*.yaml")) + sorted(Path("configs/tiny").glob("train*.yaml"))
 
 
 def leaf_keys(node, prefix: str = "") -> set[str]:

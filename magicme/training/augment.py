@@ -6,6 +6,9 @@ by an angle ~ N(0, σ = 10°) (intended p = 0.3; the original's inverted test fi
 `original_rotate_bug`); then a random scale s: with p = 2/3 s ∈ [size/3, size], else s ∈ [1.2·size, 1.4·size),
 rounded up to even. s < 0.6·size shrinks the picture onto a mid-grey canvas ("a far away " / "very small ");
 s > size crops a window of the enlarged picture ("zoomed in " / "close up "); otherwise a plain resize.
+
+SD-XL is conditioned on where its training image came from (original size, crop top-left, target size);
+`micro_conditioning` reads them off the same draw, so SD-XL identities are trained on what was really shown.
 """
 
 import math
@@ -83,3 +86,24 @@ def apply_geometry(image: torch.Tensor, geometry: Geometry, size: int, canvas_fi
 def caption_for(template: str, identity: str, prefix: str) -> str:
     """`photo of a {id}` + `<ann> <ann>_1 man` + `close up ` → `close up photo of a <ann> <ann>_1 man`."""
     return prefix + fill_identity(template, identity)
+
+
+def micro_conditioning(photo_size: tuple[int, int], geometry: Geometry, size: int) -> tuple[int, ...]:
+    """SD-XL's six `time_ids` for one draw on a photo of `photo_size` (H, W): (original H, W, crop top, left,
+    target H, W), with the crop in the pixels of the whole photo scaled as the draw scaled it, as SD-XL was trained
+    (original size before any resize, crop in resized pixels).
+
+    The crop is the centre square crop (mirrored by a flip) plus, when zoomed in (s ≥ size), the window's offset. A
+    zoom-out pastes the whole square onto a canvas: nothing more is cut off, so only the centre crop counts. Rotation
+    (about the centre, ≤ a few degrees) is not a crop and changes nothing here.
+    """
+    height, width = photo_size
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    if geometry.flip:
+        left = width - side - left  # the square's left edge in the mirrored photo
+    factor = geometry.scale / side
+    row, col = round(top * factor), round(left * factor)
+    if geometry.scale >= size:
+        row, col = row + geometry.offset[0], col + geometry.offset[1]
+    return height, width, row, col, size, size

@@ -25,6 +25,7 @@ from magicme.speed import compile_backend_problem
 from magicme.training.data import Photo, read_photos
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
+SD15_RESOLUTION = 512
 CLIP_VOCAB = 49408
 
 
@@ -39,8 +40,10 @@ class AugmentConfig:
 
 @dataclass
 class TrainModelConfig:
+    family: str = "sd15"  # sd15 (the paper) or sdxl: N vectors in each SD-XL text encoder (docs/sdxl.md)
     base: str = "models/stable-diffusion-v1-5"  # the ID tokens are trained on SD1.5 (the paper)
     base_config: Optional[str] = "models/stable-diffusion-v1-5"
+    vae: Optional[str] = None  # sdxl only: a VAE in place of the base's (the fp16-fix VAE)
     clipseg: str = "models/clipseg"  # CIDAS/clipseg-rd64-refined layout
 
 
@@ -66,7 +69,7 @@ class TrainConfig:
     mask_prompt: str = "person"
     mask_threshold: float = 0.4
     use_orig_img_rate: float = 0.05  # probability of a full-image (unmasked) loss
-    resolution: int = 512
+    resolution: Optional[int] = None  # null: the family's (sd15 512; sdxl the base's native size, 1024)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     lr: float = 1e-3
     batch_size: int = 4
@@ -90,8 +93,8 @@ class TrainConfig:
 
 
 NAME_FIELD = "{name}"  # in images_dir: the identity's name (dataset/{name} is the default with `identities`)
-SHARED_KEYS = ("model.base", "model.base_config", "model.clipseg", "mixed_precision", "log_with", "compile",
-               "compile_backend", "tf32")
+SHARED_KEYS = ("model.family", "model.base", "model.base_config", "model.vae", "model.clipseg", "mixed_precision",
+               "log_with", "compile", "compile_backend", "tf32")
 
 
 def load_train_config(path: Path | str, overrides: list[str] | None = None) -> DictConfig:
@@ -154,11 +157,44 @@ def _check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def text_encoder_config(model: DictConfig) -> dict:
-    """The base's `text_encoder/config.json` (vocabulary size, width), or {} for a Hub id not downloaded yet."""
+def base_part_config(model: DictConfig, part: str = "text_encoder") -> dict:
+    """The base's `<part>/config.json` (text encoder: vocabulary size, width), or {} for a Hub id not downloaded
+    yet."""
     folder = model.base_config if Path(model.base).is_file() else model.base
-    path = Path(str(folder), "text_encoder", "config.json")
+    path = Path(str(folder), part, "config.json")
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def identity_width(model: DictConfig) -> int | None:
+    """Width of the trained vectors: the text encoder's; SD-XL's two encoders' together (the joint vectors); None
+    when a config is not on disk."""
+    parts = ("text_encoder", "text_encoder_2") if model.family == "sdxl" else ("text_encoder",)
+    widths = [base_part_config(model, part).get("hidden_size") for part in parts]
+    return None if None in widths else sum(widths)
+
+
+def check_family(cfg: DictConfig) -> None:
+    """`model.family` and what depends on it, before anything loads; fills in the family's default resolution."""
+    family = cfg.model.family
+    _check(family in ("sd15", "sdxl"), f"model.family: {family!r} is not sd15 or sdxl")
+    if cfg.validation.every > 0:
+        _check(cfg.validation.model.family == family,
+               f"validation.model.family: {cfg.validation.model.family} but model.family is {family}; validation "
+               f"videos need a base of the family the tokens are trained for (set validation.model.family: {family})")
+    if family == "sd15":
+        _check(cfg.model.vae is None, "model.vae: only for model.family sdxl (the fp16-fix VAE); SD1.5 training uses "
+                                      "the base's VAE, remove model.vae")
+        if cfg.resolution is None:
+            cfg.resolution = SD15_RESOLUTION
+        return
+    from magicme.training.sdxl import MIN_RESOLUTION_SHARE, default_resolution
+
+    native = default_resolution(base_part_config(cfg.model, "unet"), base_part_config(cfg.model, "vae"))
+    if cfg.resolution is None:
+        cfg.resolution = native
+    lowest = int(MIN_RESOLUTION_SHARE * native)
+    _check(cfg.resolution >= lowest, f"resolution: {cfg.resolution} is below {lowest}, 3/4 of this SD-XL base's "
+                                     f"native {native}; use {native} (the default) or at least {lowest}")
 
 
 def check_caption_template(template: str) -> None:
@@ -190,6 +226,7 @@ def validate_train_config(cfg: DictConfig, rng: random.Random | None = None) -> 
     for key in ("use_orig_img_rate", "mask_threshold", "augment.flip_p", "augment.rotate_p"):
         value = OmegaConf.select(cfg, key)
         _check(0.0 <= value <= 1.0, f"{key}: {value} not in [0, 1]")
+    check_family(cfg)
     _check(cfg.resolution >= 64 and cfg.resolution % 8 == 0,
            f"resolution: {cfg.resolution} must be a multiple of 8, at least 64")
     _check(cfg.lr > 0, f"lr: {cfg.lr} must be > 0")
@@ -210,10 +247,11 @@ def validate_train_config(cfg: DictConfig, rng: random.Random | None = None) -> 
     if cfg.log_with:
         _check(importlib.util.find_spec(cfg.log_with) is not None,
                f"log_with: {cfg.log_with} is not installed; pip install {cfg.log_with}, or set log_with: null")
-    inspect_base({"base": cfg.model.base, "base_config": cfg.model.base_config, "vae": None}).raise_first()
+    inspect_base({"family": cfg.model.family, "base": cfg.model.base, "base_config": cfg.model.base_config,
+                  "vae": cfg.model.vae}).raise_first()
     if cfg.init == "rare":
         # unknown before loading a Hub model; the loader checks again
-        vocab = text_encoder_config(cfg.model).get("vocab_size", CLIP_VOCAB)
+        vocab = base_part_config(cfg.model).get("vocab_size", CLIP_VOCAB)
         _check(vocab >= CLIP_VOCAB, f"init: the original's rare-token ids need the CLIP vocabulary ({CLIP_VOCAB} "
                                     f"tokens); this text encoder has {vocab}; set init to a word such as the class word")
     _check(Path(cfg.model.clipseg, "config.json").is_file(),

@@ -22,7 +22,7 @@ from PIL import Image
 
 from magicme.errors import ConfigError
 from magicme.images import read_image
-from magicme.training.augment import apply_geometry, caption_for, draw_geometry
+from magicme.training.augment import apply_geometry, caption_for, draw_geometry, micro_conditioning
 from magicme.video_io import atomic_path, to_uint8
 
 log = logging.getLogger("magicme.train")
@@ -45,6 +45,10 @@ class TrainImage:
     path: Path
     pixels: np.ndarray  # (S, S, 3) float32 in [0, 1], centre-cropped square at working size
     mask: np.ndarray  # (S, S) float32 in {0, 1}
+    original_size: tuple[int, int] | None = None  # the photo's (H, W) before its centre crop; None: the square itself
+
+    def photo_size(self) -> tuple[int, int]:
+        return self.original_size or self.pixels.shape[:2]
 
 
 @dataclass
@@ -53,6 +57,7 @@ class Photo:
 
     path: Path
     crop: np.ndarray  # (S, S, 3) uint8: a quarter of float32's memory, and float32 / 255 gives the same values back
+    size: tuple[int, int]  # (H, W) of the photo before the crop (SD-XL's original-size conditioning)
 
     def pixels(self) -> np.ndarray:
         """(S, S, 3) float32 in [0, 1], exactly as `magicme.images.read_image` decoded it."""
@@ -61,7 +66,11 @@ class Photo:
 
 def read_photos(paths: list[Path]) -> list[Photo]:
     """Decode every photo (a broken file or a decompression bomb is a ConfigError naming it) and crop it square."""
-    return [Photo(path, to_uint8(square_crop(read_image(path, "training photo")))) for path in paths]
+    return [cropped_photo(path, read_image(path, "training photo")) for path in paths]
+
+
+def cropped_photo(path: Path, image: np.ndarray) -> Photo:
+    return Photo(path, to_uint8(square_crop(image)), image.shape[:2])
 
 
 def square_crop(image: np.ndarray) -> np.ndarray:
@@ -111,7 +120,7 @@ def load_training_images(photos: list[Photo], segmenter_factory, model_id: str, 
             continue
         image = np.clip(resize_square(image, side, Image.Resampling.LANCZOS), 0.0, 1.0)
         mask = (resize_square(mask, side, Image.Resampling.BILINEAR) >= 0.5).astype(np.float32)
-        result.append(TrainImage(path, image, mask))
+        result.append(TrainImage(path, image, mask, photo.size))
     if not result:
         raise ConfigError(f"mask_prompt: CLIPSeg found no {prompt!r} in any training image; check the photos or "
                           "lower mask_threshold")
@@ -141,6 +150,7 @@ class Batch:
     pixels: torch.Tensor  # (B, 3, size, size) in [-1, 1], the VAE's range
     masks: torch.Tensor  # (B, size, size) in {0, 1}; all ones (within the picture) for a full-image loss
     captions: list[str]
+    time_ids: torch.Tensor  # (B, 6) SD-XL micro-conditioning of each example (`augment.micro_conditioning`)
 
 
 class TrainingBatches:
@@ -149,13 +159,14 @@ class TrainingBatches:
     def __init__(self, images: list[TrainImage], cfg, tokens: str, seed: int, device: torch.device):
         stacked = np.stack([np.concatenate([im.pixels, im.mask[..., None]], axis=-1) for im in images])
         self.images = torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous().to(device)  # (N, RGB+mask, S, S)
+        self.photo_sizes = [im.photo_size() for im in images]
         self.cfg, self.tokens, self.seed = cfg, tokens, seed
         self.fill = torch.tensor(CANVAS_FILL, device=device)
 
     def __call__(self, step: int) -> Batch:
         cfg, a = self.cfg, self.cfg.augment
         rng = random.Random(derive_seed(self.seed, "augment", step))
-        pixels, masks, captions = [], [], []
+        pixels, masks, captions, time_ids = [], [], [], []
         for i in example_indices(step, cfg.batch_size, len(self.images), self.seed):
             source = self.images[i]
             if rng.random() < cfg.use_orig_img_rate:  # full-image loss: the mask covers the whole photo
@@ -166,7 +177,8 @@ class TrainingBatches:
             pixels.append(out[:3].clamp(0.0, 1.0) * 2.0 - 1.0)
             masks.append((out[3] >= 0.5).float())
             captions.append(caption_for(cfg.caption_template, self.tokens, geometry.prefix))
-        return Batch(torch.stack(pixels), torch.stack(masks), captions)
+            time_ids.append(micro_conditioning(self.photo_sizes[i], geometry, cfg.resolution))
+        return Batch(torch.stack(pixels), torch.stack(masks), captions, torch.tensor(time_ids, dtype=torch.float32))
 
 
 def caption_ids(tokenizer):

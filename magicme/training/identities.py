@@ -17,7 +17,8 @@ from omegaconf import DictConfig
 from magicme.errors import ConfigError
 from magicme.training.data import Photo
 from magicme.training.trainer import (
-    ResumePoint, StepHook, check_state_fits, find_resume_point, newest_good_state, newest_run, train_identity,
+    ResumePoint, StepHook, check_state_fits, final_file, find_resume_point, newest_good_state, newest_run,
+    train_identity,
 )
 
 RESUME_AUTO = "auto"
@@ -51,12 +52,12 @@ class Outcome:
     steps: int  # the run's steps now
     final_loss: float | None
     seconds: float  # spent in this command
-    output: str  # <run>/<name>.pt
+    output: str  # <run>/<name>.pt (SD-XL: <name>.safetensors)
 
 
 def decide(cfg: DictConfig, resume: str | None) -> Decision:
     """`--resume auto`: the identity's newest run with a state is finished (its last state reached `max_steps` and
-    `<name>.pt` exists), or continued; no run starts one. Other values: as for one identity."""
+    its final file exists), or continued; no run starts one. Other values: as for one identity."""
     if resume is None:
         return Decision()
     if resume != RESUME_AUTO:
@@ -66,7 +67,7 @@ def decide(cfg: DictConfig, resume: str | None) -> Decision:
         return Decision()
     point = newest_good_state(run, f"--resume {RESUME_AUTO}")
     check_state_fits(point, cfg)
-    return Decision(point, int(point.state["step"]) >= cfg.max_steps and (run / f"{cfg.name}.pt").is_file())
+    return Decision(point, int(point.state["step"]) >= cfg.max_steps and (run / final_file(cfg)).is_file())
 
 
 def check_resume_flag(resume: str | None, jobs: list[Job]) -> None:
@@ -88,7 +89,7 @@ def assign(costs: list[int], processes: int) -> list[int]:
 def finished_outcome(cfg: DictConfig, decision: Decision) -> Outcome:
     state = decision.point.state
     return Outcome(cfg.name, "finished", int(state["step"]), state["losses"][-1] if state["losses"] else None, 0.0,
-                   str(decision.point.run_dir / f"{cfg.name}.pt"))
+                   str(decision.point.run_dir / final_file(cfg)))
 
 
 def process_state() -> PartialState:
@@ -119,7 +120,7 @@ def train_identities(jobs: list[Job], resume: str | None = None, progress: bool 
         models = trained.models
         outcomes.append((index, Outcome(job.cfg.name, "resumed" if trained.resumed_from else "trained",
                                         trained.steps, trained.final_loss, trained.seconds,
-                                        str(trained.run_dir / f"{job.cfg.name}.pt"))))
+                                        str(trained.run_dir / final_file(job.cfg)))))
     if state.num_processes > 1 and not together:
         outcomes = gather_object(outcomes)
     return [outcome for _, outcome in sorted(outcomes, key=lambda pair: pair[0])]

@@ -36,19 +36,30 @@ def initial_vectors(tokenizer, embedding: nn.Embedding, count: int, init: str) -
 
 
 class IdentityEmbedding(nn.Module):
-    """A token embedding that returns `vectors[k]` wherever the input holds `ids[k]`, the frozen table elsewhere."""
+    """A token embedding that returns `vectors[k]` wherever the input holds `ids[k]`, the frozen table elsewhere.
 
-    def __init__(self, base: nn.Embedding, ids: list[int], vectors: torch.Tensor):
+    SD-XL's two encoders share one (N, D1 + D2) parameter (`SDXLIdentity`): given a parameter and `columns`, this
+    embedding uses its columns of it (one optimizer, one clipping norm and one checkpoint tensor for both)."""
+
+    def __init__(self, base: nn.Embedding, ids: list[int], vectors: torch.Tensor, columns: slice | None = None):
         super().__init__()
         self.base = base.requires_grad_(False)
         self.register_buffer("ids", torch.tensor(ids, device=base.weight.device), persistent=False)
-        self.vectors = nn.Parameter(vectors.detach().to(base.weight.device, torch.float32).clone())
+        if columns is None:
+            self.vectors = nn.Parameter(vectors.detach().to(base.weight.device, torch.float32).clone())
+        else:
+            self.vectors = vectors
+        self.columns = columns
+
+    def own_vectors(self) -> torch.Tensor:
+        """(N, D) of this encoder."""
+        return self.vectors if self.columns is None else self.vectors[:, self.columns]
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         frozen = self.base(input_ids)
         match = input_ids[..., None] == self.ids  # (B, L, N)
         which = match.to(torch.uint8).argmax(dim=-1)
-        return torch.where(match.any(dim=-1, keepdim=True), self.vectors[which].to(frozen.dtype), frozen)
+        return torch.where(match.any(dim=-1, keepdim=True), self.own_vectors()[which].to(frozen.dtype), frozen)
 
 
 class Vocabulary:
@@ -68,24 +79,56 @@ class Vocabulary:
         return copy.deepcopy(self.tokenizer)
 
 
-def add_identity_tokens(tokenizer, text_encoder, name: str, count: int, init: str) -> IdentityEmbedding:
-    """Add the ID tokens to the tokenizer and splice trainable vectors for them into the text encoder."""
+def add_tokens(tokenizer, text_encoder, name: str, count: int, init: str) -> tuple[nn.Embedding, list[int],
+                                                                                  torch.Tensor]:
+    """Add the ID tokens to the tokenizer and rows for them to the text encoder; returns the resized embedding, the
+    tokens' ids and their starting vectors."""
     tokens = token_names(name, count)
     if tokenizer.add_tokens(tokens) != count:
         raise ConfigError(f"name: tokens {tokens[0]}… already exist in the tokenizer; choose another name")
-    base = text_encoder.get_input_embeddings()
-    vectors = initial_vectors(tokenizer, base, count, init)
+    vectors = initial_vectors(tokenizer, text_encoder.get_input_embeddings(), count, init)
     text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    base = text_encoder.get_input_embeddings()
-    identity = IdentityEmbedding(base, tokenizer.convert_tokens_to_ids(tokens), vectors)
+    return text_encoder.get_input_embeddings(), tokenizer.convert_tokens_to_ids(tokens), vectors
+
+
+def add_identity_tokens(tokenizer, text_encoder, name: str, count: int, init: str) -> IdentityEmbedding:
+    """Add the ID tokens to the tokenizer and splice trainable vectors for them into the text encoder."""
+    base, ids, vectors = add_tokens(tokenizer, text_encoder, name, count, init)
+    identity = IdentityEmbedding(base, ids, vectors)
     text_encoder.set_input_embeddings(identity)
+    return identity
+
+
+class SDXLIdentity(nn.Module):
+    """SD-XL's identity: N tokens in each of its two tokenizers, one (N, D1 + D2) parameter `vectors` whose first
+    D1 columns are the first encoder's rows and the rest the second's (`clip_l` and `clip_g` of the saved file)."""
+
+    def __init__(self, parts: list[tuple[nn.Embedding, list[int], torch.Tensor]]):
+        super().__init__()
+        self.vectors = nn.Parameter(torch.cat([v.detach().float() for _, _, v in parts], dim=1)
+                                    .to(parts[0][0].weight.device))
+        edges = [0]
+        for _, _, v in parts:
+            edges.append(edges[-1] + v.shape[1])
+        self.parts = nn.ModuleList(IdentityEmbedding(base, ids, self.vectors, slice(a, b))
+                                   for (base, ids, _), a, b in zip(parts, edges, edges[1:]))
+
+
+def add_sdxl_identity_tokens(tokenizers: list, text_encoders: list, name: str, count: int,
+                             init: str) -> SDXLIdentity:
+    """The ID tokens in both SD-XL tokenizers, each encoder's rows started from its own table (rare tokens or the
+    `init` word), and the shared trainable vectors spliced into both encoders."""
+    identity = SDXLIdentity([add_tokens(tokenizer, encoder, name, count, init)
+                             for tokenizer, encoder in zip(tokenizers, text_encoders, strict=True)])
+    for encoder, part in zip(text_encoders, identity.parts):
+        encoder.set_input_embeddings(part)
     return identity
 
 
 def bake_identity(text_encoder, identity: IdentityEmbedding) -> torch.Tensor:
     """Write the learned vectors into the vocabulary rows and put the plain embedding back; returns the vectors."""
-    vectors = identity.vectors.detach().float().cpu()
+    vectors = identity.own_vectors().detach().float().cpu()
     with torch.no_grad():
-        identity.base.weight[identity.ids] = identity.vectors.to(identity.base.weight.dtype)
+        identity.base.weight[identity.ids] = identity.own_vectors().to(identity.base.weight.dtype)
     text_encoder.set_input_embeddings(identity.base)
     return vectors

@@ -32,24 +32,31 @@ from tqdm.auto import tqdm
 from magicme.checkpoint_io import load_checkpoint, save_torch
 from magicme.embeddings import save_embedding
 from magicme.errors import ConfigError
-from magicme.families.sd15 import SD15_BETAS, load_base
+from magicme.families.sd15 import SD15_BETAS, load_base, load_vae
+from magicme.families.sdxl import load_base as load_sdxl_base
 from magicme.prompts import fill_identity, slug
 from magicme.rundir import RunLock, make_run_dir, remove_stale_temp_files
 from magicme.segmentation import ClipSegSegmenter, model_identity
 from magicme.speed import allow_tf32, compile_unet, models_folder, use_compile_cache
-from magicme.training.config import text_encoder_config
+from magicme.training.config import identity_width
 from magicme.training.data import (
     Photo, TrainImage, TrainingBatches, caption_ids, derive_seed, load_training_images, save_overlays, working_size,
 )
 from magicme.training.loss import latent_mask, masked_mse
+from magicme.training.sdxl import (
+    SDXLTextEncoders, save_sdxl_vectors, sdxl_caption_ids, sdxl_unet_inputs, vae_dtype,
+)
 from magicme.training.tokens import (
-    IdentityEmbedding, Vocabulary, add_identity_tokens, bake_identity, token_names,
+    IdentityEmbedding, Vocabulary, add_identity_tokens, add_sdxl_identity_tokens, bake_identity, token_names,
 )
 from magicme.video_io import atomic_path
 
 log = logging.getLogger("magicme.train")
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 STATE_NAME = re.compile(r"state-step-(\d+)\.pt")
+# SD-XL base's training schedule (its scheduler config): identities are learnt on the image model, as it was trained
+# (sampling uses AnimateDiff SD-XL's own betas, magicme/families/sdxl.py)
+SDXL_TRAIN_BETAS = {**SD15_BETAS, "beta_schedule": "scaled_linear"}
 STATE_KEYS = ("name", "seed", "step", "vectors", "optimizer", "rng", "losses")
 SCALER_KEYS = ("scale", "growth_factor", "backoff_factor", "growth_interval", "_growth_tracker")
 LOSS_READ_EVERY = 10  # steps between reads of the loss from the device (and at every checkpoint and validation)
@@ -61,24 +68,35 @@ class TrainingDiverged(Exception):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+def sd15_unet_inputs(text_encoder, input_ids: torch.Tensor, time_ids: torch.Tensor | None,
+                     dtype: torch.dtype) -> dict:
+    """The SD1.5 UNet's conditioning: the text encoder's last hidden states (SD1.5 has no added conditioning)."""
+    return {"encoder_hidden_states": text_encoder(input_ids)[0].to(dtype)}
+
+
 @dataclass
 class DiffusionLoss:
     """The frozen half of a training step: VAE encoding, the original's noise schedule (AnimateDiff's linear betas), the UNet and the masked
-    ε-loss. Only `text_encoder` (holding the identity vectors) carries gradients."""
+    ε-loss. Only `text_encoder` (holding the identity vectors) carries gradients. `unet_inputs` makes the UNet's
+    conditioning from the text encoder(s) (SD-XL: `training.sdxl.sdxl_unet_inputs`); `vae_dtype` is the VAE's own
+    dtype where it differs from `dtype` (SD-XL's stock VAE under fp16: float32)."""
 
     vae: torch.nn.Module
     unet: torch.nn.Module
     scheduler: DDPMScheduler
     noise_offset: float
     dtype: torch.dtype
+    vae_dtype: torch.dtype | None = None
+    unet_inputs: Callable[..., dict] = sd15_unet_inputs
 
     def __call__(self, text_encoder, pixels: torch.Tensor, masks: torch.Tensor, input_ids: torch.Tensor,
-                 generator: torch.Generator, autocast=contextlib.nullcontext) -> torch.Tensor:
-        device = pixels.device
+                 generator: torch.Generator, autocast=contextlib.nullcontext,
+                 time_ids: torch.Tensor | None = None) -> torch.Tensor:
+        device, vae_dtype = pixels.device, self.vae_dtype or self.dtype
         with torch.no_grad():
-            posterior = self.vae.encode(pixels.to(self.dtype)).latent_dist
-            eps = torch.randn(posterior.mean.shape, generator=generator).to(device, self.dtype)
-            latents = (posterior.mean + posterior.std * eps) * self.vae.config.scaling_factor
+            posterior = self.vae.encode(pixels.to(vae_dtype)).latent_dist
+            eps = torch.randn(posterior.mean.shape, generator=generator).to(device, vae_dtype)
+            latents = ((posterior.mean + posterior.std * eps) * self.vae.config.scaling_factor).to(self.dtype)
         b, c = latents.shape[:2]
         noise = torch.randn(latents.shape, generator=generator)
         # the original's noise offset: one extra random value per (sample, channel), shared by all pixels
@@ -86,8 +104,8 @@ class DiffusionLoss:
         timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (b,), generator=generator).to(device)
         noisy = self.scheduler.add_noise(latents, noise, timesteps)
         with autocast():
-            hidden = text_encoder(input_ids.to(device))[0]
-            pred = self.unet(noisy, timesteps, hidden.to(self.dtype)).sample
+            pred = self.unet(noisy, timesteps, **self.unet_inputs(text_encoder, input_ids.to(device), time_ids,
+                                                                 self.dtype)).sample
         return masked_mse(pred, noise, latent_mask(masks, latents.shape[-2:]))
 
 
@@ -259,10 +277,11 @@ def check_state_fits(point: ResumePoint, cfg: DictConfig) -> None:
     if name != cfg.name or len(vectors) != cfg.num_tokens:
         raise ConfigError(f"--resume {point.path}: a checkpoint of {name!r} with {len(vectors)} tokens cannot "
                           f"continue {cfg.name!r} with num_tokens={cfg.num_tokens}")
-    width = text_encoder_config(cfg.model).get("hidden_size", vectors.shape[1])
+    width = identity_width(cfg.model) or vectors.shape[1]
     if vectors.shape[1] != width:
+        encoders = "two text encoders are" if cfg.model.family == "sdxl" else "text encoder is"
         raise ConfigError(f"--resume {point.path}: vectors of width {vectors.shape[1]} cannot continue on "
-                          f"model.base, whose text encoder is {width} wide; resume with the base it was trained on")
+                          f"model.base, whose {encoders} {width} wide; resume with the base it was trained on")
 
 
 def claim_run_dir(cfg: DictConfig, point: ResumePoint | None) -> tuple[Path, RunLock]:
@@ -338,13 +357,21 @@ class Validator:
             self.pipes[key] = get_family(cfg.model.family).load(cfg.model)
         pipe = self.pipes[key]
         pipe.prompts.weighting = cfg.prompt_weighting
-        if (key, name) not in self.names:
-            pipe.t2v.load_textual_inversion(vectors.detach().float().cpu(), token=f"<{name}>")
-            self.names.add((key, name))
-        tokenizer, encoder = pipe.t2v.tokenizer, pipe.t2v.text_encoder
-        ids = tokenizer.convert_tokens_to_ids(token_names(name, len(vectors)))
-        with torch.no_grad():
-            encoder.get_input_embeddings().weight[ids] = vectors.detach().to(encoder.device, encoder.dtype)
+        pairs = [(pipe.t2v.tokenizer, pipe.t2v.text_encoder)]
+        if cfg.model.family == "sdxl":  # the joint vectors: the first encoder's columns, then the second's
+            pairs.append((pipe.t2v.tokenizer_2, pipe.t2v.text_encoder_2))
+        edges = [0]
+        for _, encoder in pairs:
+            edges.append(edges[-1] + encoder.get_input_embeddings().weight.shape[1])
+        for (tokenizer, encoder), a, b in zip(pairs, edges, edges[1:]):
+            own = vectors.detach()[:, a:b]
+            if (key, name) not in self.names:
+                pipe.t2v.load_textual_inversion(own.float().cpu(), token=f"<{name}>", tokenizer=tokenizer,
+                                                text_encoder=encoder)
+            ids = tokenizer.convert_tokens_to_ids(token_names(name, len(vectors)))
+            with torch.no_grad():
+                encoder.get_input_embeddings().weight[ids] = own.to(encoder.device, encoder.dtype)
+        self.names.add((key, name))
         for i, template in enumerate(cfg.prompts):
             prompt = fill_identity(template, f"<{name}> {class_word}")
             for seed in cfg.seeds:
@@ -357,15 +384,28 @@ class Validator:
 
 
 class SharedModels:
-    """What every identity a process trains uses, loaded once: the frozen base (tokenizer, text encoder, VAE, UNet)
-    and the validation pipelines. Each identity starts from the vocabulary as loaded (`Vocabulary.fresh`), so no
-    identity's tokens reach another's training."""
+    """What every identity a process trains uses, loaded once: the frozen base (tokenizers, text encoders, VAE, UNet)
+    and the validation pipelines. Each identity starts from the vocabularies as loaded (`Vocabulary.fresh`), so no
+    identity's tokens reach another's training. SD-XL: two tokenizers and encoders, the `model.vae` in place of the
+    base's, and the VAE in float32 under fp16 unless it says it is fp16-safe (`training.sdxl.vae_dtype`)."""
 
     def __init__(self, cfg: DictConfig, device: torch.device, dtype: torch.dtype):
-        base = load_base(cfg.model.base, cfg.model.base_config, torch.float32)
-        self.text_encoder = base.text_encoder.requires_grad_(False)
-        self.vocabulary = Vocabulary(base.tokenizer, self.text_encoder)
-        self.vae = base.vae.requires_grad_(False).to(device, dtype)
+        self.family = cfg.model.family
+        if self.family == "sdxl":
+            configs = cfg.model.base_config if Path(cfg.model.base).is_file() else cfg.model.base
+            vae = load_vae(cfg.model.vae, configs, torch.float32) if cfg.model.vae else None
+            base = load_sdxl_base(cfg.model.base, cfg.model.base_config, torch.float32, vae=vae)
+            pairs = [(base.tokenizer, base.text_encoder), (base.tokenizer_2, base.text_encoder_2)]
+            self.vae_dtype = vae_dtype(dtype, base.vae.config.force_upcast)
+        else:
+            base = load_base(cfg.model.base, cfg.model.base_config, torch.float32)
+            pairs = [(base.tokenizer, base.text_encoder)]
+            self.vae_dtype = dtype
+        self.text_encoders = [encoder.requires_grad_(False) for _, encoder in pairs]
+        self.vocabularies = [Vocabulary(tokenizer, encoder) for tokenizer, encoder in pairs]
+        # SD-XL checkpoints split the joint vectors after the first encoder's width ({clip_l, clip_g}); SD1.5: None
+        self.sdxl_width = base.text_encoder.config.hidden_size if self.family == "sdxl" else None
+        self.vae = base.vae.requires_grad_(False).to(device, self.vae_dtype)
         self.unet = base.unet.requires_grad_(False).to(device, dtype)
         if cfg.compile:
             cache = use_compile_cache(models_folder(str(cfg.model.base)))
@@ -465,9 +505,7 @@ def run_training(accelerator: Accelerator, cfg: DictConfig, data: list[TrainImag
     torch.backends.cudnn.benchmark = device.type == "cuda"  # every step has the same shapes: tune convolutions once
     allow_tf32(cfg.tf32)
 
-    text_encoder = models.text_encoder
-    tokenizer = models.vocabulary.fresh()
-    identity = add_identity_tokens(tokenizer, text_encoder, cfg.name, cfg.num_tokens, cfg.init)
+    text_encoder, identity, encode, bake = attach_identity(models, cfg)
     tokens = " ".join(token_names(cfg.name, cfg.num_tokens)) + f" {cfg.class_word}"
     if cfg.gradient_checkpointing:  # the UNet's activations are what fills memory; the text encoder's are small
         models.unet.enable_gradient_checkpointing()
@@ -478,8 +516,10 @@ def run_training(accelerator: Accelerator, cfg: DictConfig, data: list[TrainImag
         text_encoder, optimizer = accelerator.prepare(text_encoder, optimizer)
     else:  # no DistributedDataParallel: the other processes train other identities
         text_encoder, optimizer = text_encoder.to(device), accelerator.prepare(optimizer)
-    loss_fn = DiffusionLoss(models.vae, models.unet, DDPMScheduler(**SD15_BETAS), cfg.noise_offset,
-                            DTYPES[cfg.mixed_precision])
+    sdxl = models.family == "sdxl"
+    loss_fn = DiffusionLoss(models.vae, models.unet, DDPMScheduler(**(SDXL_TRAIN_BETAS if sdxl else SD15_BETAS)),
+                            cfg.noise_offset, DTYPES[cfg.mixed_precision], models.vae_dtype,
+                            sdxl_unet_inputs if sdxl else sd15_unet_inputs)
     step, losses = 0, []
     if point is not None:
         step, losses = restore(point.state, identity, optimizer, accelerator.scaler)
@@ -491,7 +531,6 @@ def run_training(accelerator: Accelerator, cfg: DictConfig, data: list[TrainImag
             OmegaConf.save(cfg, tmp)
         save_overlays(run_dir / "masks", data)
     batches = TrainingBatches(data, cfg, tokens, stream, device)
-    encode = caption_ids(tokenizer)
     if cfg.log_with:
         accelerator.init_trackers("magicme", config=OmegaConf.to_container(cfg, resolve=True))
     bar = tqdm(total=cfg.max_steps, initial=step, desc=f"train {cfg.name}",
@@ -516,7 +555,7 @@ def run_training(accelerator: Accelerator, cfg: DictConfig, data: list[TrainImag
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
         if main and checkpoint:
             save_checkpoint(checkpoints, cfg.name, cfg.seed, step, identity.vectors, optimizer, losses,
-                            accelerator.scaler, cfg.class_word)
+                            accelerator.scaler, cfg.class_word, models.sdxl_width)
             save_loss_curve(run_dir / "loss_curve.png", losses)
             log.info("step %d loss %.5f (mean of last %d: %.5f)", step, losses[-1], min(50, len(losses)),
                      float(np.mean(losses[-50:])))
@@ -528,7 +567,7 @@ def run_training(accelerator: Accelerator, cfg: DictConfig, data: list[TrainImag
         if main and on_step is not None:
             on_step(step, losses, run_dir)
     bar.close()
-    bake_identity(accelerator.unwrap_model(text_encoder), identity)
+    bake(accelerator.unwrap_model(text_encoder))
     if main:
         finish(run_dir, cfg, step, losses)
     if together:
@@ -538,6 +577,26 @@ def run_training(accelerator: Accelerator, cfg: DictConfig, data: list[TrainImag
         for tracker in accelerator.trackers:  # the process group stays: this process may train more identities
             tracker.finish()
     return losses
+
+
+def attach_identity(models: SharedModels, cfg: DictConfig) -> tuple[torch.nn.Module, torch.nn.Module, Callable,
+                                                                     Callable]:
+    """This identity's tokens in fresh copies of the vocabularies: (the text encoder module the loss calls, the
+    identity (its `vectors` are what trains), captions → ids, bake(unwrapped text encoder module) writing the
+    vectors into the vocabulary rows at the end)."""
+    tokenizers = [vocabulary.fresh() for vocabulary in models.vocabularies]
+    if models.family == "sdxl":
+        identity = add_sdxl_identity_tokens(tokenizers, models.text_encoders, cfg.name, cfg.num_tokens, cfg.init)
+
+        def bake(module):
+            for encoder, part in zip((module.text_encoder, module.text_encoder_2), identity.parts):
+                bake_identity(encoder, part)
+
+        return (SDXLTextEncoders(*models.text_encoders), identity,
+                sdxl_caption_ids([caption_ids(tokenizer) for tokenizer in tokenizers]), bake)
+    (tokenizer,), (text_encoder,) = tokenizers, models.text_encoders
+    identity = add_identity_tokens(tokenizer, text_encoder, cfg.name, cfg.num_tokens, cfg.init)
+    return text_encoder, identity, caption_ids(tokenizer), lambda module: bake_identity(module, identity)
 
 
 def identity_optimizer(identity: IdentityEmbedding, cfg: DictConfig, device: torch.device) -> torch.optim.AdamW:
@@ -551,7 +610,8 @@ def train_step(accelerator: Accelerator, loss_fn: DiffusionLoss, text_encoder, i
                together: bool) -> torch.Tensor:
     """One update of the identity vectors; returns the loss (of every process when `together`), left on the
     device: reading it would wait for the GPU."""
-    loss = loss_fn(text_encoder, batch.pixels, batch.masks, input_ids, generator, accelerator.autocast)
+    loss = loss_fn(text_encoder, batch.pixels, batch.masks, input_ids, generator, accelerator.autocast,
+                   batch.time_ids)
     value = (accelerator.gather(loss.detach()[None]) if together else loss.detach()[None]).float()
     accelerator.backward(loss)
     accelerator.clip_grad_norm_([identity.vectors], max_grad_norm)
@@ -573,28 +633,39 @@ def read_losses(pending: list[torch.Tensor], step: int, checkpoints: Path) -> li
     return values.mean(dim=1).tolist()
 
 
+def final_file(cfg: DictConfig) -> str:
+    """The learned identity's file name: `<name>.pt` (A1111 layout), for SD-XL `<name>.safetensors` ({clip_l,
+    clip_g}, the A1111/ComfyUI SDXL embedding)."""
+    return f"{cfg.name}.safetensors" if cfg.model.family == "sdxl" else f"{cfg.name}.pt"
+
+
 def finish(run_dir: Path, cfg: DictConfig, step: int, losses: list[float]) -> None:
-    """`<name>.pt` beside the run (and in `copy_to_embeddings_dir` when set), and a one-line summary."""
-    final = run_dir / f"{cfg.name}.pt"
+    """The identity's file (`final_file`) beside the run (and in `copy_to_embeddings_dir` when set), and a one-line
+    summary."""
+    final = run_dir / final_file(cfg)
     targets = [final] + ([Path(cfg.copy_to_embeddings_dir) / final.name] if cfg.copy_to_embeddings_dir else [])
     for target in targets:
         with atomic_path(target) as tmp:
-            shutil.copyfile(run_dir / "checkpoints" / f"{cfg.name}-step-{step}.pt", tmp)
+            shutil.copyfile(run_dir / "checkpoints" / f"{cfg.name}-step-{step}{final.suffix}", tmp)
     with atomic_path(run_dir / "summary.json") as tmp:
         tmp.write_text(json.dumps({"name": cfg.name, "steps": step, "final": final.name,
                                    "final_loss": losses[-1] if losses else None}))
 
 
 def save_checkpoint(folder: Path, name: str, seed: int, step: int, vectors: torch.Tensor, optimizer,
-                    losses: list[float], scaler=None, class_word: str | None = None) -> None:
-    """The embedding (A1111 `.pt` and safetensors, carrying the class word) and everything needed to resume, each
-    written atomically.
+                    losses: list[float], scaler=None, class_word: str | None = None,
+                    sdxl_width: int | None = None) -> None:
+    """The embedding (A1111 `.pt` and safetensors, carrying the class word; SD-XL: the {clip_l, clip_g} safetensors,
+    split after `sdxl_width` columns) and everything needed to resume, each written atomically.
 
     `scaler` is accelerate's fp16 GradScaler (None otherwise): its loss scale took many steps to settle.
     """
     vectors = vectors.detach().float().cpu()
-    save_embedding(folder / f"{name}-step-{step}.pt", vectors, name, class_word=class_word)
-    save_embedding(folder / f"{name}-step-{step}.safetensors", vectors, name, class_word=class_word)
+    if sdxl_width is not None:
+        save_sdxl_vectors(folder / f"{name}-step-{step}.safetensors", vectors, sdxl_width, class_word)
+    else:
+        save_embedding(folder / f"{name}-step-{step}.pt", vectors, name, class_word=class_word)
+        save_embedding(folder / f"{name}-step-{step}.safetensors", vectors, name, class_word=class_word)
     state = {"name": name, "seed": seed, "step": step, "vectors": vectors, "optimizer": optimizer.state_dict(),
              "rng": global_rng_state(), "losses": losses,
              "scaler": scaler.state_dict() if scaler is not None else None}
