@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import ControlNetModel
+from safetensors.torch import load_file
 from scipy import ndimage
 
 from magicme.control.agreement import depth_agreement, pose_agreement
@@ -23,7 +24,7 @@ from magicme.errors import ConfigError
 from magicme.sampling import run_sampling
 from magicme.schema import check_settings
 from magicme.stages.edit import prepare_input_video
-from magicme.tiny.controlnet import moving_square, save_gif
+from magicme.tiny.controlnet import moving_square, save_gif, save_original_controlnet
 from magicme.tiny.preprocessors import save_tiny_depth
 from magicme.video_io import read_video
 from tests.test_control import load, render
@@ -146,13 +147,18 @@ def test_depth_video_is_the_model_depth_scaled_over_the_clip(tiny_bundle):
 # ------------------------------------------------------------------------------------------------ single file
 
 
-def test_single_file_controlnet_loads_to_the_folder_weights_and_video(tiny_pipeline, tiny_bundle):
+def test_single_file_controlnet_loads_to_the_folder_weights_and_video(tiny_pipeline, tiny_bundle, tmp_path):
+    """The bundle's .safetensors, a .pth pickle of it, and one without the `control_model.` prefix (both forms are
+    in circulation) all load to the folder's weights."""
     folder, single = tiny_bundle["controlnet"], tiny_bundle["controlnet_file"]
-    assert single.suffix == ".safetensors" and all(k.startswith("control_model.") for k in
-                                                   __import__("safetensors.torch").torch.load_file(single))
+    state = load_file(single)
+    assert all(k.startswith("control_model.") for k in state) and "control_model.zero_convs.0.0.weight" in state
+    pth = save_original_controlnet(folder, tmp_path / "net.pth")
+    torch.save({k.removeprefix("control_model."): v for k, v in state.items()}, tmp_path / "bare.pth")
     ours = ControlNetModel.from_pretrained(folder, local_files_only=True).state_dict()
-    loaded = ControlNetModel.from_single_file(str(single), config=str(folder), local_files_only=True).state_dict()
-    assert ours.keys() == loaded.keys() and all(torch.equal(ours[k], loaded[k]) for k in ours)
+    for path in (single, pth, tmp_path / "bare.pth"):
+        loaded = ControlNetModel.from_single_file(str(path), config=str(folder), local_files_only=True).state_dict()
+        assert ours.keys() == loaded.keys() and all(torch.equal(ours[k], loaded[k]) for k in ours), path
     video = moving_square(8, 64)
 
     def control(model, config):
