@@ -19,7 +19,7 @@ from magicme.control.agreement import depth_agreement, pose_agreement
 from magicme.control.depth import depth_video, estimate_depth, normalise
 from magicme.control.lineart import darkness, lineart, lineart_video
 from magicme.control.nets import Control
-from magicme.control.pose import COLOURS, draw_pose, estimate_keypoints, openpose_points, pose_video
+from magicme.control.pose import COLOURS, draw_pose, estimate_keypoints, openpose_points, person_boxes, pose_video
 from magicme.errors import ConfigError
 from magicme.sampling import run_sampling
 from magicme.schema import check_settings
@@ -130,6 +130,43 @@ def test_pose_video_draws_the_tiny_vitpose_keypoints(tiny_bundle):
     assert colours <= allowed
 
 
+def test_person_boxes_bound_the_mask_or_take_the_whole_frame():
+    mask = np.zeros((2, 10, 12), dtype=bool)
+    mask[0, 2:5, 3:8] = True
+    mask[0, 9, 11] = True  # a stray pixel in the corner widens the box to it
+    assert person_boxes(mask) == [[3.0, 2.0, 9.0, 8.0], [0.0, 0.0, 12.0, 10.0]]
+    mask[0, 9, 11] = False
+    assert person_boxes(mask)[0] == [3.0, 2.0, 5.0, 3.0]
+
+
+def test_pose_edit_boxes_the_person_with_clipseg(tmp_path, tiny_bundle, monkeypatch):
+    """`person:` loads CLIPSeg and boxes each frame by its person mask. The tiny CLIPSeg's random mask covers the
+    frame in scattered pixels (its box is the whole frame), so its probabilities are replaced here by a fixed blob:
+    the run's pose video is then VitPose's keypoints in the blob's box, not the whole frame's."""
+    from magicme.segmentation import ClipSegSegmenter
+
+    blob = np.zeros((8, 64, 64), dtype=np.float32)
+    blob[:, 8:40, 20:44] = 0.9
+    prompts = []
+
+    def probabilities(self, images, prompt):
+        prompts.append(prompt)
+        assert images.shape == (8, 64, 64, 3)
+        return blob
+
+    monkeypatch.setattr(ClipSegSegmenter, "probabilities", probabilities)
+    entry = {"model": str(tiny_bundle["controlnet"]), "type": "pose", "from": "input_video",
+             "preprocessor": str(tiny_bundle["pose_model"]), "person": str(tiny_bundle["clipseg"])}
+    out, _ = run(tmp_path, tiny_bundle, "person", control=[entry], input_video=str(tiny_bundle["input_clip"]),
+                 steps=2)
+    source = prepare_input_video(str(tiny_bundle["input_clip"]), 8, 64, 64)
+    keypoints, scores = estimate_keypoints(source, tiny_bundle["pose_model"], boxes=[[20.0, 8.0, 24.0, 32.0]] * 8)
+    boxed = np.stack([draw_pose(openpose_points(k, s), 64, 64) for k, s in zip(keypoints, scores)]) / np.float32(255)
+    saved = read_video(out / "control-0-pose.gif")
+    assert prompts == ["person"] and np.abs(saved - boxed).max() <= 1 / 255 + 1e-6
+    assert not np.allclose(saved, pose_video(source, tiny_bundle["pose_model"]), atol=0.01)
+
+
 # ------------------------------------------------------------------------------------------------ depth
 
 
@@ -181,6 +218,9 @@ def test_single_file_controlnet_loads_to_the_folder_weights_and_video(tiny_pipel
     ({"model": "FILE", "config": "SD"}, r"^control\[0\].config: .* is not a diffusers ControlNet folder"),
     ({"config": "NET"}, r"^control\[0\].config: only for a single-file model"),
     ({"model": "POSE/config.json"}, r"^control\[0\].model: .*config.json is not a ControlNet file"),
+    ({"type": "pose", "preprocessor": "POSE", "person": "nowhere"},
+     r"^control\[0\].person: no CLIPSeg model at nowhere; bash download_checkpoint.sh --only clipseg"),
+    ({"type": "depth", "preprocessor": "POSE", "person": "POSE"}, r"^control\[0\].person: only for type pose"),
 ])
 def test_bad_preprocessor_and_single_file_entries(tmp_path, tiny_bundle, entry, message, monkeypatch):
     paths = {"NET": str(tiny_bundle["controlnet"]), "FILE": str(tiny_bundle["controlnet_file"]),

@@ -50,9 +50,12 @@ class ControlInputs:
         from magicme.control.depth import depth_video
         from magicme.control.pose import pose_video
 
-        by_type = {"depth": depth_video, "pose": pose_video}
-        self.videos = [by_type[e.type](self.source, e.preprocessor, device) if v is None else v
-                       for e, v in zip(self.entries, self.videos)]
+        def extracted(entry):
+            if entry.type == "depth":
+                return depth_video(self.source, entry.preprocessor, device)
+            return pose_video(self.source, entry.preprocessor, device, person=entry.person)
+
+        self.videos = [extracted(e) if v is None else v for e, v in zip(self.entries, self.videos)]
 
     def setup(self, pipe) -> None:
         """Extract the depth / pose videos, load the ControlNets in the pipeline's precision; a net made for another

@@ -1,11 +1,11 @@
 """Pose maps of a clip: VitPose keypoints (transformers `VitPoseForPoseEstimation`, COCO's 17 keypoints), drawn as
 the OpenPose skeleton that ControlNet openpose was trained on.
 
-VitPose is a top-down estimator: it finds the keypoints of the person in a given box. The box is the whole frame:
-ID-editing clips show one person filling much of the frame (a talking head, a half body), the processor widens the
-box by 1.25 and fits it to the model's 3:4 input, and a person detector would be one more model to download and to
-fail. A small person in a wide shot, or several people, need a detector's boxes, which this preprocessor does not
-have (docs/control.md).
+VitPose is a top-down estimator: it finds the keypoints of the person in a given box. By default the box is the
+whole frame: ID-editing clips show one person filling much of the frame (a talking head, a half body), and the
+processor widens the box by 1.25 and fits it to the model's 3:4 input. For a smaller person, `person_boxes` gives
+each frame the bounding box of a person mask (CLIPSeg's "person" segmentation, the model the project already uses
+for masks); a frame where the mask is empty keeps the whole frame (docs/control.md).
 
 OpenPose's 18 body points are COCO's 17 reordered plus a neck, the midpoint of the shoulders when both are seen.
 `draw_pose` draws its 17 limbs as ellipses (half-width 4 px) in 0.6 × the limb's colour, then its 18 points as discs
@@ -32,6 +32,7 @@ LIMB_SHADE = 0.6
 HALF_WIDTH = 4.0
 RADIUS = 4.0
 THRESHOLD = 0.3  # keypoints scored at or below this are not drawn (as OpenPose's renderer)
+PERSON_PROMPT, PERSON_THRESHOLD = "person", 0.5  # CLIPSeg's person mask, for `person` boxes
 
 
 def openpose_points(coco: np.ndarray, scores: np.ndarray, threshold: float = THRESHOLD) -> np.ndarray:
@@ -62,15 +63,31 @@ def draw_pose(points: np.ndarray, height: int, width: int) -> np.ndarray:
     return canvas
 
 
+def person_boxes(mask: np.ndarray) -> list[list[float]]:
+    """Per frame of an (F, H, W) bool person mask, the COCO box (x, y, width, height) around its pixels (pixel
+    edges, so one pixel is a 1 × 1 box); the whole frame where the mask is empty."""
+    height, width = mask.shape[1:]
+    boxes = []
+    for frame in mask:
+        rows, cols = np.flatnonzero(frame.any(axis=1)), np.flatnonzero(frame.any(axis=0))
+        if rows.size == 0:
+            boxes.append([0.0, 0.0, float(width), float(height)])
+        else:
+            boxes.append([float(cols[0]), float(rows[0]), float(cols[-1] + 1 - cols[0]),
+                          float(rows[-1] + 1 - rows[0])])
+    return boxes
+
+
 @torch.no_grad()
-def estimate_keypoints(video: np.ndarray, folder: Path | str, device="cpu") -> tuple[np.ndarray, np.ndarray]:
+def estimate_keypoints(video: np.ndarray, folder: Path | str, device="cpu",
+                       boxes: list[list[float]] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """COCO keypoints (F, 17, 2) in pixels and their scores (F, 17) of a [0, 1] (F, H, W, 3) video, one person per
-    frame in a whole-frame box."""
+    frame in its COCO box (x, y, width, height); default the whole frame."""
     processor = AutoImageProcessor.from_pretrained(str(folder), local_files_only=True, backend="pil")
     model = VitPoseForPoseEstimation.from_pretrained(str(folder), local_files_only=True).to(device).eval()
     frames = to_uint8(video)
     height, width = video.shape[1:3]
-    boxes = [[[0.0, 0.0, float(width), float(height)]] for _ in frames]  # COCO (x, y, w, h)
+    boxes = [[box] for box in (boxes or person_boxes(np.zeros((len(frames), height, width), dtype=bool)))]
     inputs = processor(images=list(frames), boxes=boxes, return_tensors="pt").to(device)
     outputs = model(pixel_values=inputs["pixel_values"])
     people = processor.post_process_pose_estimation(outputs, boxes=boxes)
@@ -79,9 +96,18 @@ def estimate_keypoints(video: np.ndarray, folder: Path | str, device="cpu") -> t
     return keypoints, scores
 
 
-def pose_video(video: np.ndarray, folder: Path | str, device="cpu") -> np.ndarray:
-    """A ControlNet openpose input: float32 (F, H, W, 3) in [0, 1] of a [0, 1] RGB video."""
-    keypoints, scores = estimate_keypoints(video, folder, device)
+def segmented_boxes(video: np.ndarray, clipseg: Path | str, device="cpu") -> list[list[float]]:
+    """Each frame's person box from CLIPSeg's "person" probabilities above PERSON_THRESHOLD."""
+    from magicme.segmentation import ClipSegSegmenter
+
+    return person_boxes(ClipSegSegmenter(clipseg, device).probabilities(video, PERSON_PROMPT) > PERSON_THRESHOLD)
+
+
+def pose_video(video: np.ndarray, folder: Path | str, device="cpu", person: Path | str | None = None) -> np.ndarray:
+    """A ControlNet openpose input: float32 (F, H, W, 3) in [0, 1] of a [0, 1] RGB video; `person` a CLIPSeg folder
+    to box the person in each frame (default: the whole frame)."""
+    boxes = segmented_boxes(video, person, device) if person is not None else None
+    keypoints, scores = estimate_keypoints(video, folder, device, boxes)
     height, width = video.shape[1:3]
     maps = [draw_pose(openpose_points(k, s), height, width) for k, s in zip(keypoints, scores)]
     return np.stack(maps).astype(np.float32) / 255.0

@@ -9,7 +9,7 @@
 Each entry is one ControlNet — a diffusers folder, or a single file in the original ControlNet layout with `config`
 a diffusers ControlNet folder describing it — with its control video: a clip (`video`) or one extracted from the
 input clip by a preprocessor (`type` + `from`). `depth` and `pose` run a model (`preprocessor`, a transformers
-folder; default the `control` download group's). The entries are free-form in the schema (`from` is a Python keyword), so their keys,
+folder; default the `control` download group's); `pose` can box the person with CLIPSeg (`person`, its folder). The entries are free-form in the schema (`from` is a Python keyword), so their keys,
 types and ranges are checked here, each problem naming `control[i].<key>`.
 """
 
@@ -19,7 +19,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-ENTRY_KEYS = ("model", "config", "video", "type", "from", "preprocessor", "scale", "start", "end", "low", "high")
+ENTRY_KEYS = ("model", "config", "video", "type", "from", "preprocessor", "person", "scale", "start", "end", "low",
+              "high")
 TYPES = ("canny", "lineart", "depth", "pose")  # preprocessors
 SOURCES = ("input_video",)
 CANNY_DEFAULTS = {"low": 100.0, "high": 200.0}  # ControlNet's canny annotator defaults
@@ -42,6 +43,7 @@ class ControlEntry:
     type: str | None = None  # the preprocessor (canny, lineart, depth, pose)
     source: str | None = None  # what it is extracted from (input_video)
     preprocessor: str | None = None  # the depth / pose model folder
+    person: str | None = None  # pose: a CLIPSeg folder boxing the person in each frame (None: the whole frame)
     scale: float = 1.0  # ControlNet residuals × scale (diffusers' controlnet_conditioning_scale)
     start: float = 0.0  # acts on the steps i with start ≤ i/steps and (i+1)/steps ≤ end
     end: float = 1.0
@@ -129,6 +131,12 @@ def entry_problems(i: int, entry, input_video: str | None) -> list[str]:
         problems.append(f"{key}: from, preprocessor, low and high belong to a preprocessor; set type or remove them")
     elif kind not in (None, "canny") and ("low" in entry or "high" in entry):
         problems.append(f"{key}: low and high are canny's thresholds; remove them for type {kind}")
+    person = entry.get("person")
+    if person is not None and kind != "pose":
+        problems.append(f"{key}.person: only for type pose (it boxes the person for the pose model); remove it")
+    elif person is not None and not (isinstance(person, str) and (Path(person) / "config.json").is_file()):
+        problems.append(f"{key}.person: no CLIPSeg model at {person}; bash download_checkpoint.sh --only clipseg "
+                        "(or remove person: the whole frame is the person's box)")
     numbers = {name: entry.get(name, default) for name, default in
                (("scale", 1.0), ("start", 0.0), ("end", 1.0), ("low", 0.0), ("high", 0.0))}
     bad = [name for name, value in numbers.items() if not is_number(value)]
