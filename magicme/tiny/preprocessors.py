@@ -8,8 +8,14 @@ to show that a depth or a pose is found (docs/control.md).
 from pathlib import Path
 
 import torch
-from transformers import (DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, VitPoseBackboneConfig,
-                          VitPoseConfig, VitPoseForPoseEstimation)
+from transformers import (
+    DepthAnythingConfig,
+    DepthAnythingForDepthEstimation,
+    Dinov2Config,
+    VitPoseBackboneConfig,
+    VitPoseConfig,
+    VitPoseForPoseEstimation,
+)
 from transformers.models.dpt.image_processing_pil_dpt import DPTImageProcessorPil
 from transformers.models.vitpose.image_processing_pil_vitpose import VitPoseImageProcessorPil
 
