@@ -1,11 +1,13 @@
 """Measure how well an output clip keeps the pose and/or depth of the clip it was made from (docs/control.md).
 
     python scripts/control_check.py --input dance.mp4 --output outputs/.../sample.mp4 \
-        [--pose models/control/vitpose-base-simple] [--depth models/control/depth-anything-v2-small] [--alpha 0.1]
+        [--pose models/control/vitpose-base-simple [--person models/clipseg]] \
+        [--depth models/control/depth-anything-v2-small] [--alpha 0.1]
 
 The input clip is fitted to the output's frames and size as a run fits `input_video` (its first frames, resized to
 cover, centre-cropped), then both go through the same models: VitPose keypoints (mean distance normalised by the
-input person's size, PCK@alpha) and relative depth (per-frame correlation). Prints one JSON object.
+input person's size, PCK@alpha; each clip's person boxed by CLIPSeg with --person, as the run's `person:` does, else
+the whole frame) and relative depth (per-frame correlation). Prints one JSON object.
 
 Meaningful numbers need the real models (bash download_checkpoint.sh --only control): the tiny random-weight ones
 (scripts/make_tiny_models.py) only exercise the plumbing. Without --pose and --depth, both default folders are used.
@@ -27,11 +29,14 @@ from magicme.errors import ConfigError  # noqa: E402
 
 
 def measure(input_clip: str, output_clip: str, pose: str | None, depth: str | None, alpha: float = 0.1,
-            device: str = "cpu") -> dict:
+            device: str = "cpu", person: str | None = None) -> dict:
     """The agreement of `output_clip` with `input_clip` under the given preprocessor models."""
     from magicme.control.agreement import depth_agreement, pose_agreement
     from magicme.control.depth import estimate_depth
-    from magicme.control.pose import estimate_keypoints
+    from magicme.control.pose import estimate_keypoints, segmented_boxes
+
+    def keypoints(video):
+        return estimate_keypoints(video, pose, device, segmented_boxes(video, person, device) if person else None)
     from magicme.stages.edit import prepare_input_video
     from magicme.video_io import read_video
 
@@ -40,7 +45,7 @@ def measure(input_clip: str, output_clip: str, pose: str | None, depth: str | No
     source = prepare_input_video(input_clip, frames, height, width, key="--input")
     result = {"frames": frames, "width": width, "height": height}
     if pose:
-        (a, sa), (b, sb) = estimate_keypoints(source, pose, device), estimate_keypoints(output, pose, device)
+        (a, sa), (b, sb) = keypoints(source), keypoints(output)
         result["pose"] = pose_agreement(a, sa, b, sb, alpha=alpha)
     if depth:
         result["depth"] = depth_agreement(estimate_depth(source, depth, device), estimate_depth(output, depth, device))
@@ -52,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input", required=True, help="the clip the output was made from (input_video)")
     parser.add_argument("--output", required=True, help="the generated clip (MP4/GIF/frame folder)")
     parser.add_argument("--pose", default=None, help="VitPose folder (default: models/control/vitpose-base-simple)")
+    parser.add_argument("--person", default=None, help="CLIPSeg folder boxing the person for --pose (default: the "
+                                                       "whole frame)")
     parser.add_argument("--depth", default=None, help="depth model folder (default: models/control/depth-anything-"
                                                       "v2-small)")
     parser.add_argument("--alpha", type=float, default=0.1, help="PCK threshold, a fraction of the person's size")
@@ -64,10 +71,13 @@ def main(argv: list[str] | None = None) -> int:
         for key, path in (("--input", args.input), ("--output", args.output)):
             if not Path(path).exists():
                 raise ConfigError(f"{key}: {path} not found")
-        for key, path in (("--pose", pose), ("--depth", depth)):
+        if args.person is not None and pose is None:
+            raise ConfigError("--person: boxes the person for --pose; give --pose too")
+        for key, path in (("--pose", pose), ("--depth", depth), ("--person", args.person)):
             if path is not None and not (Path(path) / "config.json").is_file():
                 raise ConfigError(f"{key}: no model at {path} (a transformers folder with config.json); {DOWNLOAD}")
-        print(json.dumps(measure(args.input, args.output, pose, depth, args.alpha, args.device), indent=2))
+        result = measure(args.input, args.output, pose, depth, args.alpha, args.device, args.person)
+        print(json.dumps(result, indent=2))
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -322,3 +322,30 @@ def test_control_check_script_scores_identical_clips_perfectly_and_shifted_ones_
     assert script.main(["--input", str(same), "--output", str(same), "--depth", str(tmp_path / "none")]) == 2
     error = capsys.readouterr().err
     assert "--depth: no model at" in error and "--only control" in error and "\n" not in error.strip()
+
+
+def test_control_check_boxes_the_person_with_clipseg(tmp_path, tiny_bundle, capsys, monkeypatch):
+    """--person: each clip's keypoints in its CLIPSeg person box (a fixed blob here, as in the run's test above)."""
+    from magicme.segmentation import ClipSegSegmenter
+
+    blob = np.zeros((8, 64, 64), dtype=np.float32)
+    blob[:, 8:40, 20:44] = 0.9
+    monkeypatch.setattr(ClipSegSegmenter, "probabilities", lambda self, images, prompt: blob)
+    script = control_check()
+    clip = save_gif(tmp_path / "clip.gif", moving_square(8, 64))
+    other = save_gif(tmp_path / "other.gif", moving_square(8, 64, seed=4)[:, ::-1])
+    source, output = read_video(clip), read_video(other)
+    pose = tiny_bundle["pose_model"]
+
+    def scores(boxes):
+        return pose_agreement(*estimate_keypoints(source, pose, boxes=boxes), *estimate_keypoints(output, pose,
+                                                                                                  boxes=boxes))
+
+    args = ["--input", str(clip), "--output", str(other), "--pose", str(pose)]
+    assert script.main([*args, "--person", str(tiny_bundle["clipseg"])]) == 0
+    boxed = json.loads(capsys.readouterr().out)["pose"]
+    assert boxed == pytest.approx(scores([[20.0, 8.0, 24.0, 32.0]] * 8))
+    assert boxed != pytest.approx(scores(None))
+    assert script.main([*args[:4], "--depth", str(tiny_bundle["depth_model"]), "--person",
+                        str(tiny_bundle["clipseg"])]) == 2
+    assert "--person: boxes the person for --pose" in capsys.readouterr().err
