@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from transformers import AutoImageProcessor, VitPoseForPoseEstimation
 
+from magicme.segmentation import ClipSegSegmenter
 from magicme.video_io import to_uint8
 
 NECK = -1
@@ -98,8 +99,6 @@ def estimate_keypoints(video: np.ndarray, folder: Path | str, device="cpu",
 
 def segmented_boxes(video: np.ndarray, clipseg: Path | str, device="cpu") -> list[list[float]]:
     """Each frame's person box from CLIPSeg's "person" probabilities above PERSON_THRESHOLD."""
-    from magicme.segmentation import ClipSegSegmenter
-
     return person_boxes(ClipSegSegmenter(clipseg, device).probabilities(video, PERSON_PROMPT) > PERSON_THRESHOLD)
 
 
