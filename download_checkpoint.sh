@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Fetch the real weights into models/ (resumable, idempotent, selective).
 #
-#   bash download_checkpoint.sh                      # everything but sdxl (~16 GB; ~13 GB with --fp16)
+#   bash download_checkpoint.sh                      # everything but sdxl, control (~16 GB; ~13 GB --fp16)
 #   bash download_checkpoint.sh --only sdxl [--fp16] # SD-XL base + fp16-fix VAE + AnimateDiff SDXL module (opt-in)
+#   bash download_checkpoint.sh --only control [--fp16]  # ControlNets, SparseCtrl, depth + pose models (opt-in)
 #   bash download_checkpoint.sh --only sd15,base,vae,motion,lora,embeddings   # what sampling needs
 #   bash download_checkpoint.sh --list               # the groups
 #   bash download_checkpoint.sh --dry-run [--only …] # the plan: every file, its source, destination and check
@@ -22,7 +23,7 @@ cd "$(dirname "$0")"
 MODELS=${MODELS_DIR:-models}
 HF_URL=${HF_ENDPOINT:-https://huggingface.co}
 DEFAULT_GROUPS="sd15 base vae motion lora lightning lcm clipseg upscaler eval embeddings"
-ALL_GROUPS="$DEFAULT_GROUPS sdxl"  # sdxl (~15 GB) only when asked for: --only sdxl
+ALL_GROUPS="$DEFAULT_GROUPS sdxl control"  # sdxl (~15 GB), control (~11 GB) only when asked for: --only
 EMBEDDINGS="altman andrew_ng bengio beyonce biden eli harry hermione hinton huang ironman jack_chen johnson lecun
 lifeifei lisa mona monroe musk obama scarlett taylor trump zuck"
 EMBEDDINGS_URL=https://raw.githubusercontent.com/Zhen-Dong/Magic-ComfyUI/HEAD/models/embeddings
@@ -49,6 +50,7 @@ describe() {
     upscaler) echo "Real-ESRGAN x2plus / x4plus (Tiled VCD upscaler, needs spandrel) -> $MODELS/upscaler/ (~130 MB)" ;;
     eval) echo "CLIP ViT-L/14 + DINO ViT-S/16 (evaluation metrics) -> $MODELS/eval/ (~1.8 GB)" ;;
     embeddings) echo "published Magic-Me identity embeddings (.pt) -> $MODELS/embeddings/ (~20 files, <1 MB)" ;;
+    control) echo "SD1.5 ControlNets v1.1 openpose/depth/canny/lineart, SparseCtrl RGB + scribble, AnimateDiff v3 motion module, Depth Anything V2 Small, VitPose base (docs/control.md) -> $MODELS/controlnet/, $MODELS/sparsectrl/, $MODELS/control/ (~11 GB; --fp16 halves the ControlNets)" ;;
     sdxl) echo "SD-XL base 1.0 diffusers folder (no VAE) + sdxl-vae-fp16-fix + AnimateDiff SDXL beta motion module (docs/sdxl.md) -> $MODELS/stable-diffusion-xl-base-1.0, $MODELS/vae/sdxl-vae-fp16-fix, $MODELS/motion_module/ (~15 GB, --fp16 ~8 GB)" ;;
   esac
 }
@@ -135,6 +137,26 @@ plan() {
       echo "hf madebyollin/sdxl-vae-fp16-fix diffusion_pytorch_model.safetensors" \
            "$MODELS/vae/sdxl-vae-fp16-fix/diffusion_pytorch_model.safetensors unknown"
       echo "hf guoyww/animatediff mm_sdxl_v10_beta.ckpt $MODELS/motion_module/mm_sdxl_v10_beta.ckpt unknown" ;;
+    control)
+      local name repo f
+      # ControlNet v1.1 diffusers folders; the fp16 variant saved under the plain name, as for sd15
+      for name in openpose:control_v11p_sd15_openpose depth:control_v11f1p_sd15_depth \
+                  canny:control_v11p_sd15_canny lineart:control_v11p_sd15_lineart; do
+        repo=lllyasviel/${name#*:}
+        echo "hf $repo config.json $MODELS/controlnet/${name%%:*}/config.json unknown"
+        echo "hf $repo diffusion_pytorch_model.$w $MODELS/controlnet/${name%%:*}/diffusion_pytorch_model.safetensors unknown"
+      done
+      for name in rgb scribble; do  # SparseCtrl (diffusers SparseControlNetModel folders), with the v3 motion module
+        echo "hf guoyww/animatediff-sparsectrl-$name config.json $MODELS/sparsectrl/$name/config.json unknown"
+        echo "hf guoyww/animatediff-sparsectrl-$name diffusion_pytorch_model.safetensors" \
+             "$MODELS/sparsectrl/$name/diffusion_pytorch_model.safetensors unknown"
+      done
+      echo "hf guoyww/animatediff v3_sd15_mm.ckpt $MODELS/motion_module/v3_sd15_mm.ckpt unknown"
+      # the depth and pose preprocessors' models (transformers folders, loaded offline)
+      for f in config.json preprocessor_config.json model.safetensors; do
+        echo "hf depth-anything/Depth-Anything-V2-Small-hf $f $MODELS/control/depth-anything-v2-small/$f unknown"
+        echo "hf usyd-community/vitpose-base-simple $f $MODELS/control/vitpose-base-simple/$f unknown"
+      done ;;
   esac
 }
 

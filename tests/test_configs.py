@@ -57,6 +57,10 @@ def test_shipped_sampling_configs_pass_every_check(path, tiny_bundle, tmp_path):
         entry.model = str(tiny_bundle["controlnet"])
         if "video" in entry:
             entry.video = str(tiny_bundle["control_clip"])
+        if entry.get("type") in ("depth", "pose"):  # configs/sample/edit_pose.yaml: the tiny preprocessor models
+            entry.preprocessor = str(tiny_bundle[f"{entry.type}_model"])
+        if "person" in entry:
+            entry.person = str(tiny_bundle["clipseg"])
     (tmp_path / "emb").mkdir()
     texts = [text for s in expand_samples(cfg) for text in keyframes(s.prompt).values()]
     identity = tiny_bundle["embedding_sdxl" if sdxl else "embedding"]

@@ -13,7 +13,7 @@ import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "download_checkpoint.sh"
 GROUPS = ["sd15", "base", "vae", "motion", "lora", "lightning", "lcm", "clipseg", "upscaler", "eval", "embeddings",
-          "sdxl"]
+          "sdxl", "control"]
 MM_V2_SHA = "69ed0f5fef82b110aca51bcab73b21104242bc65d6ab4b8b2a2a94d31cad1bf0"
 
 
@@ -101,6 +101,7 @@ def test_dry_run_plans_every_file_and_downloads_nothing(tmp_path):
         assert expected in out, expected
     assert "safety_checker" not in out and "ema" not in out.replace("no-ema", "")
     assert "stable-diffusion-xl" not in out and "mm_sdxl" not in out  # opt-in: --only sdxl
+    assert "controlnet/" not in out and "sparsectrl" not in out  # opt-in: --only control
     assert not (tmp_path / "models").exists()
 
 
@@ -117,6 +118,27 @@ def test_sdxl_group_plans_the_sdxl_files(tmp_path):
     ]:
         assert expected in out, expected
     assert "stable-diffusion-xl-base-1.0/vae/" not in out and "stable-diffusion-v1-5" not in out
+
+
+def test_control_group_plans_controlnets_sparsectrl_and_preprocessor_models(tmp_path):
+    out = run("--dry-run", "--only", "control", models=tmp_path).stdout
+    hf = "https://huggingface.co"
+    for expected in [
+        f"controlnet/openpose/diffusion_pytorch_model.safetensors <- {hf}/lllyasviel/control_v11p_sd15_openpose/"
+        "resolve/main/diffusion_pytorch_model.safetensors",
+        f"controlnet/depth/config.json <- {hf}/lllyasviel/control_v11f1p_sd15_depth/resolve/main/config.json",
+        "controlnet/canny/diffusion_pytorch_model.safetensors", "controlnet/lineart/config.json",
+        f"sparsectrl/rgb/diffusion_pytorch_model.safetensors <- {hf}/guoyww/animatediff-sparsectrl-rgb/",
+        f"sparsectrl/scribble/config.json <- {hf}/guoyww/animatediff-sparsectrl-scribble/",
+        f"motion_module/v3_sd15_mm.ckpt <- {hf}/guoyww/animatediff/resolve/main/v3_sd15_mm.ckpt",
+        f"control/depth-anything-v2-small/model.safetensors <- {hf}/depth-anything/Depth-Anything-V2-Small-hf/",
+        "control/depth-anything-v2-small/preprocessor_config.json",
+        f"control/vitpose-base-simple/model.safetensors <- {hf}/usyd-community/vitpose-base-simple/",
+    ]:
+        assert expected in out, expected
+    fp16 = run("--dry-run", "--fp16", "--only", "control", models=tmp_path).stdout
+    assert ("controlnet/canny/diffusion_pytorch_model.safetensors <- https://huggingface.co/lllyasviel/"
+            "control_v11p_sd15_canny/resolve/main/diffusion_pytorch_model.fp16.safetensors") in fp16
 
 
 def test_fp16_variant_is_saved_under_the_plain_name(tmp_path):

@@ -29,6 +29,14 @@ def active(step: int, steps: int, start: float, end: float) -> bool:
     return not (step / steps < start or (step + 1) / steps > end)
 
 
+def load_controlnet(model: str, config: str | None, dtype: torch.dtype) -> ControlNetModel:
+    """A diffusers ControlNet folder, or a single file in the original layout read by diffusers' converter with the
+    architecture of the diffusers folder `config`."""
+    if config is None:
+        return ControlNetModel.from_pretrained(model, torch_dtype=dtype, local_files_only=True)
+    return ControlNetModel.from_single_file(model, config=config, torch_dtype=dtype, local_files_only=True)
+
+
 @dataclass
 class Control:
     """The loaded ControlNets of a run and their control videos."""
@@ -41,9 +49,10 @@ class Control:
 
     @classmethod
     def load(cls, models: list[str], videos: list[np.ndarray], scales: list[float], starts: list[float],
-             ends: list[float], device, dtype: torch.dtype) -> "Control":
-        """Nets from diffusers folders (offline) and [0, 1] (F, H, W, 3) videos at the run's size."""
-        nets = [ControlNetModel.from_pretrained(m, torch_dtype=dtype, local_files_only=True) for m in models]
+             ends: list[float], device, dtype: torch.dtype, configs: list[str | None] | None = None) -> "Control":
+        """Nets (offline) from diffusers folders or single files with their config folders, and [0, 1]
+        (F, H, W, 3) videos at the run's size."""
+        nets = [load_controlnet(m, c, dtype) for m, c in zip(models, configs or [None] * len(models), strict=True)]
         frames = [torch.from_numpy(v).permute(0, 3, 1, 2).to(device, dtype) for v in videos]
         return cls(MultiControlNetModel(nets).to(device).eval(), frames, scales, starts, ends)
 
