@@ -11,7 +11,7 @@ import yaml
 
 from magicme.context import ContextSettings
 from magicme.control.nets import Control
-from magicme.control.sparse_net import SparseControl, keyframe_conditioning
+from magicme.control.sparse_net import SparseControl, keyframe_conditioning, sparse_unet
 from magicme.embeddings import find_embeddings
 from magicme.errors import ConfigError
 from magicme.families.sd15 import load as load_pipeline
@@ -37,6 +37,39 @@ def test_keyframe_conditioning_puts_keyframe_k_at_frame_k_and_masks_exactly_thos
     assert mask[0, 0, :, 0, 0].tolist() == [0, 1, 0, 0, 0, 1] and torch.equal(mask, mask[..., :1, :1].expand_as(mask))
     with pytest.raises(ValueError, match="distinct"):
         keyframe_conditioning(keyframes, [1, 1], 6)
+
+
+class EchoUNet(torch.nn.Module):
+    """Returns the residuals it is given, to see what a wrapper passes."""
+
+    def forward(self, sample, timestep, encoder_hidden_states, down_block_additional_residuals=None,
+                mid_block_additional_residual=None):
+        return down_block_additional_residuals, mid_block_additional_residual
+
+
+class FixedSparse(SparseControl):
+    """Residuals of ones × the step's scale, without a net."""
+
+    def residuals(self, sample, timestep, encoder_hidden_states, scale):
+        return (torch.full((2,), scale), torch.full((3,), scale)), torch.full((1,), scale)
+
+
+def test_sparse_unet_adds_its_residuals_to_given_ones_on_its_steps_only():
+    unet, given = EchoUNet(), ((torch.tensor([1.0, 2.0]), torch.zeros(3)), torch.tensor([5.0]))
+    sparse = FixedSparse(None, None, None, scale=0.5, start=0.25, end=1.0)
+    x = torch.zeros(1)
+    with sparse_unet(unet, sparse, lambda: 4):
+        down, mid = unet(x, 1, x, *given)  # step 0: before start, the call untouched
+        assert down is given[0] and mid is given[1]
+        down, mid = unet(x, 1, x, *given)  # step 1 (1/4 ≥ start): the caller's residuals plus 0.5
+        assert torch.equal(down[0], torch.tensor([1.5, 2.5])) and torch.equal(down[1], torch.full((3,), 0.5))
+        assert torch.equal(mid, torch.tensor([5.5]))
+        down, mid = unet(x, 1, x)  # step 2, no residuals from the caller: its own
+        assert torch.equal(down[0], torch.full((2,), 0.5)) and torch.equal(mid, torch.tensor([0.5]))
+        unet(x, 1, x)  # step 3
+        with pytest.raises(RuntimeError, match="UNet call 5 in a loop of 4 steps"):
+            unet(x, 1, x)
+    assert "forward" not in vars(unet)  # the class's forward again
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
