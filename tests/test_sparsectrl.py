@@ -205,6 +205,23 @@ def test_an_unreadable_keyframe_fails_before_any_model_loads(tmp_path, tiny_bund
     assert not (tmp_path / "out").exists()
 
 
+def test_a_net_for_another_unet_is_an_error_naming_it(tmp_path, tiny_bundle, keyframes):
+    """A SparseCtrl net made for a UNet with another text width loads, then fails the base model's shape check."""
+    from diffusers import UNet2DConditionModel
+
+    from magicme.tiny.sd import tiny_unet
+
+    UNet2DConditionModel.from_config({**tiny_unet().config, "cross_attention_dim": 16}).save_pretrained(
+        tmp_path / "unet16")
+    net = save_tiny_sparsectrl(tmp_path / "net16", tmp_path / "unet16", "rgb")
+    cfg = load(tmp_path, tiny_bundle, sparse_control={"model": str(net), "frames": {0: str(keyframes["first"])},
+                                                      "type": "rgb"})
+    with pytest.raises(ConfigError, match=r"^sparse_control.model: .*net16 is a SparseCtrl net for a UNet with "
+                                          r"channels, text width \(\[32, 64\], 16\), the base model has "
+                                          r"\(\[32, 64\], 32\); use a SparseCtrl net of the base's family$"):
+        run_sampling(None, cfg=cfg, progress=False)
+
+
 def test_the_keyframes_and_net_are_in_the_sample_name(tmp_path, tiny_bundle, nets, keyframes):
     embeddings = {"tinyperson": tiny_bundle["embedding"]}
 
