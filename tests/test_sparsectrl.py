@@ -189,6 +189,16 @@ def test_the_motion_module_must_be_v3_before_any_model_loads(tmp_path, tiny_bund
     assert len(samples) == 1
 
 
+def test_sdxl_has_no_sparsectrl(tmp_path, tiny_bundle, nets, keyframes):
+    """The tiny SD-XL module is v3-shaped too (no mid block, 32 frames): the family, not the module, refuses."""
+    cfg = load(tmp_path, tiny_bundle, sparse_control=block(nets, keyframes),
+               model={"family": "sdxl", "base": str(tiny_bundle["sdxl"]), "motion_module":
+                      str(tiny_bundle["motion_sdxl"]), "embeddings_dir": str(tiny_bundle["embedding_sdxl"].parent),
+                      "scheduler": "ddim", "animatediff_numerics": "diffusers"})
+    with pytest.raises(ConfigError, match=r"^sparse_control: SparseCtrl is not wired for model.family sdxl"):
+        check_sample_config(cfg)
+
+
 def test_an_unreadable_keyframe_fails_before_any_model_loads(tmp_path, tiny_bundle, nets, keyframes):
     """A PNG whose header opens but whose pixels do not decode is caught when the keyframes are read (`prepare`),
     still before any model loads, naming the keyframe."""

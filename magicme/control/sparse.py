@@ -71,9 +71,9 @@ def model_problem(path) -> tuple[str | None, dict | None]:
     if config is None:
         return (f"{key}: {path} is not a diffusers SparseControlNetModel folder (no readable config.json); "
                 f"use the diffusers conversion, e.g. guoyww/animatediff-sparsectrl-rgb ({DOWNLOAD})"), None
-    if config.get("_class_name") != "SparseControlNetModel":
-        return f"{key}: {path} holds a {config.get('_class_name') or 'config without _class_name'}, not a " \
-               "SparseControlNetModel", None
+    name = config.get("_class_name")
+    if name != "SparseControlNetModel":
+        return f"{key}: {path} holds a {name or 'config without _class_name'}, not a SparseControlNetModel", None
     return None, {**NET_DEFAULTS, **config}
 
 
