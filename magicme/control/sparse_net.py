@@ -35,7 +35,7 @@ def keyframe_conditioning(keyframes: torch.Tensor, indices: list[int],
     k-th keyframe at frame indices[k], zeros elsewhere; the mask 1 at exactly those frames."""
     if len(indices) != len(keyframes) or len(set(indices)) != len(indices):
         raise ValueError(f"{len(keyframes)} keyframes need as many distinct frame indices, got {indices}")
-    count, channels, height, width = keyframes.shape
+    _, channels, height, width = keyframes.shape
     cond = keyframes.new_zeros((1, channels, frames, height, width))
     mask = keyframes.new_zeros((1, 1, frames, height, width))
     cond[0, :, indices] = keyframes.transpose(0, 1)
