@@ -139,10 +139,11 @@ def block(nets, keyframes, **changes) -> dict:
     ({"model": "UNET"}, r"^sparse_control.model: .* holds a UNet2DConditionModel, not a SparseControlNetModel"),
     ({"model": "CONTROLNET"}, r"^sparse_control.model: .* holds a ControlNetModel, not a SparseControlNetModel"),
     ({"type": "scribble"}, r"^sparse_control.type: scribble does not fit .*: it takes 4 conditioning channels with "
-                           r"use_simplified_condition_embedding true \(a rgb net\); set type: rgb"),
-    ({"model": "SCRIBBLE"}, r"^sparse_control.type: rgb does not fit .*\(a scribble net\); set type: scribble"),
+                           r"use_simplified_condition_embedding true \(a net for type rgb\); set type: rgb"),
+    ({"model": "SCRIBBLE"}, r"^sparse_control.type: rgb does not fit .*\(a net for type scribble\); set type: scribble"),
     ({"type": "depth"}, r"^sparse_control.type: 'depth' must be one of rgb, scribble"),
     ({"type": None}, r"^sparse_control.type: None must be one of rgb, scribble"),
+    ({"type": ["rgb"]}, r"^sparse_control.type: \['rgb'\] must be one of rgb, scribble"),
     ({"frames": {8: "FIRST"}}, r"^sparse_control.frames: keyframe 8 is not an integer frame in \[0, 8\)"),
     ({"frames": {-1: "FIRST"}}, r"^sparse_control.frames: keyframe -1 is not an integer frame in \[0, 8\)"),
     ({"frames": {}}, r"^sparse_control.frames: must map frame numbers to keyframe images"),

@@ -79,12 +79,12 @@ def model_problem(path) -> tuple[str | None, dict | None]:
 
 def type_problem(kind, path: str, config: dict) -> str | None:
     """`type` must be one of TYPES and match what the net's config says it was trained on."""
-    if kind not in TYPES:
+    if not isinstance(kind, str) or kind not in TYPES:
         return f"{KEY}.type: {kind!r} must be one of {', '.join(TYPES)}"
     ours = (config["conditioning_channels"], bool(config["use_simplified_condition_embedding"]))
     theirs = [name for name, shape in TYPES.items() if shape == ours]
     if ours != TYPES[kind]:
-        made = f"a {theirs[0]} net" if theirs else "neither an rgb nor a scribble net"
+        made = f"a net for type {theirs[0]}" if theirs else "neither an rgb nor a scribble net"
         return (f"{KEY}.type: {kind} does not fit {path}: it takes {ours[0]} conditioning channels with "
                 f"use_simplified_condition_embedding {str(ours[1]).lower()} ({made}); set type: "
                 f"{theirs[0] if theirs else 'to what the net was trained on'} or use a {kind} net")
