@@ -6,7 +6,8 @@ pipeline); V2V gets clean latents of the input video noised with prior noise to 
 
 Any other keyword argument the diffusers pipeline's `__call__` accepts (`prompt_embeds`, `callback_on_step_end`,
 `ip_adapter_image`, `cross_attention_kwargs`, …) passes straight through, so new conditioning needs no change here.
-ControlNets (magicme/control/nets.py) join the same way, as a wrapper of the UNet's calls during one operation.
+ControlNets (magicme/control/nets.py) and a SparseCtrl net (magicme/control/sparse_net.py) join the same way, as
+wrappers of the UNet's calls during one operation.
 """
 
 import contextlib
@@ -18,6 +19,7 @@ from diffusers import AnimateDiffPipeline, AnimateDiffVideoToVideoPipeline
 
 from magicme.context import ContextSettings, windowed_unet
 from magicme.control.nets import Control, controlled_unet
+from magicme.control.sparse_net import SparseControl, sparse_unet
 from magicme.noise_prior import noise_latents, sample_noise_prior
 from magicme.prompt_encoding import PromptEncoder
 from magicme.prompts import Prompt, keyframes, travels
@@ -128,14 +130,16 @@ class MagicPipeline:
 
     def text_to_video(self, prompt: Prompt, negative_prompt: Prompt, generator: torch.Generator, *, gamma: float,
                       frames: int, height: int, width: int, steps: int, guidance_scale: float,
-                      progress: bool = True, control: Control | None = None, **pipeline_kwargs) -> np.ndarray:
+                      progress: bool = True, control: Control | None = None, sparse: SparseControl | None = None,
+                      **pipeline_kwargs) -> np.ndarray:
         """A (frames, height, width, 3) video in [0, 1] from prior noise drawn with `generator`, guided by the
-        ControlNets of `control` (magicme/control/nets.py); other keyword arguments go to
-        `AnimateDiffPipeline.__call__`."""
+        ControlNets of `control` (magicme/control/nets.py) and the SparseCtrl keyframes of `sparse`
+        (magicme/control/sparse_net.py); other keyword arguments go to `AnimateDiffPipeline.__call__`."""
         latents = sample_noise_prior(self.latent_shape(frames, height, width), gamma, generator,
                                      device=self.device, dtype=self.dtype)
         self.t2v.set_progress_bar_config(disable=not progress, leave=False)
         with windowed_unet(self.t2v.unet, self.context), \
+                sparse_unet(self.t2v.unet, sparse, lambda: len(self.t2v.scheduler.timesteps)), \
                 controlled_unet(self.t2v.unet, control, lambda: len(self.t2v.scheduler.timesteps)), \
                 self.conditioned(prompt, negative_prompt, frames, pipeline_kwargs) as prompt_kwargs:
             out = self.t2v(**passthrough(self.t2v, pipeline_kwargs, dict(
@@ -168,7 +172,7 @@ class MagicPipeline:
     def video_to_video(self, video: np.ndarray, prompt: Prompt, negative_prompt: Prompt, generator: torch.Generator, *,
                        gamma: float, strength: float, steps: int, guidance_scale: float, progress: bool = True,
                        scheduler=None, mask: np.ndarray | None = None, control: Control | None = None,
-                       **pipeline_kwargs) -> np.ndarray:
+                       sparse: SparseControl | None = None, **pipeline_kwargs) -> np.ndarray:
         """Noise `video` with the prior to the level `strength` selects and denoise it for `steps` steps with
         `prompt`: the last `steps` of a schedule of int(steps / strength) (magicme/steps.py, ComfyUI's `denoise`).
 
@@ -176,8 +180,8 @@ class MagicPipeline:
         where the mask is 0 are put back to the video's own, noised to the next step's level (clean after the last),
         so only the masked region is regenerated (ComfyUI's `noise_mask`). Strength 0 returns the input unchanged
         (no VAE round trip). `scheduler` replaces the model's for this call. `control` adds ControlNet guidance
-        over the steps run (its start/end are fractions of them, as in diffusers). Other keyword arguments go to
-        `AnimateDiffVideoToVideoPipeline.__call__`.
+        over the steps run (its start/end are fractions of them, as in diffusers), `sparse` SparseCtrl keyframe
+        guidance the same way. Other keyword arguments go to `AnimateDiffVideoToVideoPipeline.__call__`.
         """
         frames, height, width, _ = video.shape
         if strength == 0:
@@ -199,7 +203,7 @@ class MagicPipeline:
                 ours["callback_on_step_end"] = keep_known_latents(
                     clean, noise, run, keep, then=pipeline_kwargs.pop("callback_on_step_end", None))
             self.v2v.set_progress_bar_config(disable=not progress, leave=False)
-            with windowed_unet(self.t2v.unet, self.context), \
+            with windowed_unet(self.t2v.unet, self.context), sparse_unet(self.t2v.unet, sparse, lambda: len(run)), \
                     controlled_unet(self.t2v.unet, control, lambda: len(run)), \
                     self.conditioned(prompt, negative_prompt, frames, pipeline_kwargs) as prompt_kwargs, \
                     self.partial_schedule(sched, length, steps, noisy) as schedule_kwargs:

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from magicme.configfile import load_structured
 from magicme.control.settings import control_problems
+from magicme.control.sparse import motion_problem, sparse_problems
 from magicme.errors import ConfigError
 from magicme.grid import fill_prompt, placeholder_problem, resolve_identities
 from magicme.prompt_weights import WEIGHTINGS, weighting_problems
@@ -107,6 +108,9 @@ class SampleConfig(VideoSettings):
     input_strength: float = 0.6  # how much of the input video is re-noised and denoised with the ID prompt
     # ControlNets guiding the first stage: [{model, video | type + from, scale, start, end}] (magicme/control/)
     control: list[Any] = field(default_factory=list)
+    # SparseCtrl keyframes guiding the first stage: {model, frames: {0: a.png, 15: b.png}, type: rgb | scribble,
+    # scale, start, end}; null = none (magicme/control/sparse.py)
+    sparse_control: Any = None
     context: Optional[ContextConfig] = None  # null = the whole video at once (frames ≤ the motion module's length)
     freeu: Optional[FreeUConfig] = None  # null = off; {} = the graph's FreeU_V2 (b1 1.1, b2 1.2, s1 0.9, s2 0.4)
     precision: str = "auto"  # auto = fp16 on GPU, fp32 on CPU
@@ -365,7 +369,8 @@ def check_model(model: DictConfig, frames: int | None, prompts: list[str], prefi
 
 def check_settings(cfg: DictConfig) -> list[Sample]:
     """The checks that need no file header and no heavy library (a fraction of a second); returns the samples."""
-    _first(video_problems(cfg) + stage_problems(cfg) + run_problems(cfg) + control_problems(cfg))
+    _first(video_problems(cfg) + stage_problems(cfg) + run_problems(cfg) + control_problems(cfg)
+           + sparse_problems(cfg))
     check_output_dir(cfg.output_dir)
     return expand_samples(cfg)
 
@@ -412,13 +417,17 @@ def check_sample_config(cfg: DictConfig) -> tuple[list[Sample], dict[str, Path]]
                         cfg.fp8 and fp8_problem(device, dtype)] if p])
     prompts = [text for s in samples for p in (s.prompt, s.negative_prompt) for text in keyframes(p).values()]
     frames_at_once = cfg.frames if cfg.context is None else min(cfg.frames, cfg.context.length)
-    _, embeddings = check_model(cfg.model, frames_at_once, prompts, context=cfg.context is not None)
+    info, embeddings = check_model(cfg.model, frames_at_once, prompts, context=cfg.context is not None)
     stage_schedulers = {f"{name}.scheduler": cfg[name].scheduler for name in cfg.stages
                         if name in cfg and cfg[name].get("scheduler") is not None}
     family = get_family(cfg.model.family)
     if cfg.control and not family.CONTROL:
         raise ConfigError(f"control: ControlNets are not wired for model.family {cfg.model.family} yet (SD1.5 only: "
                           "docs/control.md); remove the control entries")
+    if cfg.sparse_control is not None and not family.CONTROL:
+        raise ConfigError(f"sparse_control: SparseCtrl is not wired for model.family {cfg.model.family} (SD1.5 only: "
+                          "docs/control.md); remove sparse_control")
+    _first([p for p in [motion_problem(cfg, info.motion.version if info.motion is not None else None)] if p])
     family.check(cfg.model, stage_schedulers, denoise_schedules(cfg))
     return samples, embeddings
 

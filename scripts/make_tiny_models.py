@@ -13,6 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from magicme.tiny.sd import build_tiny_bundle  # noqa: E402 - after making the repo importable
+from magicme.tiny.sparsectrl import save_sparsectrl_models  # noqa: E402
 
 
 def main() -> None:
@@ -22,6 +23,7 @@ def main() -> None:
     args = parser.parse_args()
     start = time.perf_counter()
     paths = build_tiny_bundle(args.out, seed=args.seed)
+    paths.update(save_sparsectrl_models(args.out, seed=args.seed))  # configs/tiny/sample_sparsectrl.yaml
     for name, path in paths.items():
         print(f"{name:>14}: {path}")
     print(f"built in {time.perf_counter() - start:.1f} s")

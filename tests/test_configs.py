@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
@@ -38,8 +39,18 @@ def test_readme_config_table_names_every_top_level_key():
     assert missing == []
 
 
+@pytest.fixture(scope="module")
+def tiny_sparsectrl(tiny_bundle, tmp_path_factory) -> dict:
+    """A tiny rgb SparseCtrl net and a keyframe image, for configs with `sparse_control:`."""
+    from magicme.tiny.sparsectrl import save_png, save_tiny_sparsectrl
+
+    folder = tmp_path_factory.mktemp("sparsectrl")
+    return {"model": str(save_tiny_sparsectrl(folder / "rgb", tiny_bundle["sd15"] / "unet", "rgb")),
+            "image": str(save_png(folder / "keyframe.png", np.full((64, 64, 3), 0.5)))}
+
+
 @pytest.mark.parametrize("path", SAMPLE, ids=str)
-def test_shipped_sampling_configs_pass_every_check(path, tiny_bundle, tmp_path):
+def test_shipped_sampling_configs_pass_every_check(path, tiny_bundle, tmp_path, request):
     """Each shipped config, with its model files swapped for the tiny bundle's of its family, passes every
     pre-load check (ranges, stages, frames vs the motion module, identities)."""
     sdxl = OmegaConf.load(path).get("model", {}).get("family") == "sdxl"
@@ -61,6 +72,12 @@ def test_shipped_sampling_configs_pass_every_check(path, tiny_bundle, tmp_path):
             entry.preprocessor = str(tiny_bundle[f"{entry.type}_model"])
         if "person" in entry:
             entry.person = str(tiny_bundle["clipseg"])
+    if cfg.sparse_control is not None:  # the tiny net and a keyframe, with the v3-shaped module SparseCtrl needs
+        sparse = request.getfixturevalue("tiny_sparsectrl")
+        cfg.model.motion_module, cfg.sparse_control.model = str(tiny_bundle["motion_v3"]), sparse["model"]
+        cfg.model.motion_loras = []  # the bundle's MotionLoRA is a v2 one
+        cfg.sparse_control.type = "rgb"
+        cfg.sparse_control.frames = {frame: sparse["image"] for frame in cfg.sparse_control.frames}
     (tmp_path / "emb").mkdir()
     texts = [text for s in expand_samples(cfg) for text in keyframes(s.prompt).values()]
     identity = tiny_bundle["embedding_sdxl" if sdxl else "embedding"]

@@ -2,7 +2,7 @@
 
 Its settings are the top-level `input_video` / `input_strength` keys (a config with `input_video` set starts with
 this stage instead of `t2v`; see magicme/schema.py). `control:` entries guide it with ControlNets, from clips or
-extracted from the input clip (magicme/control/).
+extracted from the input clip, and `sparse_control:` with SparseCtrl keyframes (magicme/control/).
 """
 
 from pathlib import Path
@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from magicme.control.inputs import ControlInputs
+from magicme.control.sparse import SparseInputs
 from magicme.errors import ConfigError
 from magicme.stages import Stage, register_stage
 from magicme.steps import schedule_problems
@@ -37,15 +38,18 @@ class EditVideo(Stage):
         self.path, self.strength = str(cfg.input_video), cfg.input_strength
         self.source = None
         self.control = ControlInputs(cfg)
+        self.sparse = SparseInputs(cfg)
 
     def prepare(self) -> None:
-        """Read and fit the input clip once, and the control videos (some extracted from it), before any model time
-        is spent on samples."""
+        """Read and fit the input clip once, and the control videos (some extracted from it) and keyframes, before
+        any model time is spent on samples."""
         self.source = prepare_input_video(self.path, self.run.frames, self.run.height, self.run.width)
         self.control.prepare(self.source)
+        self.sparse.prepare()
 
     def setup(self, pipe) -> None:
         self.control.setup(pipe)
+        self.sparse.setup(pipe)
 
     def save_inputs(self, out: Path) -> None:
         self.control.save(out)
@@ -55,21 +59,27 @@ class EditVideo(Stage):
         video = pipe.video_to_video(self.source, sample.prompt, sample.negative_prompt, generator,
                                     gamma=sample.gamma, strength=self.strength, steps=r.steps,
                                     guidance_scale=r.guidance_scale, progress=self.progress,
-                                    control=self.control.control)
+                                    control=self.control.control, sparse=self.sparse.control)
         return video, {}
 
 
 def prepare_input_video(path: str, frames: int, height: int, width: int, key: str = "input_video") -> np.ndarray:
     """The first `frames` frames of an input video, resized to cover height × width and centre-cropped; `key` names
     the setting in the error when it has fewer frames."""
-    from magicme.vcd.resize import resize_video
     from magicme.video_io import read_video
 
     video = read_video(path)
     if len(video) < frames:
         raise ConfigError(f"{key}: {path} has {len(video)} frames; the config asks for {frames} "
                           "(lower `frames`)")
-    video = video[:frames]
+    return fit_video(video[:frames], height, width)
+
+
+def fit_video(video: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(F, h, w, 3) frames resized to cover height × width and centre-cropped (input clips, control clips,
+    SparseCtrl keyframes)."""
+    from magicme.vcd.resize import resize_video
+
     h, w = video.shape[1:3]
     scale = max(height / h, width / w)
     rh, rw = max(height, round(h * scale)), max(width, round(w * scale))

@@ -1,9 +1,10 @@
 """Text→video: the sample's prompt, from the 3D Gaussian noise prior (the paper's T2V VCD), guided by the
-`control:` ControlNets when there are any (magicme/control/)."""
+`control:` ControlNets and the `sparse_control:` SparseCtrl keyframes when there are any (magicme/control/)."""
 
 from pathlib import Path
 
 from magicme.control.inputs import ControlInputs
+from magicme.control.sparse import SparseInputs
 from magicme.stages import Stage, register_stage
 
 
@@ -15,12 +16,15 @@ class TextToVideo(Stage):
     def __init__(self, cfg, progress: bool = False):
         super().__init__(cfg, progress)
         self.control = ControlInputs(cfg)
+        self.sparse = SparseInputs(cfg)
 
     def prepare(self) -> None:
         self.control.prepare()
+        self.sparse.prepare()
 
     def setup(self, pipe) -> None:
         self.control.setup(pipe)
+        self.sparse.setup(pipe)
 
     def save_inputs(self, out: Path) -> None:
         self.control.save(out)
@@ -30,5 +34,5 @@ class TextToVideo(Stage):
         video = pipe.text_to_video(sample.prompt, sample.negative_prompt, generator, gamma=sample.gamma,
                                    frames=r.frames, height=r.height, width=r.width, steps=r.steps,
                                    guidance_scale=r.guidance_scale, progress=self.progress,
-                                   control=self.control.control)
+                                   control=self.control.control, sparse=self.sparse.control)
         return video, {}
