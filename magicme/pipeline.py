@@ -18,8 +18,8 @@ import torch
 from diffusers import AnimateDiffPipeline, AnimateDiffVideoToVideoPipeline
 
 from magicme.context import ContextSettings, windowed_unet
-from magicme.control.nets import Control, controlled_unet
-from magicme.control.sparse_net import SparseControl, sparse_unet
+from magicme.control.nets import Control, residual_unet
+from magicme.control.sparse_net import SparseControl
 from magicme.noise_prior import noise_latents, sample_noise_prior
 from magicme.prompt_encoding import PromptEncoder
 from magicme.prompts import Prompt, keyframes, travels
@@ -139,8 +139,8 @@ class MagicPipeline:
                                      device=self.device, dtype=self.dtype)
         self.t2v.set_progress_bar_config(disable=not progress, leave=False)
         with windowed_unet(self.t2v.unet, self.context), \
-                sparse_unet(self.t2v.unet, sparse, lambda: len(self.t2v.scheduler.timesteps)), \
-                controlled_unet(self.t2v.unet, control, lambda: len(self.t2v.scheduler.timesteps)), \
+                residual_unet(self.t2v.unet, sparse, lambda: len(self.t2v.scheduler.timesteps)), \
+                residual_unet(self.t2v.unet, control, lambda: len(self.t2v.scheduler.timesteps)), \
                 self.conditioned(prompt, negative_prompt, frames, pipeline_kwargs) as prompt_kwargs:
             out = self.t2v(**passthrough(self.t2v, pipeline_kwargs, dict(
                 **prompt_kwargs, num_frames=frames, height=height, width=width, num_inference_steps=steps,
@@ -203,8 +203,8 @@ class MagicPipeline:
                 ours["callback_on_step_end"] = keep_known_latents(
                     clean, noise, run, keep, then=pipeline_kwargs.pop("callback_on_step_end", None))
             self.v2v.set_progress_bar_config(disable=not progress, leave=False)
-            with windowed_unet(self.t2v.unet, self.context), sparse_unet(self.t2v.unet, sparse, lambda: len(run)), \
-                    controlled_unet(self.t2v.unet, control, lambda: len(run)), \
+            with windowed_unet(self.t2v.unet, self.context), residual_unet(self.t2v.unet, sparse, lambda: len(run)), \
+                    residual_unet(self.t2v.unet, control, lambda: len(run)), \
                     self.conditioned(prompt, negative_prompt, frames, pipeline_kwargs) as prompt_kwargs, \
                     self.partial_schedule(sched, length, steps, noisy) as schedule_kwargs:
                 out = self.v2v(**passthrough(self.v2v, pipeline_kwargs, {**prompt_kwargs, **ours, **schedule_kwargs}))

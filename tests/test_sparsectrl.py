@@ -11,7 +11,8 @@ import yaml
 
 from magicme.context import ContextSettings
 from magicme.control.nets import Control
-from magicme.control.sparse_net import SparseControl, keyframe_conditioning, sparse_unet
+from magicme.control.nets import residual_unet
+from magicme.control.sparse_net import SparseControl, keyframe_conditioning
 from magicme.embeddings import find_embeddings
 from magicme.errors import ConfigError
 from magicme.families.sd15 import load as load_pipeline
@@ -50,15 +51,16 @@ class EchoUNet(torch.nn.Module):
 class FixedSparse(SparseControl):
     """Residuals of ones × the step's scale, without a net."""
 
-    def residuals(self, sample, timestep, encoder_hidden_states, scale):
+    def residuals(self, sample, timestep, encoder_hidden_states, scales):
+        (scale,) = scales
         return (torch.full((2,), scale), torch.full((3,), scale)), torch.full((1,), scale)
 
 
-def test_sparse_unet_adds_its_residuals_to_given_ones_on_its_steps_only():
+def test_residual_unet_adds_sparse_residuals_to_given_ones_on_its_steps_only():
     unet, given = EchoUNet(), ((torch.tensor([1.0, 2.0]), torch.zeros(3)), torch.tensor([5.0]))
     sparse = FixedSparse(None, None, None, scale=0.5, start=0.25, end=1.0)
     x = torch.zeros(1)
-    with sparse_unet(unet, sparse, lambda: 4):
+    with residual_unet(unet, sparse, lambda: 4):
         down, mid = unet(x, 1, x, *given)  # step 0: before start, the call untouched
         assert down is given[0] and mid is given[1]
         down, mid = unet(x, 1, x, *given)  # step 1 (1/4 ≥ start): the caller's residuals plus 0.5

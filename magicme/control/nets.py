@@ -4,7 +4,7 @@ diffusers' AnimateDiff ControlNet pipelines, at every step i of T: run the Contr
 (batch·frames, C, h, w) with the same per-frame text conditioning as the UNet and the control frames repeated for the
 guidance batch, each net's residuals × its scale (× 0 outside its [start, end] share of the steps), summed over the
 nets; then pass them to the UNet as `down_block_additional_residuals` / `mid_block_additional_residual`.
-`controlled_unet` does exactly that around `unet.forward`, so the AnimateDiff pipelines that MagicPipeline already
+`residual_unet` does exactly that around `unet.forward`, so the AnimateDiff pipelines that MagicPipeline already
 drives (3D noise prior, ID tokens, weighted and travelling prompts, FreeU) gain the control without a fork. It sits
 outside the context windows (magicme/context.py): the nets see every frame at once (they are per-frame 2D models),
 and the windows take the residual rows of their own frames.
@@ -15,6 +15,7 @@ import inspect
 import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -76,13 +77,25 @@ class Control:
         return tuple(r.to(sample.dtype) for r in down), mid.to(sample.dtype)
 
 
+class ResidualSource(Protocol):
+    """What adds residuals to the UNet's calls: ControlNets (`Control`) or a SparseCtrl net
+    (magicme/control/sparse_net.py)."""
+
+    def scales_at(self, step: int, steps: int) -> list[float]: ...
+
+    def residuals(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor,
+                  scales: list[float]) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]: ...
+
+
 @contextlib.contextmanager
-def controlled_unet(unet: torch.nn.Module, control: Control | None, loop_length: Callable[[], int]) -> Iterator[None]:
+def residual_unet(unet: torch.nn.Module, source: ResidualSource | None,
+                  loop_length: Callable[[], int]) -> Iterator[None]:
     """Inside the block, the k-th UNet call (step k of the loop, one call per timestep as in diffusers' AnimateDiff
-    pipelines) gets the residuals of the nets active at step k; no net active: the call is untouched. None: nothing
-    changes. `loop_length()` is the number of timesteps the loop runs, read at the first call (the pipeline has set
-    its scheduler's timesteps by then)."""
-    if control is None:
+    pipelines) gets `source`'s residuals at step k, added to any residuals the caller already passes (an outer
+    wrapper's: diffusers' MultiControlNet sums nets the same way); all its scales 0 at step k: the call is
+    untouched. None: nothing changes. `loop_length()` is the number of timesteps the loop runs, read at the first
+    call (the pipeline has set its scheduler's timesteps by then)."""
+    if source is None:
         yield
         return
     own = unet.__dict__.get("forward")  # an instance-level forward of an inner wrapper (context windows)
@@ -91,21 +104,27 @@ def controlled_unet(unet: torch.nn.Module, control: Control | None, loop_length:
     calls = itertools.count()
     steps = 0
 
-    def controlled(*args, **kwargs):
+    def with_residuals(*args, **kwargs):
         nonlocal steps
         step = next(calls)
         steps = steps or loop_length()
         if step >= steps:
-            raise RuntimeError(f"controlled_unet: UNet call {step + 1} in a loop of {steps} steps")
-        scales = control.scales_at(step, steps)
+            raise RuntimeError(f"{type(source).__name__}: UNet call {step + 1} in a loop of {steps} steps")
+        scales = source.scales_at(step, steps)
         if not any(scales):
             return forward(*args, **kwargs)
         arguments = call_arguments(signature, unet, args, kwargs)
-        down, mid = control.residuals(arguments["sample"], arguments["timestep"],
-                                      arguments["encoder_hidden_states"], scales)
+        down, mid = source.residuals(arguments["sample"], arguments["timestep"], arguments["encoder_hidden_states"],
+                                     scales)
+        given_down = arguments.pop("down_block_additional_residuals", None)
+        given_mid = arguments.pop("mid_block_additional_residual", None)
+        if given_down is not None:
+            down = tuple(a + b for a, b in zip(given_down, down, strict=True))
+        if given_mid is not None:
+            mid = given_mid + mid
         return forward(**arguments, down_block_additional_residuals=down, mid_block_additional_residual=mid)
 
-    unet.forward = controlled
+    unet.forward = with_residuals
     try:
         yield
     finally:
