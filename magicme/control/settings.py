@@ -102,6 +102,17 @@ def preprocessor_problem(key: str, kind: str, path) -> str | None:
     return None
 
 
+def window_problems(key: str, scale: float, start: float, end: float) -> list[str]:
+    """A conditioning's strength and the share of the steps it acts on (ControlNets, SparseCtrl)."""
+    problems = []
+    if scale < 0:
+        problems.append(f"{key}.scale: {scale} must be >= 0 (0 = no control)")
+    if not 0.0 <= start < end <= 1.0:
+        problems.append(f"{key}.start, {key}.end: {start}, {end} must satisfy 0 <= start < end <= 1 (fractions of "
+                        "the denoising steps)")
+    return problems
+
+
 def entry_problems(i: int, entry, input_video: str | None) -> list[str]:
     """The problems of `control[i]`, most basic first."""
     key = f"control[{i}]"
@@ -142,11 +153,7 @@ def entry_problems(i: int, entry, input_video: str | None) -> list[str]:
     bad = [name for name, value in numbers.items() if not is_number(value)]
     if bad:
         return problems + [f"{key}.{bad[0]}: {numbers[bad[0]]!r} is not a number"]
-    if numbers["scale"] < 0:
-        problems.append(f"{key}.scale: {numbers['scale']} must be >= 0 (0 = no control)")
-    if not 0.0 <= numbers["start"] < numbers["end"] <= 1.0:
-        problems.append(f"{key}.start, {key}.end: {numbers['start']}, {numbers['end']} must satisfy "
-                        "0 <= start < end <= 1 (fractions of the denoising steps)")
+    problems += window_problems(key, numbers["scale"], numbers["start"], numbers["end"])
     if min(numbers["low"], numbers["high"]) < 0:
         problems.append(f"{key}.low, {key}.high: canny thresholds must be >= 0")
     return problems

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from magicme.control.settings import is_number
+from magicme.control.settings import is_number, window_problems
 from magicme.errors import ConfigError
 
 KEY = "sparse_control"
@@ -142,12 +142,7 @@ def sparse_problems(cfg: DictConfig) -> list[str]:
     bad = [name for name, value in numbers.items() if not is_number(value)]
     if bad:
         return problems + [f"{KEY}.{bad[0]}: {numbers[bad[0]]!r} is not a number"]
-    if numbers["scale"] < 0:
-        problems.append(f"{KEY}.scale: {numbers['scale']} must be >= 0 (0 = no control)")
-    if not 0.0 <= numbers["start"] < numbers["end"] <= 1.0:
-        problems.append(f"{KEY}.start, {KEY}.end: {numbers['start']}, {numbers['end']} must satisfy "
-                        "0 <= start < end <= 1 (fractions of the denoising steps)")
-    return problems
+    return problems + window_problems(KEY, numbers["scale"], numbers["start"], numbers["end"])
 
 
 def motion_problem(cfg: DictConfig, version: str | None) -> str | None:
