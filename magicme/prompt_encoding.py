@@ -78,37 +78,41 @@ class PromptEncoder:
                               f"({MAX_CHUNKS * CHUNK_TOKENS} tokens); shorten it")
         return len(tokens.ids)
 
-    def chunk_ids(self, ids: list[int]) -> torch.Tensor:
+    def chunk_ids(self, ids: list[int], device: torch.device) -> torch.Tensor:
         """(1, 77): BOS + ids + EOS, padded as diffusers pads."""
         tok = self.tokenizer
         row = [tok.bos_token_id, *ids, tok.eos_token_id]
         row += [tok.pad_token_id] * (tok.model_max_length - len(row))
-        return torch.tensor([row], device=self.pipeline._execution_device)
+        return torch.tensor([row], device=device)
 
     @torch.no_grad()
-    def encode_chunk(self, ids: list[int]) -> torch.Tensor:
+    def encode_chunk(self, ids: list[int], device: torch.device) -> torch.Tensor:
         """(1, 77, D): the chunk's row through the text encoder once."""
         encoder = self.text_encoder
         if self.hidden_layer is None:
-            return encoder(self.chunk_ids(ids), attention_mask=None)[0].to(encoder.dtype)
-        out = encoder(self.chunk_ids(ids), attention_mask=None, output_hidden_states=True)
+            return encoder(self.chunk_ids(ids, device), attention_mask=None)[0].to(encoder.dtype)
+        out = encoder(self.chunk_ids(ids, device), attention_mask=None, output_hidden_states=True)
         return out.hidden_states[self.hidden_layer].to(encoder.dtype)
 
-    def encode(self, prompt: str, chunks: int | None = None) -> torch.Tensor:
-        """(1, 77 · chunks, D) conditioning of `prompt`; padded with empty chunks up to `chunks`."""
+    def encode(self, prompt: str, chunks: int | None = None, device: torch.device | None = None) -> torch.Tensor:
+        """(1, 77 · chunks, D) conditioning of `prompt`; padded with empty chunks up to `chunks`. The empty chunk
+        is encoded only when a weight or the padding needs it. `device`: the pipeline's execution device, which
+        diffusers finds by walking every module (milliseconds a call), so callers look it up once."""
+        device = device or self.pipeline._execution_device
         tokens = self.tokenize(prompt)
         pieces = []
         empty = None
         for start in range(0, max(1, len(tokens.ids)), CHUNK_TOKENS):
             ids = tokens.ids[start:start + CHUNK_TOKENS]
             weights = [1.0, *tokens.weights[start:start + CHUNK_TOKENS]]  # BOS keeps its encoding
-            z = self.encode_chunk(ids)
+            z = self.encode_chunk(ids, device)
             if any(w != 1.0 for w in weights):
-                empty = self.encode_chunk([]) if empty is None else empty
+                empty = self.encode_chunk([], device) if empty is None else empty
                 z = self.apply_weights(z, weights, empty)
             pieces.append(z)
-        empty = self.encode_chunk([]) if empty is None else empty
-        pieces += [empty] * ((chunks or len(pieces)) - len(pieces))
+        if len(pieces) < (chunks or 0):
+            empty = self.encode_chunk([], device) if empty is None else empty
+            pieces += [empty] * (chunks - len(pieces))
         return torch.cat(pieces, dim=1)
 
     def apply_weights(self, z: torch.Tensor, weights: list[float], empty: torch.Tensor) -> torch.Tensor:
@@ -125,4 +129,5 @@ class PromptEncoder:
     def encode_pair(self, prompt: str, negative_prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompt and negative prompt with the same number of chunks (classifier-free guidance stacks them)."""
         chunks = max(self.tokenize(prompt).chunks, self.tokenize(negative_prompt).chunks)
-        return self.encode(prompt, chunks), self.encode(negative_prompt, chunks)
+        device = self.pipeline._execution_device
+        return self.encode(prompt, chunks, device), self.encode(negative_prompt, chunks, device)

@@ -31,7 +31,6 @@ from omegaconf import OmegaConf  # noqa: E402
 from magicme.embeddings import find_embeddings  # noqa: E402
 from magicme.devices import resolve_device, resolve_dtype  # noqa: E402
 from magicme.families import get_family  # noqa: E402
-from magicme.families.sd15 import make_scheduler  # noqa: E402
 from magicme.motion_module import load_motion_adapter  # noqa: E402
 from magicme.schema import model_config  # noqa: E402
 from magicme.tiny.sd import build_tiny_bundle  # noqa: E402
@@ -78,7 +77,7 @@ def main() -> None:
     original = None if sdxl else load(OmegaConf.merge(model, {"animatediff_numerics": "original"}), device=args.device)
     adapter, _ = load_motion_adapter(model.motion_module, family=args.family)
     stock = (AnimateDiffSDXLPipeline if sdxl else AnimateDiffPipeline).from_pretrained(
-        model.base, motion_adapter=adapter, torch_dtype=dtype, scheduler=make_scheduler(model.scheduler)).to(device)
+        model.base, motion_adapter=adapter, torch_dtype=dtype, scheduler=get_family(args.family).make_scheduler(model.scheduler)).to(device)
     stock.set_progress_bar_config(disable=True)
     call = dict(num_frames=args.frames, height=args.size, width=args.size, num_inference_steps=args.steps,
                 guidance_scale=7.5)

@@ -136,17 +136,19 @@ class SDXLPromptEncoder:
     def check_length(self, prompt: str, where: str) -> int:
         return self.sides[0].check_length(prompt, where)
 
-    def encode(self, prompt: str, chunks: int | None = None) -> torch.Tensor:
+    def encode(self, prompt: str, chunks: int | None = None, device: torch.device | None = None) -> torch.Tensor:
         """(1, 77 · chunks, D1 + D2)."""
         chunks = chunks or max(side.tokenize(prompt).chunks for side in self.sides)
-        return torch.cat([side.encode(prompt, chunks) for side in self.sides], dim=-1)
+        device = device or self.pipeline._execution_device
+        return torch.cat([side.encode(prompt, chunks, device) for side in self.sides], dim=-1)
 
     @torch.no_grad()
-    def pooled(self, prompt: str) -> torch.Tensor:
+    def pooled(self, prompt: str, device: torch.device | None = None) -> torch.Tensor:
         """(1, D2): the second encoder's projected output for the prompt's first chunk, unweighted."""
         side = self.sides[1]
         ids = side.tokenize(prompt).ids[:CHUNK_TOKENS]
-        return side.text_encoder(side.chunk_ids(ids), attention_mask=None)[0].to(side.text_encoder.dtype)
+        return side.text_encoder(side.chunk_ids(ids, device or self.pipeline._execution_device),
+                                 attention_mask=None)[0].to(side.text_encoder.dtype)
 
     def chunks(self, *texts: str) -> int:
         """The 75-token chunks the longest of `texts` needs in either tokenizer."""
@@ -155,7 +157,8 @@ class SDXLPromptEncoder:
     def conditioning(self, text: str, chunks: int, negative: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(1, 77 · chunks, D1 + D2) rows and the (1, D2) pooled vector of `text`; zeros for an empty negative
         prompt, as diffusers gives SD-XL (`force_zeros_for_empty_prompt`)."""
-        embeds, pooled = self.encode(text, chunks), self.pooled(text)
+        device = self.pipeline._execution_device
+        embeds, pooled = self.encode(text, chunks, device), self.pooled(text, device)
         if negative and text == "" and self.pipeline.config.force_zeros_for_empty_prompt:
             return torch.zeros_like(embeds), torch.zeros_like(pooled)
         return embeds, pooled
