@@ -13,6 +13,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from magicme.control.settings import control_entries
+from magicme.control.sparse import SparseInputs
 from magicme.errors import ConfigError
 
 
@@ -83,3 +84,25 @@ class ControlInputs:
         for i, (entry, video) in enumerate(zip(self.entries, self.videos)):
             if entry.type is not None:
                 write_video(out / f"control-{i}-{entry.type}", video, self.fps, self.formats)
+
+
+class Guidance:
+    """What guides a first stage (t2v, edit): its `control:` ControlNets and its `sparse_control:` keyframes, read
+    in `prepare` (before any model loads), loaded in `setup`, passed to the pipeline by `pipeline_kwargs`."""
+
+    def __init__(self, cfg: DictConfig):
+        self.control, self.sparse = ControlInputs(cfg), SparseInputs(cfg)
+
+    def prepare(self, source: np.ndarray | None = None) -> None:
+        self.control.prepare(source)
+        self.sparse.prepare()
+
+    def setup(self, pipe) -> None:
+        self.control.setup(pipe)
+        self.sparse.setup(pipe)
+
+    def save(self, out: Path) -> None:
+        self.control.save(out)
+
+    def pipeline_kwargs(self) -> dict:
+        return {"control": self.control.control, "sparse": self.sparse.control}

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from magicme.control.inputs import ControlInputs
-from magicme.control.sparse import SparseInputs
+from magicme.control.inputs import Guidance
 from magicme.errors import ConfigError
 from magicme.stages import Stage, register_stage
 from magicme.steps import schedule_problems
@@ -37,29 +36,26 @@ class EditVideo(Stage):
         super().__init__(cfg, progress)
         self.path, self.strength = str(cfg.input_video), cfg.input_strength
         self.source = None
-        self.control = ControlInputs(cfg)
-        self.sparse = SparseInputs(cfg)
+        self.guidance = Guidance(cfg)
 
     def prepare(self) -> None:
         """Read and fit the input clip once, and the control videos (some extracted from it) and keyframes, before
         any model time is spent on samples."""
         self.source = prepare_input_video(self.path, self.run.frames, self.run.height, self.run.width)
-        self.control.prepare(self.source)
-        self.sparse.prepare()
+        self.guidance.prepare(self.source)
 
     def setup(self, pipe) -> None:
-        self.control.setup(pipe)
-        self.sparse.setup(pipe)
+        self.guidance.setup(pipe)
 
     def save_inputs(self, out: Path) -> None:
-        self.control.save(out)
+        self.guidance.save(out)
 
     def __call__(self, pipe, video, sample, generator):
         r = self.run
         video = pipe.video_to_video(self.source, sample.prompt, sample.negative_prompt, generator,
                                     gamma=sample.gamma, strength=self.strength, steps=r.steps,
                                     guidance_scale=r.guidance_scale, progress=self.progress,
-                                    control=self.control.control, sparse=self.sparse.control)
+                                    **self.guidance.pipeline_kwargs())
         return video, {}
 
 

@@ -3,8 +3,7 @@
 
 from pathlib import Path
 
-from magicme.control.inputs import ControlInputs
-from magicme.control.sparse import SparseInputs
+from magicme.control.inputs import Guidance
 from magicme.stages import Stage, register_stage
 
 
@@ -15,24 +14,21 @@ class TextToVideo(Stage):
 
     def __init__(self, cfg, progress: bool = False):
         super().__init__(cfg, progress)
-        self.control = ControlInputs(cfg)
-        self.sparse = SparseInputs(cfg)
+        self.guidance = Guidance(cfg)
 
     def prepare(self) -> None:
-        self.control.prepare()
-        self.sparse.prepare()
+        self.guidance.prepare()
 
     def setup(self, pipe) -> None:
-        self.control.setup(pipe)
-        self.sparse.setup(pipe)
+        self.guidance.setup(pipe)
 
     def save_inputs(self, out: Path) -> None:
-        self.control.save(out)
+        self.guidance.save(out)
 
     def __call__(self, pipe, video, sample, generator):
         r = self.run
         video = pipe.text_to_video(sample.prompt, sample.negative_prompt, generator, gamma=sample.gamma,
                                    frames=r.frames, height=r.height, width=r.width, steps=r.steps,
                                    guidance_scale=r.guidance_scale, progress=self.progress,
-                                   control=self.control.control, sparse=self.sparse.control)
+                                   **self.guidance.pipeline_kwargs())
         return video, {}
