@@ -152,6 +152,7 @@ plan() {
              "$MODELS/sparsectrl/$name/diffusion_pytorch_model.safetensors unknown"
       done
       echo "hf guoyww/animatediff v3_sd15_mm.ckpt $MODELS/motion_module/v3_sd15_mm.ckpt unknown"
+      echo "hf guoyww/animatediff v3_sd15_adapter.ckpt $MODELS/lora/v3_sd15_adapter.ckpt unknown"  # v3 domain adapter
       # the depth and pose preprocessors' models (transformers folders, loaded offline)
       for f in config.json preprocessor_config.json model.safetensors; do
         echo "hf depth-anything/Depth-Anything-V2-Small-hf $f $MODELS/control/depth-anything-v2-small/$f unknown"

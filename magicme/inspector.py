@@ -648,8 +648,17 @@ def _inspect_motion_loras(report: Report, model: Mapping, motion_weights: set[st
             report.add(key, path, OK, f"MotionLoRA, {len(targets)} weights, strength {strength}")
 
 
-LORA_DOWN_SUFFIXES = (".lora_down.weight", ".lora_A.weight", ".lora.down.weight")  # kohya, peft, diffusers (old)
+# kohya, peft, diffusers (old), AnimateDiff's own (`….processor.to_q_lora.down.weight`: the v3 domain adapter)
+LORA_DOWN_SUFFIXES = (".lora_down.weight", ".lora_A.weight", ".lora.down.weight", "_lora.down.weight")
 SDXL_LORA_MARKS = ("lora_te2_", "text_encoder_2.", "add_embedding")
+
+
+def animatediff_lora_layout(keys: Iterable[str]) -> bool:
+    """Whether a LoRA is in AnimateDiff's own layout (bare UNet module names, `.processor.<proj>_lora.down.weight`:
+    `v3_sd15_adapter.ckpt`), which diffusers' `load_lora_weights` does not read; magicme merges it as AnimateDiff
+    does (`magicme.motion_module.merge_animatediff_lora`)."""
+    keys = list(keys)
+    return bool(lora_target_weights(keys)) and not any(k.startswith(("unet.", "text_encoder.")) for k in keys)
 
 
 def image_lora_problem(shapes: Mapping[str, Any]) -> str | None:
@@ -676,7 +685,8 @@ def _inspect_loras(report: Report, model: Mapping) -> None:
             report.add(key, path, FAIL, problem)
             continue
         downs = [shape for k, shape in shapes.items() if k.endswith(LORA_DOWN_SUFFIXES)]
-        report.add(key, path, OK, f"LoRA, {len(downs)} layers, rank {downs[0][0]}, strength {strength}")
+        layout = "AnimateDiff-layout LoRA" if animatediff_lora_layout(shapes) else "LoRA"
+        report.add(key, path, OK, f"{layout}, {len(downs)} layers, rank {downs[0][0]}, strength {strength}")
 
 
 def inspect_base(model: Mapping) -> Report:

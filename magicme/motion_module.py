@@ -89,22 +89,33 @@ def lora_targets(state: dict[str, torch.Tensor]) -> dict[str, tuple[str, str]]:
     return targets
 
 
-def merge_motion_lora(unet: UNetMotionModel, path: Path | str, strength: float) -> int:
-    """Add strength · (up @ down) to every targeted weight, as the original AnimateDiff does; returns the count."""
-    state = read_state_dict(path)
+def merge_animatediff_lora(unet: torch.nn.Module, state: dict[str, torch.Tensor], strength: float) -> list[str]:
+    """Add strength · (up @ down) to every weight a LoRA in AnimateDiff's own layout targets (its MotionLoRAs and
+    the v3 domain adapter: `….processor.to_q_lora.down.weight`), as the original code's `load_diffusers_lora` does.
+    Returns the targeted weights `unet` lacks; nothing is merged then."""
     targets = lora_targets(state)
-    if not targets:
-        raise ConfigError(f"{path}: not a MotionLoRA (no '..._lora.down.weight' keys)")
     params = dict(unet.named_parameters())
     unknown = [k for k in targets if k not in params]
     if unknown:
-        raise ConfigError(
-            f"{path}: MotionLoRA does not fit the loaded motion module ({len(unknown)} weights missing, e.g. "
-            f"{unknown[0]}); official MotionLoRAs need a v2 motion module"
-        )
+        return unknown
     with torch.no_grad():
         for key, (down_key, up_key) in targets.items():
             param = params[key]
             delta = state[up_key].float() @ state[down_key].float()
             param.add_((strength * delta).to(param.device, param.dtype))
+    return []
+
+
+def merge_motion_lora(unet: UNetMotionModel, path: Path | str, strength: float) -> int:
+    """Merge a MotionLoRA file into the motion module at `strength`; returns the number of weights changed."""
+    state = read_state_dict(path)
+    targets = lora_targets(state)
+    if not targets:
+        raise ConfigError(f"{path}: not a MotionLoRA (no '..._lora.down.weight' keys)")
+    unknown = merge_animatediff_lora(unet, state, strength)
+    if unknown:
+        raise ConfigError(
+            f"{path}: MotionLoRA does not fit the loaded motion module ({len(unknown)} weights missing, e.g. "
+            f"{unknown[0]}); official MotionLoRAs need a v2 motion module"
+        )
     return len(targets)

@@ -131,6 +131,7 @@ def test_control_group_plans_controlnets_sparsectrl_and_preprocessor_models(tmp_
         f"sparsectrl/rgb/diffusion_pytorch_model.safetensors <- {hf}/guoyww/animatediff-sparsectrl-rgb/",
         f"sparsectrl/scribble/config.json <- {hf}/guoyww/animatediff-sparsectrl-scribble/",
         f"motion_module/v3_sd15_mm.ckpt <- {hf}/guoyww/animatediff/resolve/main/v3_sd15_mm.ckpt",
+        f"lora/v3_sd15_adapter.ckpt <- {hf}/guoyww/animatediff/resolve/main/v3_sd15_adapter.ckpt",
         f"control/depth-anything-v2-small/model.safetensors <- {hf}/depth-anything/Depth-Anything-V2-Small-hf/",
         "control/depth-anything-v2-small/preprocessor_config.json",
         f"control/vitpose-base-simple/model.safetensors <- {hf}/usyd-community/vitpose-base-simple/",

@@ -184,6 +184,44 @@ def test_lora_whose_keys_fit_no_layer_is_an_error_at_load(tiny_bundle, tmp_path)
         sd15.load(model, {}, device="cpu")
 
 
+def test_v3_adapter_in_animatediff_layout_is_merged_as_the_original_code_merges_it(tiny_bundle, tmp_path):
+    """AnimateDiff v3's domain adapter (`v3_sd15_adapter.ckpt`) is a LoRA in AnimateDiff's own key layout, which
+    diffusers' `load_lora_weights` finds no keys in; each targeted weight must move by strength · up @ down."""
+    adapter = str(tiny_bundle["lora_v3_adapter"])
+    plain_pipe, plain = render(tiny_bundle, [], scheduler="ddim")
+    _, zero = render(tiny_bundle, [{"path": adapter, "strength": 0.0}], scheduler="ddim")
+    pipe, merged = render(tiny_bundle, [{"path": adapter, "strength": 0.7}], scheduler="ddim")
+    assert np.array_equal(zero, plain) and not np.allclose(merged, plain, atol=1e-3)
+    state = read_state_dict(adapter)
+    params, plain_params = dict(pipe.t2v.unet.named_parameters()), dict(plain_pipe.t2v.unet.named_parameters())
+    for attention, proj, weight in [("down_blocks.0.attentions.1.transformer_blocks.0.attn2", "to_k", "to_k"),
+                                    ("up_blocks.1.attentions.2.transformer_blocks.0.attn1", "to_out", "to_out.0")]:
+        down, up = (state[f"{attention}.processor.{proj}_lora.{side}.weight"] for side in ("down", "up"))
+        key = f"{attention}.{weight}.weight"
+        assert torch.allclose(params[key], plain_params[key] + 0.7 * up @ down, atol=1e-6)
+    moved = [k for k in params if not torch.equal(params[k], plain_params[k])]
+    assert len(moved) == len(state) // 2  # those weights, nothing else
+    report = inspect_model(model_config({"base": str(tiny_bundle["sd15"]), "base_config": None,
+                                         "embeddings_dir": None, "motion_module": str(tiny_bundle["motion_v3"]),
+                                         "loras": [{"path": adapter, "strength": 0.7}]}))
+    assert report.ok, report.table()
+    detail = {c.item: c.detail for c in report.checks}["model.loras[0].path"]
+    assert detail == f"AnimateDiff-layout LoRA, {len(state) // 2} layers, rank 4, strength 0.7"
+
+
+def test_animatediff_layout_lora_for_another_unet_is_an_error_naming_it(tiny_bundle, tmp_path):
+    bogus = tmp_path / "adapter.ckpt"
+    torch.save({"down_blocks.9.attentions.0.transformer_blocks.0.attn1.processor.to_q_lora.down.weight":
+                torch.zeros(4, 32), "down_blocks.9.attentions.0.transformer_blocks.0.attn1.processor.to_q_lora.up"
+                ".weight": torch.zeros(32, 4)}, bogus)
+    model = model_config({"base": str(tiny_bundle["sd15"]), "base_config": None, "embeddings_dir": None,
+                          "motion_module": str(tiny_bundle["motion_v3"]), "loras": [{"path": str(bogus)}]})
+    with pytest.raises(ConfigError, match=r"^model.loras\[0\].path: .*adapter.ckpt: 1 of the weights this "
+                                          r"AnimateDiff-layout LoRA changes are not in this SD1.5 base \(e.g. "
+                                          r"down_blocks.9.attentions.0.transformer_blocks.0.attn1.to_q.weight\)"):
+        sd15.load(model, {}, device="cpu")
+
+
 # --- schedulers -------------------------------------------------------------------------------------------------
 
 

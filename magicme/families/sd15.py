@@ -20,8 +20,9 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from magicme.devices import resolve_device, resolve_dtype
 from magicme.embeddings import load_into_pipeline
 from magicme.errors import ConfigError
-from magicme.inspector import CHECKPOINT_SUFFIXES, is_hub_id
-from magicme.motion_module import load_motion_adapter, merge_motion_lora, motion_unet, read_state_dict
+from magicme.inspector import CHECKPOINT_SUFFIXES, animatediff_lora_layout, is_hub_id
+from magicme.motion_module import (load_motion_adapter, merge_animatediff_lora, merge_motion_lora, motion_unet,
+                                   read_state_dict)
 from magicme.parity import apply_animatediff_numerics
 from magicme.pipeline import MagicPipeline, place
 
@@ -138,13 +139,20 @@ def load_vae(vae: str, base_config: str | None, dtype: torch.dtype) -> Autoencod
 def fuse_loras(pipe: AnimateDiffPipeline, loras) -> None:
     """Fuse each SD1.5 image LoRA (`model.loras`: AnimateLCM's, or any SD1.5 LoRA) into the UNet's spatial layers
     (and the text encoder, when the file has its keys) at its strength, with diffusers' own LoRA loading; the LoRA
-    layers are removed again, so sampling runs plain weights, as fast as without a LoRA."""
+    layers are removed again, so sampling runs plain weights, as fast as without a LoRA. A LoRA in AnimateDiff's own
+    layout (the v3 domain adapter, which diffusers does not read) is merged as the original code merges it."""
     for i, lora in enumerate(loras):
         key = f"model.loras[{i}].path"
         try:
             state = read_state_dict(lora.path)
         except ConfigError as err:
             raise ConfigError(f"{key}: {err}") from None
+        if animatediff_lora_layout(state):
+            unknown = merge_animatediff_lora(pipe.unet, state, float(lora.strength))
+            if unknown:
+                raise ConfigError(f"{key}: {lora.path}: {len(unknown)} of the weights this AnimateDiff-layout LoRA "
+                                  f"changes are not in this SD1.5 base (e.g. {unknown[0]}); use one made for SD1.5")
+            continue
         try:
             pipe.load_lora_weights(state, adapter_name=f"lora{i}")
         except (ValueError, KeyError, RuntimeError) as err:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from magicme.checkpoint_io import save_tensors
+from magicme.checkpoint_io import save_tensors, save_torch
 
 # Module name endings the LCM-LoRA recipe puts LoRA layers on (SD1.5 UNet).
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1", "conv2",
@@ -42,3 +42,20 @@ def save_kohya_unet_lora(unet: nn.Module, path: Path | str, rank: int = 8, alpha
             state[f"{key}.lora_down.weight"], state[f"{key}.lora_up.weight"] = lora_pair(module, rank, generator)
             state[f"{key}.alpha"] = torch.tensor(float(alpha))
     return save_tensors(state, path)
+
+
+def save_animatediff_adapter_lora(unet: nn.Module, path: Path | str, rank: int = 4, seed: int = 0) -> Path:
+    """A random LoRA in the layout of AnimateDiff v3's domain adapter (`v3_sd15_adapter.ckpt`), as the original
+    code's `load_diffusers_lora` reads it: bare UNet module names, `<attention>.processor.<proj>_lora.{down,up}
+    .weight` on the spatial attentions' q/k/v/out projections of `unet` (a UNet2DConditionModel)."""
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, module in unet.named_modules():
+        parent, _, proj = name.rpartition(".")
+        if proj == "0" and parent.endswith(".to_out"):
+            parent, proj = parent.removesuffix(".to_out"), "to_out"
+        if isinstance(module, nn.Linear) and proj in ("to_q", "to_k", "to_v", "to_out") and ".attn" in parent:
+            down, up = lora_pair(module, rank, generator)
+            state[f"{parent}.processor.{proj}_lora.down.weight"], state[f"{parent}.processor.{proj}_lora.up.weight"] \
+                = down, up
+    return save_torch(state, path)

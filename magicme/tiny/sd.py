@@ -18,7 +18,7 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 from magicme.embeddings import save_embedding
 from magicme.tiny.clipseg import save_tiny_clipseg
 from magicme.tiny.controlnet import save_control_models
-from magicme.tiny.lora import save_kohya_unet_lora
+from magicme.tiny.lora import save_animatediff_adapter_lora, save_kohya_unet_lora
 from magicme.tiny.motion import save_diffusers_motion_module, save_original_motion_lora, save_original_motion_module
 
 TEXT_WIDTH = 32
@@ -152,4 +152,6 @@ def save_fewstep_models(out: Path, seed: int = 0) -> dict[str, Path]:
             tiny_motion_adapter("v2"), folder / "AnimateLCM_tiny_t2v.ckpt", positional=False),
         "lora_animatelcm": save_kohya_unet_lora(tiny_unet(), out / "lora" / "AnimateLCM_tiny_t2v_lora.safetensors",
                                                 seed=seed),
+        "lora_v3_adapter": save_animatediff_adapter_lora(tiny_unet(), out / "lora" / "v3_sd15_adapter_tiny.ckpt",
+                                                         seed=seed),
     }
