@@ -669,6 +669,10 @@ def image_lora_problem(shapes: Mapping[str, Any]) -> str | None:
         return "an SDXL LoRA; magicme runs SD1.5-family models"
     if not any(k.endswith(LORA_DOWN_SUFFIXES) for k in shapes):
         return "not a LoRA (no '.lora_down.weight' / '.lora_A.weight' keys)"
+    if animatediff_lora_layout(shapes):
+        missing = [up for _, up in lora_target_weights(shapes).values() if up not in shapes]
+        if missing:
+            return f"{len(missing)} '_lora.up.weight' tensors missing (e.g. {missing[0]}): an incomplete LoRA file"
     return None
 
 

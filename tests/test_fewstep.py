@@ -209,6 +209,18 @@ def test_v3_adapter_in_animatediff_layout_is_merged_as_the_original_code_merges_
     assert detail == f"AnimateDiff-layout LoRA, {len(state) // 2} layers, rank 4, strength 0.7"
 
 
+def test_animatediff_layout_lora_without_its_up_tensors_is_one_error_before_loading(tiny_bundle, tmp_path):
+    state = read_state_dict(tiny_bundle["lora_v3_adapter"])
+    up = next(k for k in state if k.endswith("_lora.up.weight"))
+    torch.save({k: v for k, v in state.items() if k != up}, tmp_path / "cut.ckpt")
+    report = inspect_model(model_config({"base": str(tiny_bundle["sd15"]), "base_config": None,
+                                         "embeddings_dir": None, "motion_module": str(tiny_bundle["motion_v3"]),
+                                         "loras": [{"path": str(tmp_path / "cut.ckpt")}]}))
+    assert not report.ok
+    assert {c.item: c.detail for c in report.checks}["model.loras[0].path"] == (
+        f"1 '_lora.up.weight' tensors missing (e.g. {up}): an incomplete LoRA file")
+
+
 def test_animatediff_layout_lora_for_another_unet_is_an_error_naming_it(tiny_bundle, tmp_path):
     bogus = tmp_path / "adapter.ckpt"
     torch.save({"down_blocks.9.attentions.0.transformer_blocks.0.attn1.processor.to_q_lora.down.weight":
