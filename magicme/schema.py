@@ -23,6 +23,7 @@ from magicme.control.settings import control_problems
 from magicme.control.sparse import motion_problem, sparse_problems
 from magicme.errors import ConfigError
 from magicme.grid import fill_prompt, placeholder_problem, resolve_identities
+from magicme.limits import MAX_FPS, MAX_FRAMES, MAX_SIZE, MAX_STEPS
 from magicme.prompt_weights import WEIGHTINGS, weighting_problems
 from magicme.prompts import Prompt, keyframes, malformed_references, referenced_names
 from magicme.rundir import check_output_dir
@@ -183,12 +184,14 @@ def video_problems(v: DictConfig, prefix: str = "", random_seeds: bool = True) -
     lowest_seed = -1 if random_seeds else 0
     checks = [
         (v.model.family in FAMILIES, f"{prefix}model.family: {v.model.family!r} is not one of {', '.join(FAMILIES)}"),
-        (v.steps >= 1, f"{prefix}steps: {v.steps} must be at least 1"),
+        (1 <= v.steps <= MAX_STEPS, f"{prefix}steps: {v.steps} not in [1, {MAX_STEPS}]"),
         (v.guidance_scale >= 0, f"{prefix}guidance_scale: {v.guidance_scale} must be >= 0"),
-        (v.frames >= 1, f"{prefix}frames: {v.frames} must be at least 1"),
-        (v.width >= 8 and v.width % 8 == 0, f"{prefix}width: {v.width} must be a positive multiple of 8"),
-        (v.height >= 8 and v.height % 8 == 0, f"{prefix}height: {v.height} must be a positive multiple of 8"),
-        (v.fps >= 1, f"{prefix}fps: {v.fps} must be at least 1"),
+        (1 <= v.frames <= MAX_FRAMES, f"{prefix}frames: {v.frames} not in [1, {MAX_FRAMES}]"),
+        (8 <= v.width <= MAX_SIZE and v.width % 8 == 0,
+         f"{prefix}width: {v.width} must be a multiple of 8 in [8, {MAX_SIZE}]"),
+        (8 <= v.height <= MAX_SIZE and v.height % 8 == 0,
+         f"{prefix}height: {v.height} must be a multiple of 8 in [8, {MAX_SIZE}]"),
+        (1 <= v.fps <= MAX_FPS, f"{prefix}fps: {v.fps} not in [1, {MAX_FPS}]"),
         (0.0 <= v.gamma < 1.0, f"{prefix}gamma: {v.gamma} not in [0, 1)"),
         (len(v.seeds) > 0 and all(lowest_seed <= s < MAX_SEED for s in v.seeds),
          f"{prefix}seeds: {list(v.seeds)} must be one or more integers in [0, 2^32)"
@@ -228,9 +231,10 @@ def run_problems(cfg: DictConfig) -> list[str]:
     context, freeu = cfg.context, cfg.freeu
     checks = [
         (freeu is None or freeu.version in (1, 2), f"freeu.version: {freeu and freeu.version} is not 1 or 2"),
-        (freeu is None or min(freeu.b1, freeu.b2, freeu.s1, freeu.s2) >= 0,
+        (freeu is None or all(x >= 0 for x in (freeu.b1, freeu.b2, freeu.s1, freeu.s2)),
          "freeu: b1, b2, s1 and s2 must be >= 0 (1 = unchanged)"),
-        (context is None or context.length >= 1, f"context.length: {context and context.length} must be at least 1"),
+        (context is None or 1 <= context.length <= MAX_FRAMES,
+         f"context.length: {context and context.length} not in [1, {MAX_FRAMES}]"),
         (context is None or 0 <= context.overlap < context.length,
          f"context.overlap: {context and context.overlap} must be in [0, context.length)"),
         (cfg.precision in PRECISIONS, f"precision: {cfg.precision!r} is not one of {', '.join(PRECISIONS)}"),
@@ -245,7 +249,13 @@ def run_problems(cfg: DictConfig) -> list[str]:
         (len(cfg.formats) > 0 and all(f in FORMATS for f in cfg.formats),
          f"formats: {list(cfg.formats)} must be one or more of {', '.join(FORMATS)}"),
     ]
-    return [message for ok, message in checks if not ok]
+    return [message for ok, message in checks if not ok] + stage_size_problems(cfg)
+
+
+def stage_size_problems(cfg: DictConfig) -> list[str]:
+    """A stage's pixel sizes (`face.size`, `tiled.tile`: any `size` or `tile` of a stage block) at most MAX_SIZE."""
+    return [f"{name}.{key}: {cfg[name][key]} is more than {MAX_SIZE} px" for name in STAGES if name in cfg
+            for key in ("size", "tile") if isinstance(cfg[name].get(key), int) and cfg[name][key] > MAX_SIZE]
 
 
 def prompt_value(value, where: str, cfg: DictConfig, empty_ok: bool) -> Prompt:
