@@ -25,7 +25,7 @@ from magicme.evaluation.runs import FILE_PREFERENCE
 from magicme.devices import resolve_device
 from magicme.families import get_family
 from magicme.freeu import install_freeu
-from magicme.prompts import keyframes
+from magicme.prompt_length import count_prompt_tokens
 from magicme.resume import RunFolder
 from magicme.schema import check_sample_config, load_sample_config, prompt_tokens, resolved_config
 from magicme.sharding import Launch, assign, sample_cost
@@ -82,16 +82,10 @@ def first_stage_video(run_dir: Path, record: dict) -> np.ndarray:
 
 
 def count_tokens(pipe, samples: list[Sample]) -> dict[str, int]:
-    """Token count of every prompt text (identities expanded; each keyframe of a travelling prompt); too long a
-    prompt is an error now, before anything is written. Nothing is cut: long prompts are encoded in chunks
-    (magicme/prompt_encoding.py)."""
-    counts = {}
-    for s in samples:
-        for key, prompt in (("prompt", s.prompt), ("negative_prompt", s.negative_prompt)):
-            for text in keyframes(prompt).values():
-                if text not in counts:
-                    counts[text] = pipe.prompts.check_length(text, f"prompts: the {key} {text[:40]!r}…")
-    return counts
+    """Token count of every prompt text by the loaded pipeline's encoder (checked before loading already, from the
+    tokenizer files: magicme/prompt_length.py; a Hub base is checked here, before anything is written). Nothing is
+    cut: long prompts are encoded in chunks (magicme/prompt_encoding.py)."""
+    return count_prompt_tokens(pipe.prompts, samples)
 
 
 def load_pipeline(cfg: DictConfig, embeddings: dict[str, Path], device):

@@ -6,8 +6,8 @@ A config is a YAML file (configs/sample/example.yaml lists every key) merged ove
 diffusers, so a typo is reported in a fraction of a second.
 
 `check_sample_config` then checks, in order of cost: every value and range, the stages' settings, the output folder,
-the prompts' identity references; the device; every model file from its headers (magicme/inspector.py) and the
-identities' vectors; last, what needs the family's libraries (the scheduler). The first problem raises one
+the prompts' identity references; the device; every model file from its headers (magicme/inspector.py: the
+`model:` block's and every other model the run loads, `model_files`) and the identities' vectors; last, what needs the family's libraries (the scheduler). The first problem raises one
 `ConfigError` naming the key or file. Relative paths are relative to the directory you run from.
 """
 
@@ -19,8 +19,8 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from magicme.configfile import load_structured
-from magicme.control.settings import control_problems
-from magicme.control.sparse import motion_problem, sparse_problems
+from magicme.control.settings import control_entries, control_problems
+from magicme.control.sparse import motion_problem, sparse_problems, sparse_settings
 from magicme.errors import ConfigError
 from magicme.grid import fill_prompt, placeholder_problem, resolve_identities
 from magicme.limits import MAX_FPS, MAX_FRAMES, MAX_SIZE, MAX_STEPS
@@ -377,6 +377,27 @@ def check_model(model: DictConfig, frames: int | None, prompts: list[str], prefi
     return info, {name: embeddings[name] for name in names}
 
 
+def model_files(cfg: DictConfig) -> list[tuple[str, str, str]]:
+    """(config key, path, what) of every model the run loads besides its `model:` block — each control entry's
+    ControlNet, preprocessor and person segmenter, SparseCtrl, Face VCD's CLIPSeg, Tiled VCD's upscaler file — for
+    the inspector (`inspect_files`); run after `check_settings`."""
+    files = []
+    for entry in control_entries(cfg):
+        files.append((f"{entry.key}.model", entry.model, "ControlNet"))
+        if entry.preprocessor is not None:
+            files.append((f"{entry.key}.preprocessor", entry.preprocessor, f"{entry.type} preprocessor"))
+        if entry.person is not None:
+            files.append((f"{entry.key}.person", entry.person, "CLIPSeg"))
+    sparse = sparse_settings(cfg)
+    if sparse is not None:
+        files.append(("sparse_control.model", sparse.model, "SparseCtrl"))
+    if "face" in cfg.stages and cfg.face.get("detector") == "clipseg":
+        files.append(("face.clipseg_model", cfg.face.clipseg_model, "CLIPSeg"))
+    if "tiled" in cfg.stages and cfg.tiled.upscaler != "lanczos":
+        files.append(("tiled.upscaler", cfg.tiled.upscaler, "upscaler"))
+    return files
+
+
 def check_settings(cfg: DictConfig) -> list[Sample]:
     """The checks that need no file header and no heavy library (a fraction of a second); returns the samples."""
     _first(video_problems(cfg) + stage_problems(cfg) + run_problems(cfg) + control_problems(cfg)
@@ -428,6 +449,9 @@ def check_sample_config(cfg: DictConfig) -> tuple[list[Sample], dict[str, Path]]
     prompts = [text for s in samples for p in (s.prompt, s.negative_prompt) for text in keyframes(p).values()]
     frames_at_once = cfg.frames if cfg.context is None else min(cfg.frames, cfg.context.length)
     info, embeddings = check_model(cfg.model, frames_at_once, prompts, context=cfg.context is not None)
+    from magicme.inspector import inspect_files
+
+    inspect_files(model_files(cfg)).raise_first()
     stage_schedulers = {f"{name}.scheduler": cfg[name].scheduler for name in cfg.stages
                         if name in cfg and cfg[name].get("scheduler") is not None}
     family = get_family(cfg.model.family)
@@ -439,6 +463,9 @@ def check_sample_config(cfg: DictConfig) -> tuple[list[Sample], dict[str, Path]]
                           "docs/control.md); remove sparse_control")
     _first([p for p in [motion_problem(cfg, info.motion.version if info.motion is not None else None)] if p])
     family.check(cfg.model, stage_schedulers, denoise_schedules(cfg))
+    from magicme.prompt_length import check_prompt_lengths
+
+    check_prompt_lengths(cfg, samples, embeddings)
     return samples, embeddings
 
 

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from magicme.configfile import load_structured
 from magicme.errors import ConfigError
 from magicme.families import get_family
-from magicme.inspector import inspect_base
+from magicme.inspector import inspect_base, inspect_files
 from magicme.prompt_weights import weighting_problems
 from magicme.prompts import ID_PLACEHOLDER
 from magicme.images import IMAGE_SUFFIXES, image_files
@@ -257,6 +257,7 @@ def validate_train_config(cfg: DictConfig, rng: random.Random | None = None) -> 
                                     f"tokens); this text encoder has {vocab}; set init to a word such as the class word")
     _check(Path(cfg.model.clipseg, "config.json").is_file(),
            f"model.clipseg: no CLIPSeg model in {cfg.model.clipseg}; run download_checkpoint.sh --only clipseg")
+    inspect_files([("model.clipseg", cfg.model.clipseg, "CLIPSeg")]).raise_first()  # every weights file's header
     _check(cfg.validation.every >= 0, f"validation.every: {cfg.validation.every} must be >= 0 (0 = never)")
     if cfg.validation.every > 0:
         v = cfg.validation
