@@ -8,8 +8,10 @@ and the models have loaded, so a bad config leaves nothing behind.
 """
 
 import contextlib
+import glob
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from magicme import manifest
 from magicme.context import ContextSettings
 from magicme.evaluation.runs import FILE_PREFERENCE
 from magicme.devices import resolve_device
+from magicme.errors import ConfigError
 from magicme.families import get_family
 from magicme.freeu import install_freeu
 from magicme.prompt_length import count_prompt_tokens
@@ -140,7 +143,8 @@ def run_sampling(config_path: Path | str | None, overrides: list[str] | None = N
                    {"attention_kernel": kernel or cfg.attention})
         launch.wait_for_everyone()
         if launch.is_main:
-            finish_run(out, cfg, samples)
+            with writing(out):
+                finish_run(out, cfg, samples)
     finally:
         folder.release()
     return out
@@ -167,10 +171,11 @@ def start_run(folder: RunFolder, cfg: DictConfig, samples: list[Sample], tokens:
     resolved = resolved_config(cfg, samples, tokens)
     if kernel is not None:
         resolved.sdpa_backend = kernel
-    out = folder.open(cfg, resolved, stem)
-    for stage in stages:
-        stage.save_inputs(out)
-    manifest.merge(out, samples)
+    with writing(Path(folder.path or cfg.output_dir)):
+        out = folder.open(cfg, resolved, stem)
+        for stage in stages:
+            stage.save_inputs(out)
+        manifest.merge(out, samples)
     done = manifest.finished_videos(out, manifest.read_records(out))
     todo = [i for i, sample in enumerate(samples) if not manifest.finished(sample, done)]
     if len(todo) < len(samples):
@@ -191,9 +196,10 @@ def render(pipe, cfg: DictConfig, stages: list[Stage], samples: list[Sample], to
                 video, info = stage(pipe, video, sample, generator)
                 seconds = time.perf_counter() - start
                 stem = stage.output_stem(sample)
-                files = write_video(out / stem, video, cfg.fps, tuple(cfg.formats))
-                if cfg.save_frames:
-                    files["frames"] = write_frames(out / stem, video)
+                with writing(out, stem):
+                    files = write_video(out / stem, video, cfg.fps, tuple(cfg.formats))
+                    if cfg.save_frames:
+                        files["frames"] = write_frames(out / stem, video)
                 shard.append({
                     "index": sample.index, "name": stem, "hash": sample.stage_hash(stage.name),
                     "identity": sample.identity, "prompt": sample.prompt, "negative_prompt": sample.negative_prompt,
@@ -203,6 +209,26 @@ def render(pipe, cfg: DictConfig, stages: list[Stage], samples: list[Sample], to
                     "seconds": round(seconds, 3), **run_info, **info})
     finally:
         shard.close()
+
+
+@contextlib.contextmanager
+def writing(out: Path, stem: str | None = None):
+    """An OSError while writing (disk full, permissions) is one `ConfigError` naming the run folder; the files of
+    the half-written sample `stem` are removed (its record is not written), so `--run-dir` renders it again; nothing
+    else of the run is touched."""
+    try:
+        yield
+    except OSError as err:
+        if stem is not None:
+            for path in [*out.glob(f"{glob.escape(stem)}.*"), out / stem]:
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+        what = f"the files of {stem}" if stem is not None else "the run's files"
+        raise ConfigError(f"{out}: cannot write {what} ({err.strerror or type(err).__name__}); free space or fix "
+                          f"the folder's permissions, then run again with --run-dir {out}: finished samples are "
+                          "kept") from err
 
 
 def finish_run(out: Path, cfg: DictConfig, samples: list[Sample]) -> None:
