@@ -61,6 +61,20 @@ def size_problem(data: Any) -> str | None:
     return None
 
 
+def too_deep(text: str) -> bool:
+    """Whether YAML text nests deeper than MAX_DEPTH, read as an event stream (iterative, stops at the first level
+    too deep): PyYAML's own loader recurses once per level and takes seconds to fail on ten thousand."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                return True
+        elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            depth -= 1
+    return False
+
+
 def non_finite_key(node: Any, key: str = "") -> str | None:
     """The key of the first NaN or infinite number in a plain container, or None."""
     if isinstance(node, float) and not math.isfinite(node):
@@ -90,13 +104,14 @@ def read_yaml_mapping(path: Path | str, flag: str = "--config") -> DictConfig:
         raise ConfigError(f"{path}: {size:,} bytes, more than a config's {MAX_CONFIG_BYTES:,}; is this the right "
                           "file?")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text()
+        if too_deep(text):
+            raise ConfigError(f"{path}: nested more than {MAX_DEPTH} levels deep; flatten it")
+        data = yaml.safe_load(text)
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         first = str(err).splitlines()[0]
         raise ConfigError(f"{path}: not valid YAML ({first}); fix the file (the example configs under configs/ "
                           "show the format)") from err
-    except RecursionError:
-        raise ConfigError(f"{path}: nested too deeply to read; flatten it") from None
     problem = size_problem(data)
     if problem is not None:
         raise ConfigError(f"{path}: {problem}")
@@ -119,8 +134,9 @@ def parse_overrides(overrides: list[str] | None) -> DictConfig:
             raise ConfigError(f"{item}: an override must be key=value (e.g. steps=4)")
         key, value = item.split("=", 1)
         try:
-            problem = size_problem(yaml.safe_load(value))
-        except (yaml.YAMLError, RecursionError):
+            problem = (f"nested more than {MAX_DEPTH} levels deep" if too_deep(value)
+                       else size_problem(yaml.safe_load(value)))
+        except yaml.YAMLError:
             problem = None  # OmegaConf parses it below and reports a broken value
         if problem is not None:
             raise ConfigError(f"{key}: the override's value is {problem}")

@@ -200,13 +200,13 @@ def render(pipe, cfg: DictConfig, stages: list[Stage], samples: list[Sample], to
                     files = write_video(out / stem, video, cfg.fps, tuple(cfg.formats))
                     if cfg.save_frames:
                         files["frames"] = write_frames(out / stem, video)
-                shard.append({
-                    "index": sample.index, "name": stem, "hash": sample.stage_hash(stage.name),
-                    "identity": sample.identity, "prompt": sample.prompt, "negative_prompt": sample.negative_prompt,
-                    "seed": sample.seed, "gamma": sample.gamma, "tokens": prompt_tokens(sample.prompt, tokens),
-                    "stage": stage.name, "files": files, "frames": int(video.shape[0]),
-                    "height": int(video.shape[1]), "width": int(video.shape[2]), "fps": cfg.fps,
-                    "seconds": round(seconds, 3), **run_info, **info})
+                    shard.append({
+                        "index": sample.index, "name": stem, "hash": sample.stage_hash(stage.name),
+                        "identity": sample.identity, "prompt": sample.prompt, "negative_prompt": sample.negative_prompt,
+                        "seed": sample.seed, "gamma": sample.gamma, "tokens": prompt_tokens(sample.prompt, tokens),
+                        "stage": stage.name, "files": files, "frames": int(video.shape[0]),
+                        "height": int(video.shape[1]), "width": int(video.shape[2]), "fps": cfg.fps,
+                        "seconds": round(seconds, 3), **run_info, **info})
     finally:
         shard.close()
 

@@ -184,14 +184,14 @@ def video_problems(v: DictConfig, prefix: str = "", random_seeds: bool = True) -
     lowest_seed = -1 if random_seeds else 0
     checks = [
         (v.model.family in FAMILIES, f"{prefix}model.family: {v.model.family!r} is not one of {', '.join(FAMILIES)}"),
-        (1 <= v.steps <= MAX_STEPS, f"{prefix}steps: {v.steps} not in [1, {MAX_STEPS}]"),
+        (1 <= v.steps <= MAX_STEPS, f"{prefix}steps: {v.steps} must be at least 1 and at most {MAX_STEPS}"),
         (v.guidance_scale >= 0, f"{prefix}guidance_scale: {v.guidance_scale} must be >= 0"),
-        (1 <= v.frames <= MAX_FRAMES, f"{prefix}frames: {v.frames} not in [1, {MAX_FRAMES}]"),
+        (1 <= v.frames <= MAX_FRAMES, f"{prefix}frames: {v.frames} must be at least 1 and at most {MAX_FRAMES}"),
         (8 <= v.width <= MAX_SIZE and v.width % 8 == 0,
-         f"{prefix}width: {v.width} must be a multiple of 8 in [8, {MAX_SIZE}]"),
+         f"{prefix}width: {v.width} must be a positive multiple of 8, at most {MAX_SIZE}"),
         (8 <= v.height <= MAX_SIZE and v.height % 8 == 0,
-         f"{prefix}height: {v.height} must be a multiple of 8 in [8, {MAX_SIZE}]"),
-        (1 <= v.fps <= MAX_FPS, f"{prefix}fps: {v.fps} not in [1, {MAX_FPS}]"),
+         f"{prefix}height: {v.height} must be a positive multiple of 8, at most {MAX_SIZE}"),
+        (1 <= v.fps <= MAX_FPS, f"{prefix}fps: {v.fps} must be at least 1 and at most {MAX_FPS}"),
         (0.0 <= v.gamma < 1.0, f"{prefix}gamma: {v.gamma} not in [0, 1)"),
         (len(v.seeds) > 0 and all(lowest_seed <= s < MAX_SEED for s in v.seeds),
          f"{prefix}seeds: {list(v.seeds)} must be one or more integers in [0, 2^32)"
@@ -234,7 +234,7 @@ def run_problems(cfg: DictConfig) -> list[str]:
         (freeu is None or all(x >= 0 for x in (freeu.b1, freeu.b2, freeu.s1, freeu.s2)),
          "freeu: b1, b2, s1 and s2 must be >= 0 (1 = unchanged)"),
         (context is None or 1 <= context.length <= MAX_FRAMES,
-         f"context.length: {context and context.length} not in [1, {MAX_FRAMES}]"),
+         f"context.length: {context and context.length} must be at least 1 and at most {MAX_FRAMES}"),
         (context is None or 0 <= context.overlap < context.length,
          f"context.overlap: {context and context.overlap} must be in [0, context.length)"),
         (cfg.precision in PRECISIONS, f"precision: {cfg.precision!r} is not one of {', '.join(PRECISIONS)}"),

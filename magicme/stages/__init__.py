@@ -144,7 +144,7 @@ def denoise_problems(key: str, settings, run_steps: int) -> list[str]:
     checks = [
         (0.0 <= settings.strength <= 1.0, f"{key}.strength: {settings.strength} not in [0, 1]"),
         (settings.steps is None or 1 <= settings.steps <= MAX_STEPS,
-         f"{key}.steps: {settings.steps} not in [1, {MAX_STEPS}]"),
+         f"{key}.steps: {settings.steps} must be >= 1 and <= {MAX_STEPS}"),
         (settings.guidance_scale is None or settings.guidance_scale >= 0,
          f"{key}.guidance_scale: {settings.guidance_scale} must be >= 0"),
         (settings.gamma is None or 0.0 <= settings.gamma < 1.0, f"{key}.gamma: {settings.gamma} not in [0, 1)"),

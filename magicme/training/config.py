@@ -229,10 +229,10 @@ def validate_train_config(cfg: DictConfig, rng: random.Random | None = None) -> 
         _check(0.0 <= value <= 1.0, f"{key}: {value} not in [0, 1]")
     check_family(cfg)
     _check(64 <= cfg.resolution <= MAX_SIZE and cfg.resolution % 8 == 0,
-           f"resolution: {cfg.resolution} must be a multiple of 8 in [64, {MAX_SIZE}]")
+           f"resolution: {cfg.resolution} must be a multiple of 8, at least 64 and at most {MAX_SIZE}")
     _check(cfg.lr > 0, f"lr: {cfg.lr} must be > 0")
     _check(cfg.batch_size >= 1, f"batch_size: {cfg.batch_size} must be >= 1")
-    _check(1 <= cfg.max_steps <= MAX_TRAIN_STEPS, f"max_steps: {cfg.max_steps} not in [1, {MAX_TRAIN_STEPS:,}]")
+    _check(1 <= cfg.max_steps <= MAX_TRAIN_STEPS, f"max_steps: {cfg.max_steps} must be >= 1 and <= {MAX_TRAIN_STEPS:,}")
     _check(cfg.checkpoint_every >= 1, f"checkpoint_every: {cfg.checkpoint_every} must be >= 1")
     for key in ("noise_offset", "weight_decay", "augment.rotate_sigma"):
         _check(OmegaConf.select(cfg, key) >= 0, f"{key}: {OmegaConf.select(cfg, key)} must be >= 0")
