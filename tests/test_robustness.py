@@ -557,3 +557,11 @@ def test_O33_a_new_upload_moves_the_earlier_one_aside(tmp_path):
 
 def contents_bytes(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_O34_an_evaluation_model_with_a_truncated_weights_file(tmp_path, tiny_bundle):
+    from magicme.evaluation.metrics import check_model_path
+
+    clip = broken_net(tmp_path, tiny_bundle["clipseg"], "truncated")  # any transformers folder: the header is checked
+    with pytest.raises(ConfigError, match=f"^clip: {clip}/model.safetensors: truncated safetensors file"):
+        check_model_path("clip", str(clip))
