@@ -205,17 +205,19 @@ BAD_VALUES = [
     ("I6 width 10^9", ["width=1000000000", "height=1000000000"], "width: 1000000000 must be a positive multiple of 8, "
                                                                  "at most 4096"),
     ("O6 a prompt's gamma nan", ["prompts=[{prompt: a cat, gamma: .nan}]"], "prompts[0].gamma: nan is not a finite"),
-    ("O7 control scale inf", ["control=[{model: m, video: v, scale: .inf}]"], "control[0].scale: inf is not a finite"),
-    ("O8 scheduler kwarg nan", ["model.scheduler.kwargs={eta: .nan}"], "model.scheduler.kwargs.eta: nan is not a"),
-    ("O10 frames 10^5", ["frames=100000"], "frames: 100000 must be at least 1 and at most 1024"),
+    ("O7 control scale inf", ["control=[{model: NET, video: CLIP, scale: .inf}]"], "control[0].scale: inf is not a"),
+    ("O8 scheduler kwarg nan", ["model.scheduler={name: ddim, kwargs: {clip_sample_range: .nan}}"],
+     "model.scheduler.kwargs.clip_sample_range: nan is not a finite number"),
+    ("O10 frames 10^5 in windows", ["frames=100000", "context={length: 16, overlap: 4}"],
+     "frames: 100000 must be at least 1 and at most 1024"),
     ("O11 steps 10^5", ["steps=100000"], "steps: 100000 must be at least 1 and at most 1000"),
     ("O12 face.size 10^5", ["stages=[t2v,face]", "face.detector=dlib", "face.size=100000"],
      "face.size: 100000 is more than 4096 px"),
     ("O13 tiled.tile 10^5", ["stages=[t2v,tiled]", "tiled.tile=100000"], "tiled.tile: 100000 is more than 4096 px"),
     ("O15 fps 10^5", ["fps=100000"], "fps: 100000 must be at least 1 and at most 240"),
-    ("O16 face.steps 10^5", ["stages=[t2v,face]", "face.detector=dlib", "face.steps=100000"],
+    ("O37 face.steps 10^5", ["stages=[t2v,face]", "face.detector=dlib", "face.steps=100000"],
      "face.steps: 100000 must be >= 1 and <= 1000"),
-    ("O17 context.length 10^5", ["context={length: 100000, overlap: 4}"], "context.length: 100000 must be at least 1"),
+    ("O38 context.length 10^5", ["context={length: 100000, overlap: 4}"], "context.length: 100000 must be at least 1"),
     ("I7 class_words a list", ["identities=[tinyperson]", "prompts=['a photo of {id}']", "class_words={tinyperson: [1, 2]}"],
      "class_words.tinyperson: [1, 2] is not a class word"),
     ("O23 class_words a mapping", ["identities=[tinyperson]", "prompts=['a photo of {id}']", "class_words={tinyperson: {a: 1}}"],
@@ -224,7 +226,11 @@ BAD_VALUES = [
 
 
 @pytest.mark.parametrize("case, overrides, message", BAD_VALUES, ids=[b[0] for b in BAD_VALUES])
-def test_bad_values_are_one_line_before_loading(tmp_path, config, capsys, no_load, case, overrides, message):
+def test_bad_values_are_one_line_before_loading(tmp_path, tiny_bundle, config, capsys, no_load, case, overrides,
+                                                message):
+    paths = {"NET": str(tiny_bundle["controlnet"]), "CLIP": str(tiny_bundle["control_clip"])}
+    for name, path in paths.items():
+        overrides = [o.replace(name, path) for o in overrides]
     assert run(config, *overrides) == 2
     assert message in error_line(capsys)
     assert not (tmp_path / "out").exists()
@@ -233,8 +239,8 @@ def test_bad_values_are_one_line_before_loading(tmp_path, config, capsys, no_loa
 @pytest.mark.parametrize("change, message", [
     ({"lr": float("nan")}, "lr: nan is not a finite number"),  # O9
     ({"resolution": 100_000}, "resolution: 100000 must be a multiple of 8, at least 64 and at most 4096"),  # O14
-    ({"max_steps": 10**9}, "max_steps: 1000000000 must be >= 1 and <= 1,000,000"),  # O18
-], ids=["O9 lr nan", "O14 resolution", "O18 max_steps"])
+    ({"max_steps": 10**9}, "max_steps: 1000000000 must be >= 1 and <= 1,000,000"),  # O39
+], ids=["O9 lr nan", "O14 resolution", "O39 max_steps"])
 def test_training_values_are_finite_and_bounded(tmp_path, tiny_bundle, capsys, change, message):
     from tests.test_training import write_train_config
 
@@ -565,3 +571,16 @@ def test_O34_an_evaluation_model_with_a_truncated_weights_file(tmp_path, tiny_bu
     clip = broken_net(tmp_path, tiny_bundle["clipseg"], "truncated")  # any transformers folder: the header is checked
     with pytest.raises(ConfigError, match=f"^clip: {clip}/model.safetensors: truncated safetensors file"):
         check_model_path("clip", str(clip))
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(guidance_scale=1e309), "guidance_scale: inf is not a finite number"),  # I5 the page
+    (dict(gamma=float("nan")), "gamma: nan is not a finite number"),  # O35
+    (dict(width=10**9, height=10**9), "width: 1000000000 must be a positive multiple of 8, at most 4096"),  # O36
+], ids=["I5 page CFG 1e309", "O35 page gamma nan", "O36 page width 10^9"])
+def test_the_page_refuses_non_finite_and_huge_numbers(app_configs, changes, message):
+    from tests.test_app import form
+
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")) as err:
+        forms.generate_config(app_configs[0], form(**changes), "T2V")
+    assert "\n" not in str(err.value)
