@@ -50,9 +50,8 @@ def size_problem(data: Any) -> str | None:
 
     try:
         values, depth = measure(data)
-    except RecursionError:
-        return ("an alias (*name) refers to the list or mapping that contains it, or the nesting is too deep; "
-                "write the values out")
+    except RecursionError:  # a cycle (depth itself is bounded by `too_deep` first)
+        return "an alias (*name) refers to the list or mapping that contains it; write the values out"
     if values > MAX_VALUES:
         return (f"{values:,} values once its aliases (*name) are expanded, more than {MAX_VALUES:,}; write the "
                 "values out instead of nesting aliases")

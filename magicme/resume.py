@@ -54,8 +54,7 @@ class RunFolder:
             leftover = sorted(p.name for p in self.path.iterdir() if not (is_lock_file(p.name) or is_temp_file(p.name)))
             if leftover:
                 raise ConfigError(f"--run-dir: {self.path} holds {leftover[0]} but no {CONFIG_NAME}, so it is no run "
-                                  "folder of sample.py (a run folder is sample.py's own: nothing in it is kept safe); "
-                                  "give a new or empty folder")
+                                  "folder of sample.py (one holds sample.py's files only); give a new or empty folder")
             return samples
         saved = load_sample_config(saved_path)
         stored_path = self.path / FILES_NAME

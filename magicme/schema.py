@@ -7,8 +7,10 @@ diffusers, so a typo is reported in a fraction of a second.
 
 `check_sample_config` then checks, in order of cost: every value and range, the stages' settings, the output folder,
 the prompts' identity references; the device; every model file from its headers (magicme/inspector.py: the
-`model:` block's and every other model the run loads, `model_files`) and the identities' vectors; last, what needs the family's libraries (the scheduler). The first problem raises one
-`ConfigError` naming the key or file. Relative paths are relative to the directory you run from.
+`model:` block's and every other model the run loads, `model_files`) and the identities' vectors; what needs the
+family's libraries (the scheduler); last, the prompts' token counts from the base's tokenizer files
+(magicme/prompt_length.py). The first problem raises one `ConfigError` naming the key or file. Relative paths are
+relative to the directory you run from.
 """
 
 import random

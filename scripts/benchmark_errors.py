@@ -6,7 +6,8 @@
 Each case runs `sample.py` in a fresh process and times it from start to exit (the error line is its last act):
 a bad config value (`steps=four`), a truncated ControlNet (the first entry of `control:` with its weights cut in
 half) and a prompt of 700 words. The models' load is timed two ways in a fresh process: from start until the
-pipeline has loaded (imports and checks included: what a user waits for), and the loading call alone. Medians of `--repeats`.
+pipeline has loaded (imports and checks included: what a user waits for), and the loading call alone. Medians of
+`--repeats`.
 """
 
 import argparse

@@ -218,9 +218,11 @@ BAD_VALUES = [
     ("O37 face.steps 10^5", ["stages=[t2v,face]", "face.detector=dlib", "face.steps=100000"],
      "face.steps: 100000 must be >= 1 and <= 1000"),
     ("O38 context.length 10^5", ["context={length: 100000, overlap: 4}"], "context.length: 100000 must be at least 1"),
-    ("I7 class_words a list", ["identities=[tinyperson]", "prompts=['a photo of {id}']", "class_words={tinyperson: [1, 2]}"],
+    ("I7 class_words a list", ["identities=[tinyperson]", "prompts=['a photo of {id}']",
+     "class_words={tinyperson: [1, 2]}"],
      "class_words.tinyperson: [1, 2] is not a class word"),
-    ("O23 class_words a mapping", ["identities=[tinyperson]", "prompts=['a photo of {id}']", "class_words={tinyperson: {a: 1}}"],
+    ("O23 class_words a mapping", ["identities=[tinyperson]", "prompts=['a photo of {id}']",
+     "class_words={tinyperson: {a: 1}}"],
      "class_words.tinyperson: {'a': 1} is not a class word"),
 ]
 
