@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     quiet_libraries()
     from magicme.errors import ConfigError
+    from magicme.limits import MAX_UPLOAD_MB
 
     try:
         from magicme.webapp.ui import App, build_ui
@@ -46,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     page = build_ui(app)
     page.queue().launch(server_name=args.host, server_port=args.port, share=args.share,
-                        allowed_paths=app.served_folders(), show_error=False, footer_links=[])
+                        allowed_paths=app.served_folders(), show_error=False, footer_links=[],
+                        max_file_size=f"{MAX_UPLOAD_MB}mb")
     return 0
 
 

@@ -1,8 +1,10 @@
 """Model doctor: the whole-table view of the inspector (magicme/inspector.py) for scripts/check_models.py.
 
-The inspector checks a `model:` block from file headers; the doctor adds each configured stage's own checks (the
-CLIPSeg model of a clipseg Face VCD stage, the upscaler file of a Tiled VCD stage, their settings) and the optional
-extras under models/, and reports everything instead of stopping at the first failure, as sample.py does.
+The inspector checks a `model:` block from file headers; the doctor adds each configured stage's own checks, the
+`control:` and `sparse_control:` entries, a row for every other model the run loads (`schema.model_files`: each
+ControlNet, preprocessor and person segmenter, SparseCtrl, Face VCD's CLIPSeg, Tiled VCD's upscaler, from their
+headers as sample.py inspects them) and the optional extras under models/, and reports everything instead of stopping
+at the first failure, as sample.py does.
 """
 
 from collections.abc import Mapping
@@ -10,8 +12,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from magicme.inspector import FAIL, OK, Report, inspect_extras, inspect_model
-from magicme.schema import stage_problems
+from magicme.control.settings import control_problems
+from magicme.control.sparse import sparse_problems
+from magicme.inspector import FAIL, OK, Report, inspect_extras, inspect_files, inspect_model
+from magicme.schema import model_files, stage_problems
 
 
 def check_models(model: Mapping, models_dir: Path | str = "models", extras: bool = True) -> Report:
@@ -24,12 +28,15 @@ def check_models(model: Mapping, models_dir: Path | str = "models", extras: bool
 
 def check_sample_config(cfg: DictConfig, models_dir: Path | str = "models") -> Report:
     """Everything a sampling config needs: its `model:` block, what each configured stage checks (magicme/stages/),
-    and the optional extras."""
+    the control entries, every other model the run loads, and the optional extras."""
     report = check_models(cfg.model, models_dir)
     problems = stage_problems(cfg)
-    for problem in problems:
+    guidance = control_problems(cfg) + sparse_problems(cfg)
+    for problem in problems + guidance:
         key, _, detail = problem.partition(": ")
         report.add(key, "-", FAIL, detail)
     if not problems:
         report.add("stages", "-", OK, f"{', '.join(cfg.stages)}: settings and files checked")
+    if not problems and not guidance:
+        inspect_files(model_files(cfg), report)
     return report

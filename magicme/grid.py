@@ -61,6 +61,11 @@ def requested_names(identities, available: dict[str, Path], embeddings_dir) -> l
 
 def resolve_identities(cfg: DictConfig) -> dict[str, str] | None:
     """{name: class word} of the grid's identities in grid order, or None without `identities:`."""
+    for name, word in cfg.class_words.items():
+        if not isinstance(word, str):
+            value = OmegaConf.to_container(word) if OmegaConf.is_config(word) else word
+            raise ConfigError(f"class_words.{name}: {value!r} is not a class word; write class_words: {{{name}: "
+                              "woman}} (or man, person, ...)")
     if cfg.identities is None:
         if cfg.class_words:
             raise ConfigError("class_words: only used with identities; set identities or remove class_words")

@@ -16,7 +16,9 @@ costs no torch or diffusers. What is checked:
   must target weights that module has, with a strength in [0, 2];
 - image LoRAs (`model.loras`): readable LoRA files of an SD1.5 UNet/text encoder, strength in [0, 2];
 - embeddings: each identity has tokens, finite values and the text encoder's width (SD-XL: `clip_l` and `clip_g`
-  with both encoders' widths), and no two names differ only by case (both would become the same lower-case token).
+  with both encoders' widths), and no two names differ only by case (both would become the same lower-case token);
+- every other model a run loads (`inspect_files`: ControlNets and SparseCtrl, CLIPSeg, depth / pose preprocessors,
+  upscalers; listed by `magicme.schema.model_files`): config.json and every weights file's header.
 """
 
 import json
@@ -805,6 +807,49 @@ def inspect_embeddings(folder: Path | str | None, names: list[str] | None, text_
     if shapes:
         report.add(item, folder, OK, f"{len(shapes)} identities ({', '.join(sorted(set(shapes)))})")
     return selected
+
+
+def inspect_model_folder(report: Report, item: str, folder: Path | str, what: str) -> None:
+    """A diffusers or transformers model folder a run loads besides the `model:` block (ControlNet, SparseCtrl,
+    CLIPSeg, a depth or pose preprocessor): a readable config.json, and every weights file read from its header (a
+    pickled `.bin` through the safe reader), so a truncated, empty or code-carrying file fails before loading."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        report.add(item, folder, FAIL, f"not a folder; give the {what} model folder")
+        return
+    try:
+        _read_json(folder / "config.json")
+    except ConfigError as err:
+        report.fail(item, folder / "config.json", err)
+        return
+    shapes = _check_weights(report, item, folder)
+    if shapes is not None:
+        report.add(item, folder, OK, f"{what}: {len(shapes)} tensors")
+
+
+def inspect_model_file(report: Report, item: str, path: Path | str, what: str) -> None:
+    """A single model file (a ControlNet in the original layout, an upscaler) from its header or the safe reader."""
+    try:
+        shapes = tensor_shapes(path)
+    except ConfigError as err:
+        report.fail(item, path, err)
+        return
+    if not shapes:
+        report.add(item, path, FAIL, f"holds no tensors; not a {what} file")
+    else:
+        report.add(item, path, OK, f"{what}: {len(shapes)} tensors")
+
+
+def inspect_files(files: Iterable[tuple[str, str, str]], report: Report | None = None) -> Report:
+    """Inspect `(config key, path, what)` of every model a run loads besides its `model:` block; a folder is a
+    model folder, a file a single model file."""
+    report = Report() if report is None else report
+    for item, path, what in files:
+        if Path(path).is_dir():
+            inspect_model_folder(report, item, path, what)
+        else:
+            inspect_model_file(report, item, path, what)
+    return report
 
 
 def inspect_extras(report: Report, models_dir: Path | str) -> None:

@@ -15,10 +15,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from magicme.errors import ConfigError
 from magicme.naming import describe_changes, file_fingerprints, name_samples, resumed_seeds, setting_changes
-from magicme.rundir import RunLock, check_output_dir, make_run_dir, move_aside, remove_stale_temp_files
+from magicme.rundir import RunLock, check_output_dir, is_lock_file, make_run_dir, move_aside, remove_stale_temp_files
 from magicme.schema import expand_samples, load_sample_config
 from magicme.stages import Sample
-from magicme.video_io import atomic_path
+from magicme.video_io import atomic_path, is_temp_file
 
 log = logging.getLogger("magicme")
 CONFIG_NAME = "config.yaml"
@@ -51,10 +51,10 @@ class RunFolder:
     def resumed(self, cfg: DictConfig, samples: list[Sample]) -> list[Sample]:
         saved_path = self.path / CONFIG_NAME
         if not saved_path.is_file():
-            leftover = sorted(p.name for p in self.path.iterdir() if not p.name.startswith("."))
+            leftover = sorted(p.name for p in self.path.iterdir() if not (is_lock_file(p.name) or is_temp_file(p.name)))
             if leftover:
                 raise ConfigError(f"--run-dir: {self.path} holds {leftover[0]} but no {CONFIG_NAME}, so it is no run "
-                                  "folder of sample.py; give a new or empty folder")
+                                  "folder of sample.py (one holds sample.py's files only); give a new or empty folder")
             return samples
         saved = load_sample_config(saved_path)
         stored_path = self.path / FILES_NAME

@@ -2,6 +2,7 @@
 processes never write into one run folder, and moving a folder aside instead of deleting it."""
 
 import os
+import re
 from datetime import datetime
 from pathlib import Path
 
@@ -102,11 +103,19 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def is_lock_file(name: str) -> bool:
+    """`.lock` and the `.lock.<pid>` file a lock is taken through."""
+    return name == LOCK_NAME or re.fullmatch(re.escape(LOCK_NAME) + r"\.\d+", name) is not None
+
+
 def remove_stale_temp_files(folder: Path | str) -> int:
-    """Delete the `.name.XXXX.suffix` temp files an interrupted atomic write left (see video_io.atomic_path)."""
+    """Delete the temp files an interrupted atomic write left: exactly the names `video_io.atomic_path` makes
+    (`is_temp_file`), never any other file, hidden or not."""
+    from magicme.video_io import is_temp_file  # video_io imports numpy and PIL; this module stays import-light
+
     removed = 0
     for path in Path(folder).rglob(".*"):
-        if path.is_file() and not path.name.startswith(LOCK_NAME) and path.name.count(".") >= 2:
+        if path.is_file() and not path.is_symlink() and is_temp_file(path.name):
             path.unlink()
             removed += 1
     return removed

@@ -8,8 +8,10 @@ and the models have loaded, so a bad config leaves nothing behind.
 """
 
 import contextlib
+import glob
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -23,9 +25,10 @@ from magicme import manifest
 from magicme.context import ContextSettings
 from magicme.evaluation.runs import FILE_PREFERENCE
 from magicme.devices import resolve_device
+from magicme.errors import ConfigError
 from magicme.families import get_family
 from magicme.freeu import install_freeu
-from magicme.prompts import keyframes
+from magicme.prompt_length import count_prompt_tokens
 from magicme.resume import RunFolder
 from magicme.schema import check_sample_config, load_sample_config, prompt_tokens, resolved_config
 from magicme.sharding import Launch, assign, sample_cost
@@ -82,16 +85,10 @@ def first_stage_video(run_dir: Path, record: dict) -> np.ndarray:
 
 
 def count_tokens(pipe, samples: list[Sample]) -> dict[str, int]:
-    """Token count of every prompt text (identities expanded; each keyframe of a travelling prompt); too long a
-    prompt is an error now, before anything is written. Nothing is cut: long prompts are encoded in chunks
-    (magicme/prompt_encoding.py)."""
-    counts = {}
-    for s in samples:
-        for key, prompt in (("prompt", s.prompt), ("negative_prompt", s.negative_prompt)):
-            for text in keyframes(prompt).values():
-                if text not in counts:
-                    counts[text] = pipe.prompts.check_length(text, f"prompts: the {key} {text[:40]!r}…")
-    return counts
+    """Token count of every prompt text by the loaded pipeline's encoder (checked before loading already, from the
+    tokenizer files: magicme/prompt_length.py; a Hub base is checked here, before anything is written). Nothing is
+    cut: long prompts are encoded in chunks (magicme/prompt_encoding.py)."""
+    return count_prompt_tokens(pipe.prompts, samples)
 
 
 def load_pipeline(cfg: DictConfig, embeddings: dict[str, Path], device):
@@ -146,7 +143,8 @@ def run_sampling(config_path: Path | str | None, overrides: list[str] | None = N
                    {"attention_kernel": kernel or cfg.attention})
         launch.wait_for_everyone()
         if launch.is_main:
-            finish_run(out, cfg, samples)
+            with writing(out):
+                finish_run(out, cfg, samples)
     finally:
         folder.release()
     return out
@@ -173,10 +171,11 @@ def start_run(folder: RunFolder, cfg: DictConfig, samples: list[Sample], tokens:
     resolved = resolved_config(cfg, samples, tokens)
     if kernel is not None:
         resolved.sdpa_backend = kernel
-    out = folder.open(cfg, resolved, stem)
-    for stage in stages:
-        stage.save_inputs(out)
-    manifest.merge(out, samples)
+    with writing(Path(folder.path or cfg.output_dir)):
+        out = folder.open(cfg, resolved, stem)
+        for stage in stages:
+            stage.save_inputs(out)
+        manifest.merge(out, samples)
     done = manifest.finished_videos(out, manifest.read_records(out))
     todo = [i for i, sample in enumerate(samples) if not manifest.finished(sample, done)]
     if len(todo) < len(samples):
@@ -197,18 +196,39 @@ def render(pipe, cfg: DictConfig, stages: list[Stage], samples: list[Sample], to
                 video, info = stage(pipe, video, sample, generator)
                 seconds = time.perf_counter() - start
                 stem = stage.output_stem(sample)
-                files = write_video(out / stem, video, cfg.fps, tuple(cfg.formats))
-                if cfg.save_frames:
-                    files["frames"] = write_frames(out / stem, video)
-                shard.append({
-                    "index": sample.index, "name": stem, "hash": sample.stage_hash(stage.name),
-                    "identity": sample.identity, "prompt": sample.prompt, "negative_prompt": sample.negative_prompt,
-                    "seed": sample.seed, "gamma": sample.gamma, "tokens": prompt_tokens(sample.prompt, tokens),
-                    "stage": stage.name, "files": files, "frames": int(video.shape[0]),
-                    "height": int(video.shape[1]), "width": int(video.shape[2]), "fps": cfg.fps,
-                    "seconds": round(seconds, 3), **run_info, **info})
+                with writing(out, stem):
+                    files = write_video(out / stem, video, cfg.fps, tuple(cfg.formats))
+                    if cfg.save_frames:
+                        files["frames"] = write_frames(out / stem, video)
+                    shard.append({
+                        "index": sample.index, "name": stem, "hash": sample.stage_hash(stage.name),
+                        "identity": sample.identity, "prompt": sample.prompt, "negative_prompt": sample.negative_prompt,
+                        "seed": sample.seed, "gamma": sample.gamma, "tokens": prompt_tokens(sample.prompt, tokens),
+                        "stage": stage.name, "files": files, "frames": int(video.shape[0]),
+                        "height": int(video.shape[1]), "width": int(video.shape[2]), "fps": cfg.fps,
+                        "seconds": round(seconds, 3), **run_info, **info})
     finally:
         shard.close()
+
+
+@contextlib.contextmanager
+def writing(out: Path, stem: str | None = None):
+    """An OSError while writing (disk full, permissions) is one `ConfigError` naming the run folder; the files of
+    the half-written sample `stem` are removed (its record is not written), so `--run-dir` renders it again; nothing
+    else of the run is touched."""
+    try:
+        yield
+    except OSError as err:
+        if stem is not None:
+            for path in [*out.glob(f"{glob.escape(stem)}.*"), out / stem]:
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+        what = f"the files of {stem}" if stem is not None else "the run's files"
+        raise ConfigError(f"{out}: cannot write {what} ({err.strerror or type(err).__name__}); free space or fix "
+                          f"the folder's permissions, then run again with --run-dir {out}: finished samples are "
+                          "kept") from err
 
 
 def finish_run(out: Path, cfg: DictConfig, samples: list[Sample]) -> None:

@@ -6,9 +6,11 @@ A config is a YAML file (configs/sample/example.yaml lists every key) merged ove
 diffusers, so a typo is reported in a fraction of a second.
 
 `check_sample_config` then checks, in order of cost: every value and range, the stages' settings, the output folder,
-the prompts' identity references; the device; every model file from its headers (magicme/inspector.py) and the
-identities' vectors; last, what needs the family's libraries (the scheduler). The first problem raises one
-`ConfigError` naming the key or file. Relative paths are relative to the directory you run from.
+the prompts' identity references; the device; every model file from its headers (magicme/inspector.py: the
+`model:` block's and every other model the run loads, `model_files`) and the identities' vectors; what needs the
+family's libraries (the scheduler); last, the prompts' token counts from the base's tokenizer files
+(magicme/prompt_length.py). The first problem raises one `ConfigError` naming the key or file. Relative paths are
+relative to the directory you run from.
 """
 
 import random
@@ -19,10 +21,11 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from magicme.configfile import load_structured
-from magicme.control.settings import control_problems
-from magicme.control.sparse import motion_problem, sparse_problems
+from magicme.control.settings import control_entries, control_problems
+from magicme.control.sparse import motion_problem, sparse_problems, sparse_settings
 from magicme.errors import ConfigError
 from magicme.grid import fill_prompt, placeholder_problem, resolve_identities
+from magicme.limits import MAX_FPS, MAX_FRAMES, MAX_SIZE, MAX_STEPS
 from magicme.prompt_weights import WEIGHTINGS, weighting_problems
 from magicme.prompts import Prompt, keyframes, malformed_references, referenced_names
 from magicme.rundir import check_output_dir
@@ -183,12 +186,14 @@ def video_problems(v: DictConfig, prefix: str = "", random_seeds: bool = True) -
     lowest_seed = -1 if random_seeds else 0
     checks = [
         (v.model.family in FAMILIES, f"{prefix}model.family: {v.model.family!r} is not one of {', '.join(FAMILIES)}"),
-        (v.steps >= 1, f"{prefix}steps: {v.steps} must be at least 1"),
+        (1 <= v.steps <= MAX_STEPS, f"{prefix}steps: {v.steps} must be at least 1 and at most {MAX_STEPS}"),
         (v.guidance_scale >= 0, f"{prefix}guidance_scale: {v.guidance_scale} must be >= 0"),
-        (v.frames >= 1, f"{prefix}frames: {v.frames} must be at least 1"),
-        (v.width >= 8 and v.width % 8 == 0, f"{prefix}width: {v.width} must be a positive multiple of 8"),
-        (v.height >= 8 and v.height % 8 == 0, f"{prefix}height: {v.height} must be a positive multiple of 8"),
-        (v.fps >= 1, f"{prefix}fps: {v.fps} must be at least 1"),
+        (1 <= v.frames <= MAX_FRAMES, f"{prefix}frames: {v.frames} must be at least 1 and at most {MAX_FRAMES}"),
+        (8 <= v.width <= MAX_SIZE and v.width % 8 == 0,
+         f"{prefix}width: {v.width} must be a positive multiple of 8, at most {MAX_SIZE}"),
+        (8 <= v.height <= MAX_SIZE and v.height % 8 == 0,
+         f"{prefix}height: {v.height} must be a positive multiple of 8, at most {MAX_SIZE}"),
+        (1 <= v.fps <= MAX_FPS, f"{prefix}fps: {v.fps} must be at least 1 and at most {MAX_FPS}"),
         (0.0 <= v.gamma < 1.0, f"{prefix}gamma: {v.gamma} not in [0, 1)"),
         (len(v.seeds) > 0 and all(lowest_seed <= s < MAX_SEED for s in v.seeds),
          f"{prefix}seeds: {list(v.seeds)} must be one or more integers in [0, 2^32)"
@@ -228,9 +233,10 @@ def run_problems(cfg: DictConfig) -> list[str]:
     context, freeu = cfg.context, cfg.freeu
     checks = [
         (freeu is None or freeu.version in (1, 2), f"freeu.version: {freeu and freeu.version} is not 1 or 2"),
-        (freeu is None or min(freeu.b1, freeu.b2, freeu.s1, freeu.s2) >= 0,
+        (freeu is None or all(x >= 0 for x in (freeu.b1, freeu.b2, freeu.s1, freeu.s2)),
          "freeu: b1, b2, s1 and s2 must be >= 0 (1 = unchanged)"),
-        (context is None or context.length >= 1, f"context.length: {context and context.length} must be at least 1"),
+        (context is None or 1 <= context.length <= MAX_FRAMES,
+         f"context.length: {context and context.length} must be at least 1 and at most {MAX_FRAMES}"),
         (context is None or 0 <= context.overlap < context.length,
          f"context.overlap: {context and context.overlap} must be in [0, context.length)"),
         (cfg.precision in PRECISIONS, f"precision: {cfg.precision!r} is not one of {', '.join(PRECISIONS)}"),
@@ -245,7 +251,13 @@ def run_problems(cfg: DictConfig) -> list[str]:
         (len(cfg.formats) > 0 and all(f in FORMATS for f in cfg.formats),
          f"formats: {list(cfg.formats)} must be one or more of {', '.join(FORMATS)}"),
     ]
-    return [message for ok, message in checks if not ok]
+    return [message for ok, message in checks if not ok] + stage_size_problems(cfg)
+
+
+def stage_size_problems(cfg: DictConfig) -> list[str]:
+    """A stage's pixel sizes (`face.size`, `tiled.tile`: any `size` or `tile` of a stage block) at most MAX_SIZE."""
+    return [f"{name}.{key}: {cfg[name][key]} is more than {MAX_SIZE} px" for name in STAGES if name in cfg
+            for key in ("size", "tile") if isinstance(cfg[name].get(key), int) and cfg[name][key] > MAX_SIZE]
 
 
 def prompt_value(value, where: str, cfg: DictConfig, empty_ok: bool) -> Prompt:
@@ -367,6 +379,27 @@ def check_model(model: DictConfig, frames: int | None, prompts: list[str], prefi
     return info, {name: embeddings[name] for name in names}
 
 
+def model_files(cfg: DictConfig) -> list[tuple[str, str, str]]:
+    """(config key, path, what) of every model the run loads besides its `model:` block — each control entry's
+    ControlNet, preprocessor and person segmenter, SparseCtrl, Face VCD's CLIPSeg, Tiled VCD's upscaler file — for
+    the inspector (`inspect_files`); run after `check_settings`."""
+    files = []
+    for entry in control_entries(cfg):
+        files.append((f"{entry.key}.model", entry.model, "ControlNet"))
+        if entry.preprocessor is not None:
+            files.append((f"{entry.key}.preprocessor", entry.preprocessor, f"{entry.type} preprocessor"))
+        if entry.person is not None:
+            files.append((f"{entry.key}.person", entry.person, "CLIPSeg"))
+    sparse = sparse_settings(cfg)
+    if sparse is not None:
+        files.append(("sparse_control.model", sparse.model, "SparseCtrl"))
+    if "face" in cfg.stages and cfg.face.get("detector") == "clipseg":
+        files.append(("face.clipseg_model", cfg.face.clipseg_model, "CLIPSeg"))
+    if "tiled" in cfg.stages and cfg.tiled.upscaler != "lanczos":
+        files.append(("tiled.upscaler", cfg.tiled.upscaler, "upscaler"))
+    return files
+
+
 def check_settings(cfg: DictConfig) -> list[Sample]:
     """The checks that need no file header and no heavy library (a fraction of a second); returns the samples."""
     _first(video_problems(cfg) + stage_problems(cfg) + run_problems(cfg) + control_problems(cfg)
@@ -418,6 +451,9 @@ def check_sample_config(cfg: DictConfig) -> tuple[list[Sample], dict[str, Path]]
     prompts = [text for s in samples for p in (s.prompt, s.negative_prompt) for text in keyframes(p).values()]
     frames_at_once = cfg.frames if cfg.context is None else min(cfg.frames, cfg.context.length)
     info, embeddings = check_model(cfg.model, frames_at_once, prompts, context=cfg.context is not None)
+    from magicme.inspector import inspect_files
+
+    inspect_files(model_files(cfg)).raise_first()
     stage_schedulers = {f"{name}.scheduler": cfg[name].scheduler for name in cfg.stages
                         if name in cfg and cfg[name].get("scheduler") is not None}
     family = get_family(cfg.model.family)
@@ -429,6 +465,9 @@ def check_sample_config(cfg: DictConfig) -> tuple[list[Sample], dict[str, Path]]
                           "docs/control.md); remove sparse_control")
     _first([p for p in [motion_problem(cfg, info.motion.version if info.motion is not None else None)] if p])
     family.check(cfg.model, stage_schedulers, denoise_schedules(cfg))
+    from magicme.prompt_length import check_prompt_lengths
+
+    check_prompt_lengths(cfg, samples, embeddings)
     return samples, embeddings
 
 

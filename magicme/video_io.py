@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,15 +15,26 @@ from magicme.errors import ConfigError
 from magicme.images import IMAGE_SUFFIXES, image_files, read_image
 
 
+TEMP_MARK = ".magicme-tmp"  # in every temp name atomic_path makes, so cleanup can never mistake a user's file for one
+# `.<stem>.<8 random characters of mkstemp><TEMP_MARK><suffix>`: the exact names atomic_path makes, and no other
+TEMP_NAME = re.compile(r"\..*\.[a-z0-9_]{8}" + re.escape(TEMP_MARK) + r"(\.[^.]+)?")
+
+
+def is_temp_file(name: str) -> bool:
+    """Whether a file name is one of atomic_path's temporary files (left behind by a killed write)."""
+    return TEMP_NAME.fullmatch(name) is not None
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
 
-    A crash or error mid-write never leaves a half-written file under the final name.
+    A crash or error mid-write never leaves a half-written file under the final name. The temporary file keeps the
+    final suffix (writers pick their format by it) and carries TEMP_MARK (`is_temp_file`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=TEMP_MARK + path.suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     umask = os.umask(0)

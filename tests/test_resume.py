@@ -9,6 +9,7 @@ import pytest
 
 import sample
 from magicme.stages import STAGES, Stage
+from magicme.video_io import TEMP_MARK
 from tests.test_sampling import write_config
 
 
@@ -79,7 +80,7 @@ def test_killed_and_resumed_equals_uninterrupted_and_renders_nothing_twice(tmp_p
         run(config, killed)
     assert count_stage.calls == [0, 1, 2]
     (killed / ".lock").write_text("999999999")  # what a kill -9 leaves: a lock whose owner is gone …
-    (killed / ".a-photo-of-x.q1w2e3.mp4").write_bytes(b"half")  # … and a temp file of an interrupted write
+    (killed / f".a-photo-of-x.q1w2e3r4{TEMP_MARK}.mp4").write_bytes(b"half")  # … and an interrupted write's temp file
     count_stage.calls, count_stage.crash_at = [], None
     assert run(config, killed) == 0
     assert count_stage.calls == [2, 3]  # the finished samples 0 and 1 are not rendered again; the random seed kept

@@ -38,8 +38,9 @@ def test_stale_temp_files_are_removed_and_the_lock_kept(tmp_path):
     with pytest.raises(RuntimeError):
         with atomic_path(tmp_path / "video.mp4") as tmp:
             tmp.write_bytes(b"half")
-            os.link(tmp, tmp_path / ".video.abc123.mp4")  # what a killed process leaves behind
+            os.link(tmp, tmp_path / "kept-aside")
             raise RuntimeError
+    os.rename(tmp_path / "kept-aside", tmp)  # the temp file as a killed process leaves it (no `finally` ran)
     (tmp_path / "kept.mp4").write_bytes(b"done")
     with RunLock(tmp_path):
         assert remove_stale_temp_files(tmp_path) == 1

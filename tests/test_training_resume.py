@@ -13,6 +13,7 @@ from magicme.checkpoint_io import load_checkpoint, save_torch
 from magicme.embeddings import load_embedding_file
 from magicme.rundir import RunLock
 from magicme.training import trainer
+from magicme.video_io import TEMP_MARK
 from tests.test_training import error_line, photos, write_train_config  # noqa: F401 (a fixture)
 
 
@@ -181,8 +182,9 @@ def test_one_trainer_per_run_folder(tmp_path, run, capsys, monkeypatch):
 
 def test_resume_removes_the_temp_files_of_an_interrupted_run(run):
     config, run_dir = run
-    leftovers = [run_dir / "checkpoints" / ".state-step-6.k2j4l5m6.pt", run_dir / ".loss_curve.a8b7c6d5.png",
-                 run_dir / "samples" / "step-6" / ".0000-a-photo-q1w2e3r4.gif"]
+    leftovers = [run_dir / "checkpoints" / f".state-step-6.k2j4l5m6{TEMP_MARK}.pt",  # atomic_path's names
+                 run_dir / f".loss_curve.a8b7c6d5{TEMP_MARK}.png",
+                 run_dir / "samples" / "step-6" / f".0000-a-photo.q1w2e3r4{TEMP_MARK}.gif"]
     for path in leftovers:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"half written")

@@ -12,7 +12,7 @@ import torch
 from transformers import AutoImageProcessor, AutoModel, CLIPModel, CLIPTokenizer
 
 from magicme.errors import ConfigError
-from magicme.inspector import is_hub_id
+from magicme.inspector import inspect_files, is_hub_id
 from magicme.video_io import to_uint8
 
 
@@ -48,9 +48,11 @@ def frame_indices(total: int, k: int) -> list[int]:
 
 
 def check_model_path(key: str, value: str) -> None:
-    """A local folder, or a Hub id the user wrote (the only case where we go online)."""
+    """A local folder (every weights file inspected from its header), or a Hub id the user wrote (the only case where
+    we go online)."""
     path = Path(value)
     if path.is_dir() and (path / "config.json").is_file():
+        inspect_files([(key, value, f"{key} model")]).raise_first()
         return
     if is_hub_id(value):
         return

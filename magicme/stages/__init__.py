@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from magicme.limits import MAX_STEPS
 from magicme.prompts import Prompt, keyframes, slug
 from magicme.steps import schedule_problems, scheduler_block_problems
 
@@ -142,7 +143,8 @@ def denoise_problems(key: str, settings, run_steps: int) -> list[str]:
     (null = the run's or the sample's value) and scheduler block, and the schedule they make (magicme/steps.py)."""
     checks = [
         (0.0 <= settings.strength <= 1.0, f"{key}.strength: {settings.strength} not in [0, 1]"),
-        (settings.steps is None or settings.steps >= 1, f"{key}.steps: {settings.steps} must be >= 1"),
+        (settings.steps is None or 1 <= settings.steps <= MAX_STEPS,
+         f"{key}.steps: {settings.steps} must be >= 1 and <= {MAX_STEPS}"),
         (settings.guidance_scale is None or settings.guidance_scale >= 0,
          f"{key}.guidance_scale: {settings.guidance_scale} must be >= 0"),
         (settings.gamma is None or 0.0 <= settings.gamma < 1.0, f"{key}.gamma: {settings.gamma} not in [0, 1)"),

@@ -15,10 +15,11 @@ from omegaconf import DictConfig, OmegaConf
 from magicme.configfile import load_structured
 from magicme.errors import ConfigError
 from magicme.families import get_family
-from magicme.inspector import inspect_base
+from magicme.inspector import inspect_base, inspect_files
 from magicme.prompt_weights import weighting_problems
 from magicme.prompts import ID_PLACEHOLDER
 from magicme.images import IMAGE_SUFFIXES, image_files
+from magicme.limits import MAX_SIZE, MAX_TRAIN_STEPS
 from magicme.rundir import check_output_dir
 from magicme.schema import MAX_SEED, VideoSettings, check_model, video_problems
 from magicme.speed import compile_backend_problem
@@ -227,11 +228,11 @@ def validate_train_config(cfg: DictConfig, rng: random.Random | None = None) -> 
         value = OmegaConf.select(cfg, key)
         _check(0.0 <= value <= 1.0, f"{key}: {value} not in [0, 1]")
     check_family(cfg)
-    _check(cfg.resolution >= 64 and cfg.resolution % 8 == 0,
-           f"resolution: {cfg.resolution} must be a multiple of 8, at least 64")
+    _check(64 <= cfg.resolution <= MAX_SIZE and cfg.resolution % 8 == 0,
+           f"resolution: {cfg.resolution} must be a multiple of 8, at least 64 and at most {MAX_SIZE}")
     _check(cfg.lr > 0, f"lr: {cfg.lr} must be > 0")
     _check(cfg.batch_size >= 1, f"batch_size: {cfg.batch_size} must be >= 1")
-    _check(cfg.max_steps >= 1, f"max_steps: {cfg.max_steps} must be >= 1")
+    _check(1 <= cfg.max_steps <= MAX_TRAIN_STEPS, f"max_steps: {cfg.max_steps} must be >= 1 and <= {MAX_TRAIN_STEPS:,}")
     _check(cfg.checkpoint_every >= 1, f"checkpoint_every: {cfg.checkpoint_every} must be >= 1")
     for key in ("noise_offset", "weight_decay", "augment.rotate_sigma"):
         _check(OmegaConf.select(cfg, key) >= 0, f"{key}: {OmegaConf.select(cfg, key)} must be >= 0")
@@ -256,6 +257,7 @@ def validate_train_config(cfg: DictConfig, rng: random.Random | None = None) -> 
                                     f"tokens); this text encoder has {vocab}; set init to a word such as the class word")
     _check(Path(cfg.model.clipseg, "config.json").is_file(),
            f"model.clipseg: no CLIPSeg model in {cfg.model.clipseg}; run download_checkpoint.sh --only clipseg")
+    inspect_files([("model.clipseg", cfg.model.clipseg, "CLIPSeg")]).raise_first()  # every weights file's header
     _check(cfg.validation.every >= 0, f"validation.every: {cfg.validation.every} must be >= 0 (0 = never)")
     if cfg.validation.every > 0:
         v = cfg.validation

@@ -8,14 +8,17 @@ and its saved config.yaml reproduces it. Bad input is one `ConfigError` whose te
 
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from magicme.errors import ConfigError
-from magicme.images import IMAGE_SUFFIXES
+from magicme.images import IMAGE_SUFFIXES, read_image
+from magicme.limits import MAX_UPLOAD_MB
 from magicme.prompts import ID_PLACEHOLDER
+from magicme.rundir import move_aside
 from magicme.schema import check_settings, load_sample_config
 
 NO_IDENTITY = "(none)"
@@ -119,6 +122,7 @@ def edit_config(config_path: Path | str, form: VideoForm, video: str | None, str
     """Re-render an uploaded clip with the identity (the edit stage: `input_video` at `input_strength`)."""
     if not video:
         raise ConfigError("video: no clip uploaded; upload an MP4 or GIF to edit")
+    check_upload_size(video, "video")
     return video_config(config_path, form, ["edit"], {"input_video": str(video),
                                                       "input_strength": real(strength, "strength")})
 
@@ -131,9 +135,17 @@ def check_identity_name(name: str | None) -> str:
     return name
 
 
+def check_upload_size(path: Path | str, key: str) -> None:
+    """An uploaded file larger than MAX_UPLOAD_MB is refused (the page's own limit stops it earlier: app.py)."""
+    size = Path(path).stat().st_size
+    if size > MAX_UPLOAD_MB * 1024 * 1024:
+        raise ConfigError(f"{key}: {Path(path).name} is {size / 2**20:.0f} MB, more than {MAX_UPLOAD_MB} MB; upload a "
+                          "smaller file")
+
+
 def check_photos(paths: list[str] | None) -> list[Path]:
-    """The uploaded photos: at least one, each with an image suffix (their pixels are checked when the training
-    config is, as train.py checks them)."""
+    """The uploaded photos: at least one, each with an image suffix, at most MAX_UPLOAD_MB, and each decoded (a text
+    file named `.png`, a broken image or a decompression bomb is an error) before anything is stored."""
     photos = [Path(p) for p in paths or []]
     if not photos:
         raise ConfigError(f"photos: none uploaded; upload {RECOMMENDED_PHOTOS[0]}-{RECOMMENDED_PHOTOS[1]} photos of "
@@ -142,6 +154,12 @@ def check_photos(paths: list[str] | None) -> list[Path]:
         if photo.suffix.lower() not in IMAGE_SUFFIXES:
             raise ConfigError(f"photos: {photo.name} is not an image ({', '.join(IMAGE_SUFFIXES)}); upload photos "
                               "only")
+        check_upload_size(photo, "photos")
+    for photo in photos:
+        try:
+            read_image(photo, "photo")
+        except ConfigError as err:
+            raise ConfigError(f"photos: {photo.name}: {str(err).removeprefix(f'{photo}: ')}") from None
     return photos
 
 
@@ -152,13 +170,20 @@ def photo_advice(count: int) -> str:
 
 
 def store_photos(photos: list[Path], folder: Path) -> Path:
-    """Copy the uploads into the identity's photo folder (its `images_dir`), replacing what an earlier upload put
-    there, so a resumed training finds the same photos."""
+    """Copy the uploads (checked: `check_photos`) into the identity's photo folder (its `images_dir`), so a resumed
+    training finds the same photos. The new folder is written beside it and renamed into place whole; a different
+    earlier upload there is moved aside to `<name>.old-<time>`, never deleted."""
+    names = [f"{i:02d}-{photo.name}" for i, photo in enumerate(photos)]
+    if folder.is_dir() and sorted(p.name for p in folder.iterdir()) == sorted(names) and all(
+            (folder / name).read_bytes() == photo.read_bytes() for name, photo in zip(names, photos)):
+        return folder  # the same upload again (Show masks, then Train)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    for name, photo in zip(names, photos):
+        shutil.copyfile(photo, staging / name)
     if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    for i, photo in enumerate(photos):
-        shutil.copyfile(photo, folder / f"{i:02d}-{photo.name}")
+        move_aside(folder)
+    staging.rename(folder)
     return folder
 
 

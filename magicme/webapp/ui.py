@@ -104,7 +104,8 @@ class App:
 
     def train_config(self, photos, name, class_word, steps, resume: bool):
         """The checked training config and decoded photos. A new training stores the uploads as the identity's
-        photo folder; a resumed one reads that folder again."""
+        photo folder once every one of them decodes (an earlier upload there is moved aside, never deleted); a
+        resumed one reads that folder again."""
         name = forms.check_identity_name(name)
         folder = self.photo_folder(name)
         if resume:
