@@ -174,6 +174,8 @@ def test_t2v_face_tiled_end_to_end_then_edit_the_result(tmp_path, tiny_bundle):
     (["stages=[t2v,face]", "face.crop_shape=round", "face.detector=dlib"],
      "face.crop_shape: 'round' is not one of graph, square"),
     (["stages=[t2v,face]", "face.max_size=4", "face.detector=dlib"], "face.max_size: 4 must be >= 8"),
+    (["stages=[t2v,face]", "face.size=1024", "face.detector=dlib"],
+     "face.max_size: 512 is less than face.size 1024, so no crop could reach its guide size; set face.max_size >= 1024"),
     (["stages=[t2v,face]", "face.clipseg_model=nowhere"], "face.clipseg_model: no CLIPSeg model (config.json + weights) in nowhere"),
     (["stages=[t2v,tiled]", "tiled.strength=1.5"], "tiled.strength: 1.5 not in [0, 1]"),
     (["stages=[t2v,tiled]", "tiled.upscaler=missing.pth"], "tiled.upscaler: missing.pth is neither"),

@@ -73,6 +73,9 @@ class FaceStage(Stage):
             (face.crop_factor >= 1.0, f"face.crop_factor: {face.crop_factor} must be >= 1"),
             (face.size >= 8 and face.size % 8 == 0, f"face.size: {face.size} must be a positive multiple of 8"),
             (face.max_size >= 8, f"face.max_size: {face.max_size} must be >= 8"),
+            (face.crop_shape != "graph" or face.max_size >= face.size,
+             f"face.max_size: {face.max_size} is less than face.size {face.size}, so no crop could reach its guide "
+             f"size; set face.max_size >= {face.size}"),
             (face.crop_shape in CROP_SHAPES, f"face.crop_shape: {face.crop_shape!r} is not one of "
                                              f"{', '.join(CROP_SHAPES)}"),
             (face.feather >= 0, f"face.feather: {face.feather} must be >= 0"),
