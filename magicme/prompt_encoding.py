@@ -70,6 +70,8 @@ class Chunk:
 
 
 def _comfy_chunks(words: Sequence[Word]) -> list[Chunk]:
+    """ComfyUI's `tokenize_with_weights`: a word that does not fit closes the chunk and starts the next one, unless
+    it has MAX_WORD_TOKENS or more tokens: then it fills the chunk and goes on in the next."""
     chunks = [Chunk()]
     for word in words:
         ids = list(word.ids)
@@ -87,6 +89,8 @@ def _comfy_chunks(words: Sequence[Word]) -> list[Chunk]:
 
 
 def _a1111_chunks(words: Sequence[Word], comma: int | None) -> list[Chunk]:
+    """A1111's `tokenize_line`: token by token; a full chunk whose last comma is at most COMMA_BACKTRACK tokens back
+    hands the tokens after it to the next chunk; an identity that does not fit starts the next chunk."""
     chunks, current, last_comma = [], Chunk(), -1
 
     def close() -> None:
