@@ -118,7 +118,7 @@ class MagicPipeline:
             embeds, negative_embeds = self.prompts.encode_pair(positive[0], negative[0])
             yield {"prompt_embeds": embeds, "negative_prompt_embeds": negative_embeds}
             return
-        chunks = max(self.prompts.tokenize(text).chunks for text in [*positive.values(), *negative.values()])
+        chunks = self.prompts.chunks(*positive.values(), *negative.values())  # repeated to their common multiple
         rows = [interpolate([self.prompts.encode(text, chunks) for text in keyed.values()], list(keyed), frames)
                 for keyed in (positive, negative)]
         with per_frame_conditioning(self.t2v.unet, *rows):

@@ -12,6 +12,7 @@ _NAME = r"[A-Za-z0-9_\-]+"
 # `embedding:NAME` with an optional file suffix, as ComfyUI accepts; `<NAME>` as diffusers' placeholder tokens.
 _COMFY_RE = re.compile(rf"embedding:({_NAME})(?:\.(?:pt|safetensors|bin))?")
 _ANGLE_RE = re.compile(rf"<({_NAME})>")
+_REFERENCE_RE = re.compile(f"{_COMFY_RE.pattern}|{_ANGLE_RE.pattern}")
 # what a user meant as an identity reference: `embedding:` and everything up to a space, comma, colon or bracket
 _COMFY_CANDIDATE_RE = re.compile(r"embedding:([^\s,:()\[\]]*)")
 _COMFY_EXACT_RE = re.compile(rf"{_NAME}(?:\.(?:pt|safetensors|bin))?")
@@ -43,6 +44,17 @@ def token_for(name: str) -> str:
 def to_pipeline_prompt(prompt: str) -> str:
     """Rewrite `embedding:NAME` and `<NAME>` as the placeholder token the loaded embedding is registered under."""
     return _ANGLE_RE.sub(lambda m: token_for(m.group(1)), _COMFY_RE.sub(lambda m: token_for(m.group(1)), prompt))
+
+
+def split_references(text: str) -> list[tuple[str, bool]]:
+    """`text` as pieces in order, (the identity's placeholder token, True) for each reference and (text, False)
+    between them; empty text pieces are dropped. The prompt encoder keeps an identity's vectors together."""
+    pieces, start = [], 0
+    for match in _REFERENCE_RE.finditer(text):
+        pieces += [(text[start:match.start()], False), (token_for(match.group(1) or match.group(2)), True)]
+        start = match.end()
+    pieces.append((text[start:], False))
+    return [(piece, identity) for piece, identity in pieces if piece]
 
 
 def strip_id_tokens(prompt: str) -> str:

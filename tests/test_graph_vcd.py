@@ -251,3 +251,25 @@ def test_a_schedule_longer_than_the_training_timesteps_is_a_config_error():
     with pytest.raises(ConfigError, match="face.scheduler: .* is not a scheduler block"):
         check_settings(load_sample_config("configs/tiny/sample.yaml",
                                           ["stages=[t2v,face]", "face.detector=dlib", "face.scheduler={nme: x}"]))
+
+
+# ------------------------------------------------------------------------------------------------ paper.yaml prompts
+
+# Node 6 (CLIPTextEncode, negative) of Magic-Me-ComfyUI-workflow.json, copied by hand from the workflow.
+NODE_6 = ("(deformed iris, deformed pupils, semi-realistic, cgi, 3d, render, sketch, cartoon, drawing, anime), text, "
+          "cropped, out of frame, worst quality, low quality, jpeg artifacts, ugly, duplicate, morbid, mutilated, "
+          "extra fingers, mutated hands, poorly drawn hands, poorly drawn face, mutation, deformed, blurry, "
+          "dehydrated, bad anatomy, bad proportions, extra limbs, cloned face, disfigured, gross proportions, "
+          "malformed limbs, missing arms, missing legs, extra arms, extra legs, fused fingers, too many fingers, "
+          "long neck, UnrealisticDream")
+# Node 202 (BatchPromptSchedule): pre_text; its keyframes "0": "" and "8": "" and app_text "" add only spaces.
+NODE_202_PRE_TEXT = "a photo of embedding:altman man in superman costume in the outer space, stars in the background"
+
+
+def test_paper_preset_carries_the_graphs_prompts_verbatim(tiny_pipeline):
+    cfg = load_sample_config("configs/sample/paper.yaml", [])
+    assert cfg.negative_prompt == NODE_6 and cfg.prompt_weighting == "comfy"
+    assert [entry if isinstance(entry, str) else entry["prompt"] for entry in cfg.prompts] == [NODE_202_PRE_TEXT]
+    # what BatchPromptSchedule hands the encoder every frame: pre_text + " " + keyframe "" + " " + app_text ""
+    scheduled = NODE_202_PRE_TEXT + " " + "" + " " + ""
+    assert tiny_pipeline.prompts.tokenize(scheduled).words == tiny_pipeline.prompts.tokenize(NODE_202_PRE_TEXT).words

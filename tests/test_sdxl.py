@@ -214,6 +214,19 @@ def test_sdxl_prompt_encoding_is_diffusers_for_plain_prompts(sdxl_pipeline, nega
                                                                                    negative)["prompt_embeds"])
 
 
+def test_sdxl_repeats_the_shorter_conditioning_in_both_encoders(sdxl_pipeline):
+    """A 1-chunk prompt with a 2-chunk negative: the prompt's rows (both encoders' halves) are its one chunk twice,
+    bit for bit, as ComfyUI repeats; the pooled vectors are the first chunk's."""
+    prompt, negative = "a photo of embedding:tinyperson man", "x " * 100  # tiny tokenizer: a token a character
+    prompts = sdxl_pipeline.prompts
+    pair = prompts.encode_pair(prompt, negative)
+    one, pooled = prompts.conditioning(prompt, 1)
+    assert one.shape[1] == 77 and prompts.chunks(negative) == 2
+    assert torch.equal(pair["prompt_embeds"], torch.cat([one, one], dim=1))
+    assert torch.equal(pair["negative_prompt_embeds"], prompts.encode(negative))
+    assert torch.equal(pair["pooled_prompt_embeds"], pooled)
+
+
 def test_prompt_weighting_none_reaches_both_encoders(sdxl_pipeline):
     """`prompt_weighting: none`: the text goes to both encoders as written, parentheses and all, as diffusers reads
     it; with comfy weighting the same text is parsed into a weight."""

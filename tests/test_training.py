@@ -304,6 +304,29 @@ def test_shipped_configs_use_the_id_placeholder(path):
     assert all("{id}" in prompt for prompt in cfg.validation.prompts)
 
 
+# The original's validation_data (Magic-Me configs/ceo.yaml), copied by hand: prompts with its 4 tokens and class word.
+CEO_PROMPTS = [
+    "photo of a <new1> <new2> <new3> <new4> man in casual clothes, natural skin, in front of the Pyramid, Egypt",
+    "Photo of a <new1> <new2> <new3> <new4> man on a balcony with a cityscape at night, with soft lights twinkling in "
+    "the distance",
+]
+CEO_NEGATIVE = ("semi-realistic, cgi, 3d, render, sketch, cartoon, drawing, anime, text, close up, cropped, out of "
+                "frame, worst quality, low quality, jpeg artifacts, ugly, duplicate, morbid, mutilated, extra fingers, "
+                "mutated hands, poorly drawn hands, poorly drawn face, mutation, deformed, blurry, dehydrated, bad "
+                "anatomy, bad proportions, extra limbs, cloned face, disfigured, gross proportions, malformed limbs, "
+                "missing arms, missing legs, extra arms, extra legs, fused fingers, too many fingers, long neck")
+
+
+@pytest.mark.parametrize("source", ["defaults", "configs/train/example.yaml"])
+def test_validation_is_the_originals(source):
+    """γ 0.05 (the original validation pipeline's cov_alpha), its two prompts, its long negative prompt, 25 steps
+    at CFG 7.5, 16 frames of 512²."""
+    v = TrainConfig().validation if source == "defaults" else load_train_config(Path(source)).validation
+    assert [p.replace("{id}", "<new1> <new2> <new3> <new4> man") for p in v.prompts] == CEO_PROMPTS
+    assert v.negative_prompt == CEO_NEGATIVE and v.gamma == 0.05
+    assert (v.steps, v.guidance_scale, v.frames, v.width, v.height) == (25, 7.5, 16, 512, 512)
+
+
 def test_photos_are_decoded_when_the_config_is_checked(tmp_path, tiny_bundle, photos):
     cfg = load_train_config(write_train_config(tmp_path, tiny_bundle, photos))
     decoded = validate_train_config(cfg)

@@ -18,7 +18,8 @@ from magicme.stages import STAGES, Sample
 from magicme.stages.edit import prepare_input_video
 from magicme.stages.face import refine_faces
 from magicme.stages.tiled import blend_tiles
-from magicme.vcd.geometry import crop_box, feather_mask, link_tracks, tile_weight, tile_windows, union_box
+from magicme.vcd.geometry import (crop_box, feather_mask, graph_crop_box, graph_denoise_size, link_tracks,
+                                  tile_weight, tile_windows, union_box)
 from magicme.vcd.resize import lanczos_matrix
 from magicme.vcd.resize import resize_video
 from magicme.video_io import write_video
@@ -35,6 +36,51 @@ def test_union_crop_box_grows_squares_and_stays_in_frame():
     assert crop_box((0, 0, 20, 20), 3.0, 100, 100) == (0, 0, 60, 60)  # moved inside at the top-left corner
     assert crop_box((90, 80, 100, 100), 3.0, 100, 120) == (60, 40, 120, 100)  # moved inside at the bottom-right
     assert crop_box((10, 10, 90, 60), 3.0, 100, 120) == (0, 0, 100, 100)  # shrunk to the frame's short side
+
+
+def test_graph_crop_box_is_the_impact_packs_region_on_a_non_square_frame():
+    """The Impact Pack's make_crop_region on a 320 × 192 frame, by hand: the face box × crop_factor in width and
+    height separately, centred, corner truncated to whole pixels, moved into the frame and cut to it."""
+    # 33 × 51 face at (101, 37), factor 2.5 → 82.5 × 127.5 around (117.5, 62.5):
+    # x0 = int(117.5 − 41.25) = 76, x1 = int(76 + 82.5) = 158; y0 = int(62.5 − 63.75) = int(−1.25) = −1 < 0 → 0,
+    # y1 = int(min(192, 127.5)) = 127: an 82 × 127 crop, as tall as the face is
+    assert graph_crop_box((101, 37, 134, 88), 2.5, 192, 320) == (76, 0, 158, 127)
+    # 30 × 30 face at the right edge, factor 3 → 90: x0 = int(295 − 45) = 250, 250 + 90 > 320 → (230, 320)
+    assert graph_crop_box((280, 100, 310, 130), 3.0, 192, 320) == (230, 70, 320, 160)
+    # 120 × 160 face → 360 × 480, wider and taller than the frame: cut to the frame
+    assert graph_crop_box((100, 20, 220, 180), 3.0, 192, 320) == (0, 0, 320, 192)
+    assert crop_box((101, 37, 134, 88), 2.5, 192, 320) == (54, 0, 182, 128)  # square: 2.5 × 51 → 128, round(53.5)
+
+
+def test_graph_denoise_size_is_the_impact_packs_scaling_on_the_latent_grid():
+    """enhance_detail_for_animatediff with guide_size_for = crop_region, by hand, then each side rounded down
+    to a multiple of 8."""
+    # 82 × 127 crop, guide 512: × 512/82 → 512 × int(792.98) = 792 > 512 → factor × 512/792:
+    # 512 · 512/792 = 330.99 → 330, 127 · 512/82 · 512/792 = 512.63 → 512; grid → 328 × 512 (aspect kept)
+    assert graph_denoise_size(82, 127, 512, 512) == (328, 512)
+    assert graph_denoise_size(82, 127, 512, 1024) == (512, 792)  # a higher cap: the shorter side is 512
+    # 64 × 200: × 8 → 512 × 1600 → × 512/1600: 163.84 × 512 → 163 → 160 × 512
+    assert graph_denoise_size(64, 200, 512, 512) == (160, 512)
+    # 900 × 768: factor 512/768 ≤ 1, so no scaling (the face is never shrunk): 900 → 896 on the grid
+    assert graph_denoise_size(900, 768, 512, 512) == (896, 768)
+    assert graph_denoise_size(48, 48, 48, 512) == (48, 48)  # factor exactly 1: native size
+    assert graph_denoise_size(3, 3, 4, 512) == (8, 8)  # at least one latent cell
+
+
+def test_crop_shape_square_keeps_the_square_crop_at_size():
+    video = np.random.default_rng(3).random((2, 192, 320, 3), dtype=np.float32)
+    seen = []
+
+    def record(crop, mask):
+        seen.append(crop.shape[1:3])
+        return crop
+
+    tracks = [[(101, 37, 134, 88)]]
+    _, graph = refine_faces(video, tracks, record, crop_factor=2.5, size=64, feather=5)
+    _, square = refine_faces(video, tracks, record, crop_factor=2.5, size=64, feather=5, crop_shape="square")
+    # graph: the 82 × 127 crop's shorter side is more than 64: not shrunk, its own size on the grid, 80 × 120;
+    # square: the 128² crop shrunk to 64 × 64
+    assert graph == [[80, 120]] and square == [[64, 64]] and seen == [(120, 80), (64, 64)]
 
 
 def test_link_tracks_follows_moving_faces():
@@ -54,13 +100,13 @@ def test_face_paste_with_identity_denoiser_leaves_everything_outside_the_face_ex
     rng = np.random.default_rng(0)
     video = rng.random((3, 96, 96, 3), dtype=np.float32)
     tracks = [[(40, 30, 56, 46), (41, 31, 57, 47)]]
-    out = refine_faces(video, tracks, identity, crop_factor=3.0, size=64, feather=5)
+    out, sizes = refine_faces(video, tracks, identity, crop_factor=3.0, size=64, feather=5)
     face = union_box(tracks[0])
     outside = np.ones((96, 96), bool)
     outside[face[1]:face[3], face[0]:face[2]] = False
     assert np.array_equal(out[:, outside], video[:, outside])
     # a crop already at the stage size is not resampled: an identity denoiser then changes nothing at all
-    exact = refine_faces(video, tracks, identity, crop_factor=48 / 17, size=48, feather=5)
+    exact, _ = refine_faces(video, tracks, identity, crop_factor=48 / 17, size=48, feather=5)
     assert np.allclose(exact, video, atol=1e-6)
 
 
@@ -125,6 +171,11 @@ def test_t2v_face_tiled_end_to_end_then_edit_the_result(tmp_path, tiny_bundle):
     (["stages=[t2v,sharpen]"], "stages: 'sharpen' is not one of t2v, edit, face, tiled"),
     (["stages=[t2v,face]", "face.detector=yolo"], "face.detector: 'yolo' is not one of clipseg, dlib"),
     (["stages=[t2v,face]", "face.size=60", "face.detector=dlib"], "face.size: 60 must be a positive multiple of 8"),
+    (["stages=[t2v,face]", "face.crop_shape=round", "face.detector=dlib"],
+     "face.crop_shape: 'round' is not one of graph, square"),
+    (["stages=[t2v,face]", "face.max_size=4", "face.detector=dlib"], "face.max_size: 4 must be >= 8"),
+    (["stages=[t2v,face]", "face.size=1024", "face.detector=dlib"],
+     "face.max_size: 512 is less than face.size 1024, so no crop could reach its guide size; set face.max_size >= 1024"),
     (["stages=[t2v,face]", "face.clipseg_model=nowhere"], "face.clipseg_model: no CLIPSeg model (config.json + weights) in nowhere"),
     (["stages=[t2v,tiled]", "tiled.strength=1.5"], "tiled.strength: 1.5 not in [0, 1]"),
     (["stages=[t2v,tiled]", "tiled.upscaler=missing.pth"], "tiled.upscaler: missing.pth is neither"),
@@ -168,14 +219,15 @@ def test_lanczos_resize_matches_pillow(size, new):
 def test_face_paste_is_exact_inside_the_face_and_outside_it():
     video = np.random.default_rng(2).random((2, 96, 96, 3), dtype=np.float32) * 0.5
     tracks = [[(40, 30, 57, 47)]]  # 17 px face × 48/17 = a 48 px crop = the stage size: no resampling
-    out = refine_faces(video, tracks, lambda crop, mask: crop + 0.25, crop_factor=48 / 17, size=48, feather=5)
+    out, _ = refine_faces(video, tracks, lambda crop, mask: crop + 0.25, crop_factor=48 / 17, size=48,
+                          feather=5)
     x0, y0, x1, y1 = tracks[0][0]
     outside = np.ones((96, 96), bool)
     outside[y0:y1, x0:x1] = False
     assert np.array_equal(out[:, outside], video[:, outside])
     core = (slice(None), slice(y0 + 5, y1 - 5), slice(x0 + 5, x1 - 5))
     assert np.array_equal(out[core], video[core] + np.float32(0.25))
-    assert np.array_equal(refine_faces(video, tracks, identity, crop_factor=48 / 17, size=48, feather=5), video)
+    assert np.array_equal(refine_faces(video, tracks, identity, crop_factor=48 / 17, size=48, feather=5)[0], video)
 
 
 class RecordingPipe:
@@ -183,13 +235,15 @@ class RecordingPipe:
 
     device = torch.device("cpu")
     family = "sd15"
+    vae_scale_factor = 8
     v2v = SimpleNamespace(scheduler=SimpleNamespace(order=1))
 
     def __init__(self):
-        self.calls = []
+        self.calls, self.shapes = [], []
 
     def video_to_video(self, video, prompt, negative_prompt, generator, **kwargs):
         self.calls.append(kwargs)
+        self.shapes.append(video.shape[1:3])
         return video.copy()
 
 
@@ -215,6 +269,22 @@ def test_face_stage_without_a_face_passes_through_and_says_so(caplog):
 @pytest.fixture(scope="module")
 def astronaut_256():
     return resize_video(np.stack([skdata.astronaut().astype(np.float32) / 255.0] * 2), 256, 256)
+
+
+def test_face_size_max_size_and_crop_shape_reach_the_crop(astronaut_256):
+    """The stage's keys reach the crop it denoises: face.size (the guide size), face.max_size (the cap on the
+    longer side) and face.crop_shape (square: size × size)."""
+    pipe, sizes = RecordingPipe(), {}
+    for key in ("face.max_size=1024", "face.max_size=256", "face.crop_shape=square"):
+        stage = make_stage("face", pipe, "face.detector=dlib", "face.mask=box", "face.size=512", key)
+        _, info = stage(pipe, astronaut_256, SAMPLE, torch.Generator())
+        sizes[key] = info["denoised_at"][0]
+        assert pipe.shapes[-1] == (sizes[key][1], sizes[key][0])
+    x0, y0, x1, y1 = graph_crop_box(tuple(info["boxes"][0]), 3.0, 256, 256)
+    assert sizes["face.max_size=1024"] == list(graph_denoise_size(x1 - x0, y1 - y0, 512, 1024))
+    assert sizes["face.max_size=256"] == list(graph_denoise_size(x1 - x0, y1 - y0, 512, 256))
+    assert max(sizes["face.max_size=256"]) <= 256 and min(sizes["face.max_size=1024"]) == 512
+    assert sizes["face.crop_shape=square"] == [512, 512] != sizes["face.max_size=1024"]
 
 
 def test_stage_strength_zero_changes_nothing_and_steps_are_the_steps_run(tiny_pipeline, astronaut_256, monkeypatch):

@@ -29,7 +29,7 @@ from magicme.families.sd15 import load_vae
 from magicme.inspector import is_hub_id
 from magicme.motion_module import load_motion_adapter, motion_unet
 from magicme.pipeline import MagicPipeline, place
-from magicme.prompt_encoding import CHUNK_TOKENS, PromptEncoder, TokenizedPrompt
+from magicme.prompt_encoding import PromptEncoder, TokenizedPrompt, common_chunks
 from magicme.prompts import Prompt, keyframes, travels
 from magicme.travel import interpolate, per_frame_conditioning
 
@@ -137,26 +137,28 @@ class SDXLPromptEncoder:
         return self.sides[0].check_length(prompt, where)
 
     def encode(self, prompt: str, chunks: int | None = None, device: torch.device | None = None) -> torch.Tensor:
-        """(1, 77 · chunks, D1 + D2)."""
-        chunks = chunks or max(side.tokenize(prompt).chunks for side in self.sides)
+        """(1, 77 · n, D1 + D2), repeated whole to `chunks` when given (as `PromptEncoder.encode`)."""
+        chunks = chunks or self.chunks(prompt)
         device = device or self.pipeline._execution_device
         return torch.cat([side.encode(prompt, chunks, device) for side in self.sides], dim=-1)
 
     @torch.no_grad()
     def pooled(self, prompt: str, device: torch.device | None = None) -> torch.Tensor:
-        """(1, D2): the second encoder's projected output for the prompt's first chunk, unweighted."""
+        """(1, D2): the second encoder's projected output for the prompt's first chunk, unweighted (ComfyUI pools
+        the first chunk too)."""
         side = self.sides[1]
-        ids = side.tokenize(prompt).ids[:CHUNK_TOKENS]
+        ids = side.tokenize(prompt).chunks[0].ids
         return side.text_encoder(side.chunk_ids(ids, device or self.pipeline._execution_device),
                                  attention_mask=None)[0].to(side.text_encoder.dtype)
 
     def chunks(self, *texts: str) -> int:
-        """The 75-token chunks the longest of `texts` needs in either tokenizer."""
-        return max(side.tokenize(text).chunks for side in self.sides for text in texts)
+        """The chunk count the conditionings of `texts` share in both encoders: the least common multiple of
+        theirs (the shorter are repeated to it, as ComfyUI does)."""
+        return common_chunks(*(side.chunks(*texts) for side in self.sides))
 
     def conditioning(self, text: str, chunks: int, negative: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """(1, 77 · chunks, D1 + D2) rows and the (1, D2) pooled vector of `text`; zeros for an empty negative
-        prompt, as diffusers gives SD-XL (`force_zeros_for_empty_prompt`)."""
+        """(1, 77 · chunks, D1 + D2) rows (repeated to `chunks`) and the (1, D2) pooled vector of `text`; zeros for
+        an empty negative prompt, as diffusers gives SD-XL (`force_zeros_for_empty_prompt`)."""
         device = self.pipeline._execution_device
         embeds, pooled = self.encode(text, chunks, device), self.pooled(text, device)
         if negative and text == "" and self.pipeline.config.force_zeros_for_empty_prompt:
@@ -164,8 +166,8 @@ class SDXLPromptEncoder:
         return embeds, pooled
 
     def encode_pair(self, prompt: str, negative_prompt: str) -> dict[str, torch.Tensor]:
-        """The four conditioning tensors of `AnimateDiffSDXLPipeline.__call__`, prompt and negative with the same
-        number of chunks."""
+        """The four conditioning tensors of `AnimateDiffSDXLPipeline.__call__`, prompt and negative repeated to the
+        least common multiple of their chunk counts."""
         chunks = self.chunks(prompt, negative_prompt)
         embeds, pooled = self.conditioning(prompt, chunks)
         negative, negative_pooled = self.conditioning(negative_prompt, chunks, negative=True)

@@ -48,13 +48,29 @@ class TrainModelConfig:
     clipseg: str = "models/clipseg"  # CIDAS/clipseg-rd64-refined layout
 
 
+# The original's validation (Magic-Me configs/ceo.yaml): its two prompts, with `{id}` where the ID tokens and the
+# class word were, its long negative prompt, and the 3D prior's γ its validation pipeline defaults to (cov_alpha).
+ORIGINAL_VALIDATION_PROMPTS = [
+    "photo of a {id} in casual clothes, natural skin, in front of the Pyramid, Egypt",
+    "Photo of a {id} on a balcony with a cityscape at night, with soft lights twinkling in the distance",
+]
+ORIGINAL_VALIDATION_NEGATIVE = (
+    "semi-realistic, cgi, 3d, render, sketch, cartoon, drawing, anime, text, close up, cropped, out of frame, worst "
+    "quality, low quality, jpeg artifacts, ugly, duplicate, morbid, mutilated, extra fingers, mutated hands, poorly "
+    "drawn hands, poorly drawn face, mutation, deformed, blurry, dehydrated, bad anatomy, bad proportions, extra "
+    "limbs, cloned face, disfigured, gross proportions, malformed limbs, missing arms, missing legs, extra arms, extra "
+    "legs, fused fingers, too many fingers, long neck")
+
+
 @dataclass
 class ValidationConfig(VideoSettings):
-    """Validation videos: rendered like a sampling config, on an inference base + motion module (RV5.1 + mm v2)."""
+    """Validation videos: rendered like a sampling config, on an inference base + motion module (RV5.1 + mm v2),
+    by default with the original's prompts, negative prompt and γ (docs/training.md)."""
 
-    negative_prompt: str = "worst quality, low quality, blurry"
+    negative_prompt: str = ORIGINAL_VALIDATION_NEGATIVE
+    gamma: float = 0.05
     every: int = 200  # steps between validation videos; 0 = never
-    prompts: list[str] = field(default_factory=lambda: ["a photo of {id} walking on the street"])
+    prompts: list[str] = field(default_factory=lambda: list(ORIGINAL_VALIDATION_PROMPTS))
 
 
 @dataclass

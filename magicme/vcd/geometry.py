@@ -42,12 +42,48 @@ def union_box(boxes: list[Box]) -> Box:
 
 def crop_box(face: Box, factor: float, height: int, width: int) -> Box:
     """A square of side factor × the face's longer side, centred on the face, moved (then shrunk if it must be)
-    to lie inside the frame."""
+    to lie inside the frame (`face.crop_shape: square`)."""
     cx, cy = (face[0] + face[2]) / 2, (face[1] + face[3]) / 2
     side = min(round(max(face[2] - face[0], face[3] - face[1]) * factor), height, width)
     x0 = int(round(min(max(cx - side / 2, 0), width - side)))
     y0 = int(round(min(max(cy - side / 2, 0), height - side)))
     return (x0, y0, x0 + side, y0 + side)
+
+
+def _into_frame(limit: int, start: int, size: float) -> tuple[int, int]:
+    """A span of `size` px from `start`, moved into [0, limit) and cut to it (Impact Pack's `normalize_region`)."""
+    if start < 0:
+        return 0, int(min(limit, size))
+    if start + size > limit:
+        return int(max(0, limit - size)), limit
+    return start, int(min(limit, start + size))
+
+
+def graph_crop_box(face: Box, factor: float, height: int, width: int) -> Box:
+    """The Impact Pack's crop region (`make_crop_region`, the Magic-Me graph's detector): the face box × `factor`
+    in width and height separately (so a tall face gives a tall crop), centred on the face with the corner
+    truncated to whole pixels, moved into the frame and cut to it."""
+    face_w, face_h = face[2] - face[0], face[3] - face[1]
+    crop_w, crop_h = face_w * factor, face_h * factor
+    x0, x1 = _into_frame(width, int(face[0] + face_w / 2 - crop_w / 2), crop_w)
+    y0, y1 = _into_frame(height, int(face[1] + face_h / 2 - crop_h / 2), crop_h)
+    return (x0, y0, x1, y1)
+
+
+def graph_denoise_size(crop_w: int, crop_h: int, guide_size: int, max_size: int, grid: int = 8) -> tuple[int, int]:
+    """(width, height) the Impact Pack's detailer denoises a crop at (`enhance_detail_for_animatediff`, the graph's
+    guide_size_for = crop_region): scaled by guide_size / the crop's shorter side, that factor reduced so the longer
+    side is at most max_size (whole pixels truncated, aspect kept); a factor ≤ 1 means the crop's own size (faces
+    are never shrunk). Then each side is rounded down to a multiple of `grid` (the latent grid; at least one cell):
+    ComfyUI's VAE encoder crops the remainder off instead, which drops the crop's edge pixels."""
+    scale = guide_size / min(crop_w, crop_h)
+    w, h = int(crop_w * scale), int(crop_h * scale)
+    if w > max_size or h > max_size:
+        scale *= max_size / max(w, h)
+        w, h = int(crop_w * scale), int(crop_h * scale)
+    if scale <= 1.0 or w == 0 or h == 0:
+        w, h = crop_w, crop_h
+    return max(grid, w // grid * grid), max(grid, h // grid * grid)
 
 
 def feather_mask(height: int, width: int, region: Box, feather: int) -> np.ndarray:
