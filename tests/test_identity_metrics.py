@@ -231,3 +231,53 @@ def test_frechet_distance_by_hand():
     assert video_metrics.frechet_distance(a, a + 2.0) == pytest.approx(12.0, abs=1e-6)  # |μ shift|² = 3 · 2²
     # single rows (ConsisID's per-frame FID): covariances vanish, the squared distance is left
     assert video_metrics.frechet_distance(a[:1], a[1:2]) == pytest.approx(((a[0] - a[1]) ** 2).sum())
+
+
+# --- wired into evaluate ------------------------------------------------------------------------------------------
+
+def test_evaluate_reports_the_extended_metrics(tmp_path, face_models):
+    import json
+
+    from PIL import Image
+
+    from magicme.evaluation.evaluate import EvalSettings, evaluate
+    from magicme.tiny.eval_models import save_tiny_clip, save_tiny_dino
+    from magicme.video_io import write_frames
+
+    photo = bright_square(128, 128, (30, 90, 30, 90))
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    Image.fromarray(photo).save(refs / "me.png")
+    run = tmp_path / "run"
+    still = np.stack([photo] * 6).astype(np.float32) / 255
+    write_frames(run / "0000-still", still)
+    record = {"index": 0, "prompt": "a photo of embedding:me man", "seed": 1, "stage": "t2v",
+              "files": {"frames": "0000-still"}, "frames": 6, "height": 128, "width": 128}
+    (run / "samples.jsonl").write_text(json.dumps(record) + "\n")
+    settings = EvalSettings(clip=str(save_tiny_clip(tmp_path / "clip")), dino=str(save_tiny_dino(tmp_path / "dino")),
+                            device="cpu", faces=False, arcface=str(face_models["pack"]),
+                            curricularface=str(face_models["cur"]), cache=False)
+    out = evaluate([run], refs, tmp_path / "eval", settings, progress=False)
+    video = json.loads((out / "metrics.json").read_text())["videos"][0]
+    assert video["facesim_arc"] == pytest.approx(1.0) and video["facesim_cur"] == pytest.approx(1.0)
+    assert video["identity_drift"] == pytest.approx(0.0, abs=1e-9)
+    assert video["copy_paste"] == pytest.approx(0.0, abs=1e-6)
+    assert video["motion_amplitude"] == pytest.approx(0.0, abs=1e-3)
+    assert "facesim_arc" in (out / "metrics.csv").read_text().splitlines()[0].split(",")
+    # off: NaN (null in JSON), not a number
+    settings.arcface = settings.curricularface = ""
+    settings.motion = False
+    out = evaluate([run], refs, tmp_path / "eval-off", settings, progress=False)
+    video = json.loads((out / "metrics.json").read_text())["videos"][0]
+    assert video["facesim_arc"] is None and video["motion_amplitude"] is None
+
+
+def test_missing_identity_model_is_one_error_before_loading(tmp_path):
+    from magicme.evaluation.extended import check_files
+
+    settings = type("S", (), {"arcface": str(tmp_path / "nope"), "curricularface": ""})()
+    with pytest.raises(ConfigError, match="^arcface: .* does not exist"):
+        check_files(settings)
+    settings = type("S", (), {"arcface": "", "curricularface": str(tmp_path)})()
+    with pytest.raises(ConfigError, match="^arcface: curricularface reads"):
+        check_files(settings)
