@@ -279,9 +279,32 @@ def test_missing_identity_model_is_one_error_before_loading(tmp_path):
     settings = type("S", (), {"arcface": str(tmp_path / "nope"), "curricularface": ""})()
     with pytest.raises(ConfigError, match="^arcface: .* does not exist"):
         check_files(settings)
-    settings = type("S", (), {"arcface": "", "curricularface": str(tmp_path)})()
+    settings = type("S", (), {"arcface": str(tmp_path), "curricularface": ""})()
+    with pytest.raises(ConfigError, match="^arcface: .* holds no insightface model pack"):
+        check_files(settings)
+    (tmp_path / "cur.bin").write_bytes(b"x")
+    settings = type("S", (), {"arcface": "", "curricularface": str(tmp_path / "cur.bin")})()
     with pytest.raises(ConfigError, match="^arcface: curricularface reads"):
         check_files(settings)
+    settings = type("S", (), {"arcface": "", "curricularface": str(tmp_path)})()
+    with pytest.raises(ConfigError, match="^curricularface: .* is not a file"):
+        check_files(settings)
+
+
+def test_evaluate_cli_takes_the_identity_models(tmp_path, capsys):
+    from scripts import evaluate as cli
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "samples.jsonl").write_text('{"prompt": "p", "stage": "t2v", "files": {"mp4": "a.mp4"}}\n')
+    (tmp_path / "run" / "a.mp4").write_bytes(b"")
+    (tmp_path / "refs").mkdir()
+    from PIL import Image
+
+    Image.fromarray(bright_square()).save(tmp_path / "refs" / "me.png")
+    assert cli.main(["--samples", str(tmp_path / "run"), "--references", str(tmp_path / "refs"), "--clip",
+                     "openai/clip-vit-large-patch14", "--dino", "facebook/dino-vits16", "--arcface",
+                     str(tmp_path / "nowhere")]) == 2
+    assert capsys.readouterr().err.startswith("error: arcface: ")
 
 
 def test_facesim_frames_and_drift_window_reach_the_scorer(face_models, monkeypatch):

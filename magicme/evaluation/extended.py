@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from magicme.errors import ConfigError
-from magicme.evaluation.identity import Face, InsightFaces, consisid_frames, facesim
+from magicme.evaluation.identity import Face, InsightFaces, consisid_frames, facesim, pack_files
 from magicme.evaluation.video_metrics import (
     copy_paste, identity_drift, motion_amplitude, motion_smoothness, optical_flow,
 )
@@ -34,6 +34,11 @@ def check_files(settings) -> None:
         if value and not Path(value).exists():
             raise ConfigError(f"{key}: {value} does not exist; give the model file or folder (docs/evaluation.md) "
                               f"or leave {key} empty")
+    if settings.arcface:
+        pack_files(settings.arcface)
+    if settings.curricularface and not Path(settings.curricularface).is_file():
+        raise ConfigError(f"curricularface: {settings.curricularface} is not a file; give the IR-101 backbone "
+                          f"(glint360k_curricular_face_r101_backbone.bin)")
     if settings.curricularface and not settings.arcface:
         raise ConfigError("arcface: curricularface reads the faces insightface's detector aligns; set arcface to "
                           "the antelopev2 / buffalo_l folder too")
