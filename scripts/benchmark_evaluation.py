@@ -69,7 +69,7 @@ def main() -> None:
                             "height": args.size, "width": args.size, "fps": 8, "seconds": 0.0})
         (run / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
         settings = EvalSettings(clip=str(save_tiny_clip(root / "clip")), dino=str(save_tiny_dino(root / "dino")),
-                                device="cpu")
+                                device="cpu", cache=False)  # every repeat scores (the cache would skip)
         frames = args.videos * args.frames
         with_faces = timed(lambda: evaluate([run], refs, root / "out", settings, progress=False), args.repeats)
         settings.faces = False
