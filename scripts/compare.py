@@ -1,4 +1,4 @@
-"""Compare identity methods in one command: train each → sample the same prompt × seed grid → evaluate → one table.
+"""Compare identity methods in one command: train each → sample one prompt × seed grid → evaluate → one table.
 
     python scripts/compare.py --identities altman scarlett --class-word scarlett=woman \
         --methods tokens,tokens-unmasked --out outputs/compare

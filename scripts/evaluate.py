@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     transformers_logging.disable_progress_bar()  # weight-loading bars would bury the evaluation's own bar
     overrides = {"device": args.device, "clip": args.clip, "dino": args.dino,
                  "frames_per_video": args.frames_per_video, "faces": False if args.no_faces else None,
-                 "arcface": args.arcface, "curricularface": args.curricularface, "cache": False if args.no_cache else None}
+                 "arcface": args.arcface, "curricularface": args.curricularface,
+                 "cache": False if args.no_cache else None}
     try:
         out = evaluate(args.samples, args.references, args.out, load_settings(args.config, overrides),
                        progress=not args.quiet)

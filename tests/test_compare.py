@@ -92,7 +92,8 @@ def test_compare_tokens_and_unmasked_end_to_end_on_the_tiny_bundle(tmp_path, tin
     (tmp_path / "dataset" / "ann").mkdir(parents=True)
     rng = np.random.default_rng(0)
     for i in range(2):
-        Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(tmp_path / "dataset" / "ann" / f"{i}.png")
+        pixels = rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / "dataset" / "ann" / f"{i}.png")
     train = yaml.safe_load(Path("configs/train/team.yaml").read_text())
     train.update(init="man", resolution=64, batch_size=2, max_steps=2, checkpoint_every=2, mask_threshold=0.5,
                  model={"base": str(tiny_bundle["sd15"]), "clipseg": str(tiny_bundle["clipseg"])},

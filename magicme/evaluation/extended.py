@@ -74,9 +74,10 @@ class ExtendedScorer:
             picked = [frames[i] for i in consisid_frames(len(frames), self.settings.facesim_frames)]
             faces = [self.faces.face(to_uint8(f)) for f in picked]
             metrics.update(self.facesims(faces))
-            references = np.stack([r.embeddings["arc"] for r in self.references]) if self.references else np.zeros((0, 1))
-            metrics["identity_drift"] = identity_drift([f.embeddings["arc"] if f else None for f in faces], references,
-                                                       self.settings.drift_window)
+            references = np.stack([r.embeddings["arc"] for r in self.references]) if self.references \
+                else np.zeros((0, 1))
+            metrics["identity_drift"] = identity_drift([f.embeddings["arc"] if f else None for f in faces],
+                                                       references, self.settings.drift_window)
             metrics["copy_paste"] = copy_paste([f.landmarks if f else None for f in faces],
                                                [r.landmarks for r in self.references])
         return metrics
