@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from magicme.errors import ConfigError
-from magicme.evaluation.identity import Face, InsightFaces, consisid_frames, facesim, pack_files
+from magicme.evaluation.identity import RECOGNISERS, Face, InsightFaces, consisid_frames, facesim, pack_files
 from magicme.evaluation.video_metrics import (
     copy_paste, identity_drift, motion_amplitude, motion_smoothness, optical_flow,
 )
@@ -56,7 +56,7 @@ class ExtendedScorer:
     def facesims(self, faces: list[Face | None]) -> dict[str, float]:
         """FaceSim per backend: ConsisID's score against each reference photo, averaged over the photos."""
         out = {}
-        for short in ("arc", "cur"):
+        for short in RECOGNISERS:
             if not self.references or short not in self.references[0].embeddings:
                 out[f"facesim_{short}"] = float("nan")
                 continue

@@ -115,21 +115,31 @@ def pack_files(folder: Path | str) -> tuple[Path, Path]:
                       f"there (non-commercial weights, see docs/evaluation.md)")
 
 
+# The registry of recognisers behind the insightface detector: `facesim_<short>` column → (settings key, loader
+# (path, device) → embed(aligned crop)); the aligned crop size each reads (ArcFace 112 px, CurricularFace ConsisID's
+# 224 px). dlib, the offline default, keeps its own pipeline (faces.py) and columns (`face_*`).
+RECOGNISERS = {
+    "arc": ("arcface", lambda path, device: ArcFace(pack_files(path)[1]).embed),
+    "cur": ("curricularface", lambda path, device: CurricularFace(Path(path), device).embed),
+}
+CROP_SIZES = {"arc": 112, "cur": CROP}
+
+
 class InsightFaces:
-    """SCRFD detection + alignment (always, since CurricularFace and FID-face read its crops), ArcFace and/or
-    CurricularFace embeddings."""
+    """SCRFD detection + alignment of the pack (always: CurricularFace reads its crops too), then every
+    configured recogniser of `RECOGNISERS`."""
 
     def __init__(self, arcface: str | None, curricularface: str | None, device: str = "cpu"):
         from magicme.evaluation.scrfd import Scrfd
 
         if not arcface:
-            raise ConfigError("arcface: no insightface model pack given; curricularface and FID-face align faces "
-                              "with its detector, so set `arcface:` to the antelopev2 folder too")
-        detector, recogniser = pack_files(arcface)
+            raise ConfigError("arcface: no insightface model pack given; curricularface reads the faces its "
+                              "detector aligns, so set `arcface:` to the antelopev2 / buffalo_l folder too")
+        detector, _ = pack_files(arcface)
         self.detector = Scrfd(detector, DETECTION_SIZE)
-        self.models: dict[str, Callable[[np.ndarray], np.ndarray]] = {"arc": ArcFace(recogniser).embed}
-        if curricularface:
-            self.models["cur"] = CurricularFace(Path(curricularface), device).embed
+        paths = {"arcface": arcface, "curricularface": curricularface}
+        self.models: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+            short: load(paths[key], device) for short, (key, load) in RECOGNISERS.items() if paths[key]}
 
     def landmarks(self, image: np.ndarray) -> np.ndarray | None:
         """The largest face's 5 landmarks, trying a grey-padded copy when the image has none (ConsisID)."""
@@ -146,10 +156,7 @@ class InsightFaces:
         if landmarks is None:
             return None
         crop = norm_crop(image, landmarks, CROP)
-        embeddings = {"arc": self.models["arc"](norm_crop(image, landmarks, 112))}
-        if "cur" in self.models:
-            embeddings["cur"] = self.models["cur"](crop)
+        crops = {112: norm_crop(image, landmarks, 112), CROP: crop}
+        embeddings = {short: embed(crops[CROP_SIZES[short]]) for short, embed in self.models.items()}
         return Face(landmarks, crop, embeddings)
 
-
-BACKENDS = ("dlib", "arcface", "curricularface")
