@@ -6,7 +6,8 @@ The run holds `--videos` MP4s of `--frames` frames (the astronaut photo, mirrore
 against the photo. With tiny models the CLIP/DINO cost is negligible, so the whole-evaluation figure is dominated
 by video decoding and dlib; with ViT-L/14 on a GPU add CLIP's cost. Figures (median of the repeats) are printed
 last as `name=value` lines: frames per second of the whole `evaluate()` call with and without the face metric
-(model loading and report writing included), and of `FaceEncoder.describe` alone at upsample 0 and 1.
+(model loading and report writing included), of `FaceEncoder.describe` alone at upsample 0 and 1, and of the
+motion metrics (Farneback flow, on by default) alone.
 """
 
 import argparse
@@ -30,6 +31,7 @@ from skimage.data import astronaut  # noqa: E402
 
 from magicme.evaluation.evaluate import EvalSettings, evaluate  # noqa: E402
 from magicme.evaluation.faces import FaceEncoder  # noqa: E402
+from magicme.evaluation.video_metrics import motion_amplitude, optical_flow  # noqa: E402
 from magicme.tiny.eval_models import save_tiny_clip, save_tiny_dino  # noqa: E402
 from magicme.video_io import write_video  # noqa: E402
 
@@ -67,7 +69,7 @@ def main() -> None:
                             "height": args.size, "width": args.size, "fps": 8, "seconds": 0.0})
         (run / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
         settings = EvalSettings(clip=str(save_tiny_clip(root / "clip")), dino=str(save_tiny_dino(root / "dino")),
-                                device="cpu")
+                                device="cpu", cache=False)  # every repeat scores (the cache would skip)
         frames = args.videos * args.frames
         with_faces = timed(lambda: evaluate([run], refs, root / "out", settings, progress=False), args.repeats)
         settings.faces = False
@@ -75,12 +77,14 @@ def main() -> None:
     faces = {up: FaceEncoder(upsample=up) for up in (0, 1)}
     contiguous = [np.ascontiguousarray(f) for f in video]
     face_s = {up: timed(lambda e=e: [e.describe(f) for f in contiguous], args.repeats) for up, e in faces.items()}
+    motion_s = timed(lambda: motion_amplitude(optical_flow(video)), args.repeats)
     print(f"# {args.videos} videos x {args.frames} frames at {args.size}x{args.size}, CPU, "
           f"{torch.get_num_threads()} torch threads, tiny CLIP/DINO")
     print(f"eval_frames_per_s={frames / with_faces:.2f}")
     print(f"eval_no_faces_frames_per_s={frames / without:.2f}")
     print(f"face_upsample0_frames_per_s={args.frames / face_s[0]:.2f}")
     print(f"face_upsample1_frames_per_s={args.frames / face_s[1]:.2f}")
+    print(f"motion_frames_per_s={args.frames / motion_s:.2f}")
 
 
 if __name__ == "__main__":

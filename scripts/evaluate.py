@@ -2,7 +2,7 @@
 
     python scripts/evaluate.py --samples outputs/run-a [outputs/run-b ...] --references dataset/<name>
         [--out DIR] [--config configs/eval/default.yaml] [--device auto] [--clip MODEL] [--dino MODEL]
-        [--frames-per-video K] [--no-faces] [--no-cache]
+        [--frames-per-video K] [--no-faces] [--no-cache] [--arcface PACK] [--curricularface FILE]
 
 Writes metrics.json, metrics.csv and report.html into --out (default: <first run>/eval/). Each video's scores are
 kept in <run>/eval_cache.jsonl: evaluating the run again scores only videos it has not scored with these models and
@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:1, mps")
     parser.add_argument("--clip", help="CLIP model folder or Hub id")
     parser.add_argument("--dino", help="DINO model folder or Hub id")
+    parser.add_argument("--arcface", help="insightface antelopev2 / buffalo_l folder: FaceSim-Arc, drift, copy-paste")
+    parser.add_argument("--curricularface", help="CurricularFace IR-101 state dict: FaceSim-Cur")
     parser.add_argument("--frames-per-video", type=int, help="evenly spaced frames scored per video (0 = all)")
     parser.add_argument("--no-faces", action="store_true", help="skip the dlib face identity metric")
     parser.add_argument("--no-cache", action="store_true", help="score every video again (and do not record them)")
@@ -44,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     transformers_logging.disable_progress_bar()  # weight-loading bars would bury the evaluation's own bar
     overrides = {"device": args.device, "clip": args.clip, "dino": args.dino,
-                 "frames_per_video": args.frames_per_video, "faces": False if args.no_faces else None, "cache": False if args.no_cache else None}
+                 "frames_per_video": args.frames_per_video, "faces": False if args.no_faces else None,
+                 "arcface": args.arcface, "curricularface": args.curricularface,
+                 "cache": False if args.no_cache else None}
     try:
         out = evaluate(args.samples, args.references, args.out, load_settings(args.config, overrides),
                        progress=not args.quiet)

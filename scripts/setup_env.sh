@@ -15,6 +15,9 @@ if ! python -c "import torch" >/dev/null 2>&1; then
   python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
 fi
 python -m pip install -q -e ".[test]"
+# insightface only for its sample photo (a second real person for the face-identity tests); --no-deps because it
+# asks for opencv-python, which would clash with the headless OpenCV the project uses
+python -m pip install -q --no-deps "insightface==2.1"
 # The web app's browser test drives the system's Chromium (never a downloaded one): install the Debian package where
 # we can; where we cannot, tests/test_app.py skips it with a message (and fails under MAGICME_REQUIRE_BROWSER=1).
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then

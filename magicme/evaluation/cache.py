@@ -24,7 +24,7 @@ from magicme.inspector import is_hub_id
 log = logging.getLogger(__name__)
 
 CACHE_NAME = "eval_cache.jsonl"
-METRICS_VERSION = 1  # raise when the metric code changes what a video scores: every cached entry is then unused
+METRICS_VERSION = 2  # raise when the metric code changes what a video scores: every cached entry is then unused
 _SAMPLE_BYTES = 1 << 20
 _CHUNK = 1 << 22
 
@@ -72,6 +72,11 @@ def face_models_fingerprint() -> str:
     return f"dlib {import_dlib('face metric').__version__} {model_fingerprint(str(weights))}"
 
 
+def file_or_folder_fingerprint(path: str) -> str:
+    """A model folder (an insightface pack) as `model_fingerprint`, a single weights file by its digest."""
+    return file_digest(Path(path)) if Path(path).is_file() else model_fingerprint(path)
+
+
 def context_key(settings, device_type: str, reference_files: list[Path]) -> str:
     """The part of every entry's key shared by a whole evaluation: models, settings, device and references."""
     scoring = {k: v for k, v in asdict(settings).items() if k not in ("clip", "dino", "device", "cache")}
@@ -79,6 +84,8 @@ def context_key(settings, device_type: str, reference_files: list[Path]) -> str:
         "version": METRICS_VERSION, "settings": scoring, "device": device_type,
         "clip": model_fingerprint(settings.clip), "dino": model_fingerprint(settings.dino),
         "faces": face_models_fingerprint() if settings.faces else None,
+        "identity_models": {k: file_or_folder_fingerprint(getattr(settings, k))
+                            for k in ("arcface", "curricularface") if getattr(settings, k)},
         "references": [[p.name, file_digest(p)] for p in reference_files],
     }
     return hashlib.sha256(json.dumps(context, sort_keys=True).encode()).hexdigest()

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from magicme.configfile import load_structured
 from magicme.errors import ConfigError
 from magicme.evaluation.cache import EvalCache, context_key, entry_key, file_digest
+from magicme.evaluation.extended import EXTENDED_COLUMNS, ExtendedScorer, check_files
 from magicme.evaluation.faces import FaceEncoder, face_scores
 from magicme.evaluation.metrics import (
     ClipEncoder, DinoEncoder, check_model_path, frame_indices, mean_similarity, temporal_consistency,
@@ -30,7 +31,8 @@ from magicme.video_io import read_video
 
 log = logging.getLogger(__name__)
 
-METRICS = ("clip_i", "clip_t", "dino", "temporal", "face_detected", "face_distance", "face_cosine", "face_match")
+METRICS = ("clip_i", "clip_t", "dino", "temporal", "face_detected", "face_distance", "face_cosine", "face_match",
+           *EXTENDED_COLUMNS)
 
 
 @dataclass
@@ -44,6 +46,11 @@ class EvalSettings:
     batch_size: int = 32
     contact_frames: int = 8  # frames per video on the report's contact sheet
     cache: bool = True  # reuse the per-video scores kept in <run>/eval_cache.jsonl, add the new ones there
+    arcface: str = ""  # insightface antelopev2 / buffalo_l folder: FaceSim-Arc, identity drift, copy-paste; "" = off
+    curricularface: str = ""  # CurricularFace IR-101 state dict: FaceSim-Cur; "" = off
+    facesim_frames: int = 16  # frames sampled per video for FaceSim (ConsisID 16, OpenS2V-Eval 32)
+    drift_window: float = 0.25  # identity drift: share of the sampled frames in the first and in the last window
+    motion: bool = True  # motion amplitude and smoothness from OpenCV optical flow
 
 
 def text_alignment(frame_clip, clip, frame_texts: list[str]) -> float:
@@ -59,9 +66,12 @@ def text_alignment(frame_clip, clip, frame_texts: list[str]) -> float:
 def load_settings(path: Path | str | None, overrides: dict | None = None) -> EvalSettings:
     """Defaults ← YAML (configs/eval/*.yaml, keys as EvalSettings) ← command-line values that were given."""
     settings = EvalSettings(**OmegaConf.to_container(load_structured(EvalSettings, path, overrides or {})))
-    for key, low in (("frames_per_video", 0), ("batch_size", 1), ("contact_frames", 1)):
+    for key, low in (("frames_per_video", 0), ("batch_size", 1), ("contact_frames", 1), ("facesim_frames", 1)):
         if getattr(settings, key) < low:
             raise ConfigError(f"{key}: {getattr(settings, key)} is below {low}; give a value ≥ {low}")
+    if not 0 < settings.drift_window <= 0.5:
+        raise ConfigError(f"drift_window: {settings.drift_window} is not in (0, 0.5]; give the share of frames per "
+                          f"window, e.g. 0.25")
     return settings
 
 
@@ -94,6 +104,7 @@ class Scorer:
         self.clip = ClipEncoder(settings.clip, self.device, settings.batch_size)
         self.dino = DinoEncoder(settings.dino, self.device, settings.batch_size)
         self.faces = FaceEncoder(settings.face_upsample) if settings.faces else None
+        self.extended = ExtendedScorer(settings, self.reference_images, str(self.device))
         self.ref_clip, self.ref_dino = self.clip.images(self.reference_images), self.dino.images(self.reference_images)
         found = [self.faces.describe(i) for i in self.reference_images] if self.faces else []
         self.ref_faces = np.array([f for f in found if f is not None]).reshape(-1, 128)
@@ -119,6 +130,7 @@ class Scorer:
             metrics.update({f"face_{k}": v for k, v in asdict(scores).items()})
         else:
             metrics.update({m: float("nan") for m in METRICS if m.startswith("face_")})
+        metrics.update(self.extended.score(frames))
         return {"eval_prompt": " → ".join(dict.fromkeys(frame_texts)), "frames": len(picked),
                 "shape": list(frames.shape[:3]), "metrics": metrics,
                 "sheet": contact_sheet(frames, self.settings.contact_frames),
@@ -137,6 +149,7 @@ def evaluate(samples: list[Path | str], references: Path | str, out: Path | str 
     reference_files, reference_images = load_references(references)
     check_model_path("clip", settings.clip)
     check_model_path("dino", settings.dino)
+    check_files(settings)
     runs = list(dict.fromkeys(v.run for v in videos))
     videos.sort(key=lambda v: (*group_key(v, runs), v.index))
 

@@ -199,7 +199,7 @@ def write_configs(plan: Plan) -> None:
 def report_rows(metrics: dict[str, dict]) -> list[dict]:
     """One row per (identity, stage) from each identity's metrics.json, then per stage the mean over identities
     (Table 1's numbers; NaN where no identity has a value)."""
-    rows = [{"identity": name, **{k: g[k] for k in ("stage", "videos", *COLUMNS)}}
+    rows = [{"identity": name, **{k: g.get(k) for k in ("stage", "videos", *COLUMNS)}}  # older files: fewer metrics
             for name, data in metrics.items() for g in data["groups"]]
     stages = list(dict.fromkeys(r["stage"] for r in rows))
     for stage in stages:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from magicme.evaluation.extended import EXTENDED_COLUMNS
 from magicme.video_io import atomic_path, to_uint8
 
 COLUMNS = {  # metric key → (table/chart heading, what it means)
@@ -26,6 +27,7 @@ COLUMNS = {  # metric key → (table/chart heading, what it means)
     "face_distance": ("Face dist ↓", "dlib descriptor Euclidean distance to the references (< 0.6: same person)"),
     "face_cosine": ("Face cos", "dlib descriptor cosine similarity to the references"),
     "face_match": ("Face match", "share of frames with a face whose mean distance is < 0.6"),
+    **EXTENDED_COLUMNS,
 }
 CSV_FIELDS = ["level", "run", "stage", "index", "seed", "gamma", "prompt", "eval_prompt", "file", "videos", "frames",
               *COLUMNS]
