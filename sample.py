@@ -15,7 +15,8 @@ import sys
 
 from magicme.cli import quiet_libraries
 from magicme.errors import ConfigError
-from magicme.schema import check_settings, load_sample_config
+from magicme.inspector import inspect_files
+from magicme.schema import check_settings, load_sample_config, model_files
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_sample_config(args.config, args.overrides)
         check_settings(cfg)  # typos and ranges, before the model libraries take seconds to import
+        inspect_files(model_files(cfg)).raise_first()  # ControlNets, SparseCtrl, …: headers, before torch is imported
         from magicme.sampling import run_sampling
 
         run_dir = run_sampling(args.config, cfg=cfg, progress=not args.quiet, run_dir=args.run_dir,

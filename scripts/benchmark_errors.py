@@ -36,13 +36,13 @@ print(f"{end - begin}")
 """
 
 
-def timed(args: list[str]) -> tuple[float, str]:
-    """Seconds from starting a Python process until it exited, and its last stderr line."""
+def timed(args: list[str]) -> tuple[float, str, str]:
+    """Seconds from starting a Python process until it exited, its last stderr line and its stdout."""
     start = time.perf_counter()
     done = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     lines = done.stderr.strip().splitlines()
-    return seconds, lines[-1] if lines else done.stdout.strip()
+    return seconds, lines[-1] if lines else "", done.stdout.strip()
 
 
 def tiny_config(folder: Path) -> Path:
@@ -87,11 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         results = {}
         for name, overrides in cases.items():
             runs = [timed(["sample.py", "--config", str(config), "--quiet", *overrides]) for _ in range(args.repeats)]
-            results[name] = {"seconds": round(statistics.median(s for s, _ in runs), 2), "line": runs[0][1][:110]}
+            results[name] = {"seconds": round(statistics.median(r[0] for r in runs), 2), "line": runs[0][1][:110]}
         loads = [timed(["-c", LOAD, str(config)]) for _ in range(args.repeats)]
-        results["models load (the loading call)"] = {"seconds": round(statistics.median(float(line) for _, line in
-                                                                                        loads), 2)}
-        results["start until the models have loaded"] = {"seconds": round(statistics.median(s for s, _ in loads), 2)}
+        results["models load (the loading call)"] = {"seconds": round(statistics.median(float(r[2]) for r in loads), 2)}
+        results["start until the models have loaded"] = {"seconds": round(statistics.median(r[0] for r in loads), 2)}
     print(json.dumps(results, indent=1))
     return 0
 
