@@ -129,7 +129,8 @@ def photos(tmp_path_factory) -> Path:
 
 def write_train_config(tmp_path, tiny_bundle, photos, **changes) -> Path:
     cfg = yaml.safe_load(Path("configs/tiny/train.yaml").read_text())
-    cfg.update(images_dir=str(photos), output_dir=str(tmp_path / "runs"), mask_cache_dir=str(tmp_path / "cache"))
+    cfg.update(images_dir=str(photos), output_dir=str(tmp_path / "runs"), mask_cache_dir=str(tmp_path / "cache"),
+               copy_to_embeddings_dir=None)  # never into the repository's models/ (tests that copy set a folder)
     cfg["model"] = {"base": str(tiny_bundle["sd15"]), "clipseg": str(tiny_bundle["clipseg"])}
     cfg["validation"]["every"] = 0
     cfg["validation"]["model"].update(base=str(tiny_bundle["sd15"]), motion_module=str(tiny_bundle["motion_v2"]))
