@@ -16,6 +16,9 @@ import train
 TINY = Path("configs/tiny")
 SAMPLING = sorted(TINY.glob("sample*.yaml"))
 TRAINING = sorted(TINY.glob("train*.yaml"))
+# configs whose sizes were chosen so that the random CLIPSeg finds one or two "faces" in their noise videos; in the
+# other mirrors the face stage may find none and pass the video through (it says so), which they also exercise
+REFINES_FACES = {"sample_vcd", "sample_paper", "sample_long", "sample_control_pose"}
 REAL = sorted(Path("configs/sample").glob("*.yaml")) + sorted(Path("configs/train").glob("*.yaml")) + [
     Path("configs/eval/default.yaml")]
 
@@ -83,7 +86,7 @@ def test_each_tiny_sampling_config_renders(path, tiny_models, tmp_path, capsys):
     stages = cfg.get("stages", ["edit" if cfg.get("input_video") else "t2v"])
     assert [r["stage"] for r in rows[:len(stages)]] == stages
     assert len(rows) % len(stages) == 0 and all((run_dir / r["files"]["mp4"]).is_file() for r in rows)
-    if "face" in stages:  # the face stage really refined something: a face was found, not passed through
+    if path.stem in REFINES_FACES:  # the face stage really refined something: a face was found, not passed through
         faces = [r for r in rows if r["stage"] == "face"]
         assert any(r["faces"] >= 1 and not r["passed_through"] for r in faces)
 
@@ -98,7 +101,7 @@ def train_and_render(config: Path, capsys, output: Path) -> list[dict]:
     for number, command in enumerate(commands):
         words = shlex.split(command)
         assert words[:2] == ["python", "sample.py"]
-        assert sample.main([*words[2:], "--quiet", f"output_dir={output / str(number)}", "steps=1"]) == 0
+        assert sample.main(["--quiet", *words[2:], f"output_dir={output / str(number)}", "steps=1"]) == 0
         (run_dir,) = (output / str(number)).iterdir()
         rendered += records(run_dir)
     return rendered
