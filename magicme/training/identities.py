@@ -19,7 +19,6 @@ from omegaconf import DictConfig
 
 from magicme.errors import ConfigError
 from magicme.prompts import ID_PLACEHOLDER
-from magicme.training.config import sampling_embeddings_dir
 from magicme.training.data import Photo
 from magicme.training.trainer import (
     ResumePoint, StepHook, check_state_fits, final_file, find_resume_point, newest_good_state, newest_run,
@@ -103,11 +102,19 @@ def sample_command(cfg: DictConfig, output: str) -> str | None:
     prompt), pointing `model.embeddings_dir` at the identity's folder when that config looks elsewhere."""
     if not cfg.sample_config or not Path(cfg.sample_config).is_file():
         return None
+    from magicme.schema import load_sample_config
+
     folder = Path(cfg.copy_to_embeddings_dir) if cfg.copy_to_embeddings_dir else Path(output).parent
     text = cfg.validation.prompts[0] if cfg.validation.prompts else f"a photo of {ID_PLACEHOLDER}"
-    text = text.replace(ID_PLACEHOLDER, f"<{cfg.name}> {cfg.class_word}").replace("\\", "").replace('"', "'")
-    words = ["python", "sample.py", "--config", cfg.sample_config, f'prompts=["{text}"]']
-    reads = sampling_embeddings_dir(cfg.sample_config)
+    text = text.replace("\\", "").replace('"', "'")
+    sampling = load_sample_config(cfg.sample_config)
+    if sampling.identities:  # a grid config: this identity alone, {id} filled by the grid with its class word
+        words = ["python", "sample.py", "--config", cfg.sample_config, f'prompts=["{text}"]',
+                 f"identities=[{cfg.name}]"]
+    else:
+        text = text.replace(ID_PLACEHOLDER, f"<{cfg.name}> {cfg.class_word}")
+        words = ["python", "sample.py", "--config", cfg.sample_config, f'prompts=["{text}"]']
+    reads = sampling.model.embeddings_dir
     if reads is None or Path(reads).resolve() != folder.resolve():
         words.append(f"model.embeddings_dir={folder}")
     return shlex.join(words)
