@@ -28,6 +28,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def say(message: str) -> None:
+    """A start-up step on stderr at once: the imports alone can take a minute on a slow disk."""
+    print(f"app: {message}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -35,20 +40,28 @@ def main(argv: list[str] | None = None) -> int:
     from magicme.errors import ConfigError
     from magicme.limits import MAX_UPLOAD_MB
 
+    say("importing gradio, torch and diffusers (up to a minute or two the first time) ...")
     try:
         from magicme.webapp.ui import App, build_ui
     except ImportError as err:
         print(f"error: {err.name}: not installed; pip install -e '.[app]'", file=sys.stderr)
         return 2
+    say(f"checking {args.config} and {args.train_config} ...")
     try:
         app = App(args.config, args.train_config, max_clip_seconds=args.max_clip_seconds)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    say("building the page ...")
     page = build_ui(app)
+    say(f"starting the server on {args.host}:{args.port} ...")
+    # quiet: gradio's own hint names share=True, our flag is --share
     page.queue().launch(server_name=args.host, server_port=args.port, share=args.share,
-                        allowed_paths=app.served_folders(), show_error=False, footer_links=[],
-                        max_file_size=f"{MAX_UPLOAD_MB}mb")
+                        allowed_paths=app.served_folders(), show_error=False, footer_links=[], quiet=True,
+                        max_file_size=f"{MAX_UPLOAD_MB}mb", prevent_thread_lock=True)
+    say(f"open http://{args.host}:{args.port}/ (models load on the first click; Ctrl+C stops the app)"
+        + (f"; public link: {page.share_url}" if args.share else "; a public link: python app.py --share"))
+    page.block_thread()
     return 0
 
 

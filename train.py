@@ -3,10 +3,13 @@
     python train.py --config configs/train/example.yaml [key=value ...] [--resume latest|auto|PATH]
     python train.py --config configs/train/ann.yaml configs/train/bob.yaml       # one after another
     python train.py --config configs/train/team.yaml --resume auto               # identities: [ann, bob, ...]
+    python train.py --config configs/tiny/train.yaml                 # tiny random-weight models: seconds
     accelerate launch train.py --config ...          # one identity: data-parallel; several: shared out
 
 Writes <output_dir>/<name>-<timestamp>/ per identity with <name>.pt (use it as `embedding:<name> man` in sample.py
-and ComfyUI), checkpoints, masks, validation videos, train.log and loss_curve.png, then prints a summary table.
+and ComfyUI; also copied to copy_to_embeddings_dir, by default the folder sample_config reads), checkpoints,
+masks, validation videos, train.log and loss_curve.png, then prints a summary table and the sample.py command
+that renders each identity.
 See docs/training.md.
 """
 
@@ -38,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
                              "a run folder, or a state file <run>/checkpoints/state-step-N.pt")
     parser.add_argument("--compile", action="store_true", help="compile the UNet's blocks (compile=true): minutes "
                         "the first time, then cached next to the models; docs/speed.md")
+    parser.add_argument("--force", action="store_true", help="replace an identity of the same name in "
+                        "copy_to_embeddings_dir (without it, an existing different file there is an error)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if args.compile:
@@ -47,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         if not configs:
             raise ConfigError("--config: give at least one YAML file")
         jobs = [Job(cfg, validate_train_config(cfg)) for cfg in load_train_configs(configs, overrides)]
-        outcomes = train_identities(jobs, resume=args.resume, progress=not args.quiet)
+        outcomes = train_identities(jobs, resume=args.resume, progress=not args.quiet, force=args.force)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -58,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         print(summary_table(outcomes))
         for outcome in outcomes:
             print(f"wrote {outcome.output}")
+        for outcome in outcomes:
+            if outcome.command:
+                print(f"render {outcome.name}: {outcome.command}")
     return 0
 
 

@@ -130,14 +130,15 @@ class MagicPipeline:
 
     def text_to_video(self, prompt: Prompt, negative_prompt: Prompt, generator: torch.Generator, *, gamma: float,
                       frames: int, height: int, width: int, steps: int, guidance_scale: float,
-                      progress: bool = True, control: Control | None = None, sparse: SparseControl | None = None,
-                      **pipeline_kwargs) -> np.ndarray:
+                      progress: bool = True, desc: str = "t2v", control: Control | None = None,
+                      sparse: SparseControl | None = None, **pipeline_kwargs) -> np.ndarray:
         """A (frames, height, width, 3) video in [0, 1] from prior noise drawn with `generator`, guided by the
         ControlNets of `control` (magicme/control/nets.py) and the SparseCtrl keyframes of `sparse`
-        (magicme/control/sparse_net.py); other keyword arguments go to `AnimateDiffPipeline.__call__`."""
+        (magicme/control/sparse_net.py); other keyword arguments go to `AnimateDiffPipeline.__call__`. `desc` names the
+        step bar (the stage)."""
         latents = sample_noise_prior(self.latent_shape(frames, height, width), gamma, generator,
                                      device=self.device, dtype=self.dtype)
-        self.t2v.set_progress_bar_config(disable=not progress, leave=False)
+        self.t2v.set_progress_bar_config(disable=not progress, leave=False, desc=desc)
         with windowed_unet(self.t2v.unet, self.context), \
                 residual_unet(self.t2v.unet, sparse, lambda: len(self.t2v.scheduler.timesteps)), \
                 residual_unet(self.t2v.unet, control, lambda: len(self.t2v.scheduler.timesteps)), \
@@ -171,7 +172,7 @@ class MagicPipeline:
 
     def video_to_video(self, video: np.ndarray, prompt: Prompt, negative_prompt: Prompt, generator: torch.Generator, *,
                        gamma: float, strength: float, steps: int, guidance_scale: float, progress: bool = True,
-                       scheduler=None, mask: np.ndarray | None = None, control: Control | None = None,
+                       desc: str = "v2v", scheduler=None, mask: np.ndarray | None = None, control: Control | None = None,
                        sparse: SparseControl | None = None, **pipeline_kwargs) -> np.ndarray:
         """Noise `video` with the prior to the level `strength` selects and denoise it for `steps` steps with
         `prompt`: the last `steps` of a schedule of int(steps / strength) (magicme/steps.py, ComfyUI's `denoise`).
@@ -181,7 +182,8 @@ class MagicPipeline:
         so only the masked region is regenerated (ComfyUI's `noise_mask`). Strength 0 returns the input unchanged
         (no VAE round trip). `scheduler` replaces the model's for this call. `control` adds ControlNet guidance
         over the steps run (its start/end are fractions of them, as in diffusers), `sparse` SparseCtrl keyframe
-        guidance the same way. Other keyword arguments go to `AnimateDiffVideoToVideoPipeline.__call__`.
+        guidance the same way. Other keyword arguments go to `AnimateDiffVideoToVideoPipeline.__call__`. `desc`
+        names the step bar (the stage, and which face or tile).
         """
         frames, height, width, _ = video.shape
         if strength == 0:
@@ -202,7 +204,7 @@ class MagicPipeline:
                 keep = 1.0 - self.latent_mask(mask, clean.shape)
                 ours["callback_on_step_end"] = keep_known_latents(
                     clean, noise, run, keep, then=pipeline_kwargs.pop("callback_on_step_end", None))
-            self.v2v.set_progress_bar_config(disable=not progress, leave=False)
+            self.v2v.set_progress_bar_config(disable=not progress, leave=False, desc=desc)
             with windowed_unet(self.t2v.unet, self.context), residual_unet(self.t2v.unet, sparse, lambda: len(run)), \
                     residual_unet(self.t2v.unet, control, lambda: len(run)), \
                     self.conditioned(prompt, negative_prompt, frames, pipeline_kwargs) as prompt_kwargs, \

@@ -479,20 +479,24 @@ def prompt_tokens(prompt: Prompt, tokens: dict[str, int]) -> int:
 def resolved_config(cfg: DictConfig, samples: list[Sample], tokens: dict[str, int]) -> DictConfig:
     """The config to save next to the outputs: one entry per prompt × seed with the seed actually used (and, for the
     record, the token counts of its prompt and negative prompt, the longest over a grid's identities), the grid's
-    identities by name with their class words; re-running it reproduces the run exactly, and a resumed run reads
+    identities by name with their class words; the top-level `seeds` are the shared seeds as the first prompt without
+    its own used them (the union of every prompt's seeds would be none of them); re-running it reproduces the run exactly, and a resumed run reads
     its random seeds back from it."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     entries = prompt_entries(cfg)
     slots = seed_slots(entries)
     per_slot = len(samples) // len(slots)
-    resolved["prompts"] = []
+    resolved["prompts"], used = [], {}
     for k, (i, _) in enumerate(slots):
         group = samples[k * per_slot:(k + 1) * per_slot]
+        used.setdefault(i, []).append(group[0].seed)
         resolved["prompts"].append({
             "prompt": entries[i].prompt, "negative_prompt": entries[i].negative_prompt, "seeds": [group[0].seed],
             "gamma": entries[i].gamma, "tokens": [max(prompt_tokens(s.prompt, tokens) for s in group),
                                                   max(prompt_tokens(s.negative_prompt, tokens) for s in group)]})
-    resolved["seeds"] = sorted({s.seed for s in samples})
+    shared = [i for i, entry in enumerate(cfg.prompts) if not (OmegaConf.is_dict(entry) and "seeds" in entry)]
+    if shared:
+        resolved["seeds"] = used[shared[0]]
     identities = resolve_identities(cfg)
     if identities is not None:
         resolved["identities"], resolved["class_words"] = list(identities), identities

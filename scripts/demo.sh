@@ -2,7 +2,8 @@
 # The main job in one command: set up ./.venv, then sample videos.
 # With real weights in models/ (bash download_checkpoint.sh) it renders configs/sample/example.yaml; without them it
 # builds the tiny random-weight bundle and renders configs/tiny/sample.yaml, whose videos are noise by design.
-# Extra arguments are passed to sample.py as overrides, e.g. `bash scripts/demo.sh steps=10`.
+# Extra arguments are passed to sample.py as overrides, e.g. `bash scripts/demo.sh steps=10`, or
+# `bash scripts/demo.sh stages=[t2v,face,tiled]` for Face and Tiled VCD (the tiny config sets their sizes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh

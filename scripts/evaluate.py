@@ -1,6 +1,8 @@
 """Score sample runs against an identity's photos: CLIP-I, CLIP-T, DINO, temporal consistency, face identity.
 
     python scripts/evaluate.py --samples outputs/run-a [outputs/run-b ...] --references dataset/<name>
+    python scripts/evaluate.py --samples outputs/grid --references dataset      # a grid: dataset/<identity>/ each
+    python scripts/evaluate.py --config configs/tiny/eval.yaml --samples outputs/<run> --references models/tiny/dataset
         [--out DIR] [--config configs/eval/default.yaml] [--device auto] [--clip MODEL] [--dino MODEL]
         [--frames-per-video K] [--no-faces] [--no-cache] [--arcface PACK] [--curricularface FILE]
 
@@ -22,8 +24,6 @@ from magicme.cli import quiet_libraries  # noqa: E402
 
 quiet_libraries()
 
-from transformers.utils import logging as transformers_logging  # noqa: E402
-
 from magicme.errors import ConfigError  # noqa: E402
 from magicme.evaluation.evaluate import evaluate, load_settings  # noqa: E402
 
@@ -31,7 +31,9 @@ from magicme.evaluation.evaluate import evaluate, load_settings  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", nargs="+", required=True, help="sample run folder(s) holding samples.jsonl")
-    parser.add_argument("--references", required=True, help="folder of the identity's photos (dataset/<name>)")
+    parser.add_argument("--references", required=True,
+                        help="the identity's photo folder (dataset/<name>), or a folder of per-identity folders "
+                             "(dataset/): each identity of a grid is scored against its own photos")
     parser.add_argument("--out", help="output folder (default: <first samples folder>/eval)")
     parser.add_argument("--config", help="evaluation settings YAML (configs/eval/default.yaml lists every key)")
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:1, mps")
@@ -44,7 +46,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-cache", action="store_true", help="score every video again (and do not record them)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    transformers_logging.disable_progress_bar()  # weight-loading bars would bury the evaluation's own bar
     overrides = {"device": args.device, "clip": args.clip, "dino": args.dino,
                  "frames_per_video": args.frames_per_video, "faces": False if args.no_faces else None,
                  "arcface": args.arcface, "curricularface": args.curricularface,

@@ -34,3 +34,14 @@ def tiny_pipeline(tiny_bundle, tiny_model_cfg):
     from magicme.families.sd15 import load
 
     return load(tiny_model_cfg, find_embeddings(tiny_bundle["embedding"].parent), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_bundle) -> Path:
+    """The folder `scripts/make_tiny_models.py` writes (models/tiny): the bundle plus SparseCtrl, evaluation models
+    and photos. configs/tiny/*.yaml run against it with `models/tiny/` replaced by this folder."""
+    from magicme.tiny.extras import save_tiny_extras
+
+    root = tiny_bundle["sd15"].parent
+    save_tiny_extras(root)
+    return root

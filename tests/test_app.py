@@ -337,3 +337,31 @@ def test_edit_tab_rerenders_an_uploaded_clip(app_configs, tmp_path):
     assert record["stage"] == "edit" and record["frames"] == 8
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["input_video"] == str(clip) and saved["input_strength"] == 0.5
+
+
+def test_app_says_what_it_is_doing_while_it_starts(app_configs, monkeypatch, capsys):
+    """Every start-up step is announced on stderr before it runs, gradio's own hint (which names `share=True`, not
+    our --share) is silenced, and the last line names the address and the --share flag."""
+    import app
+    from magicme.webapp import ui
+
+    calls = {}
+
+    class Page:
+        share_url = None
+
+        def queue(self):
+            return self
+
+        def launch(self, **kwargs):
+            calls["launch"] = kwargs
+
+        def block_thread(self):
+            calls["blocked"] = True
+
+    monkeypatch.setattr(ui, "build_ui", lambda built: Page())
+    assert app.main(["--config", str(app_configs[0]), "--train-config", str(app_configs[1]), "--port", "7999"]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("app: ")]
+    assert [line.split(" ")[1] for line in lines] == ["importing", "checking", "building", "starting", "open"]
+    assert lines[-1].startswith("app: open http://127.0.0.1:7999/") and "python app.py --share" in lines[-1]
+    assert calls["launch"]["quiet"] is True and calls["launch"]["share"] is False and calls["blocked"]

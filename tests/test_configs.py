@@ -79,8 +79,11 @@ def test_shipped_sampling_configs_pass_every_check(path, tiny_bundle, tmp_path, 
         cfg.sparse_control.type = "rgb"
         cfg.sparse_control.frames = {frame: sparse["image"] for frame in cfg.sparse_control.frames}
     (tmp_path / "emb").mkdir()
-    texts = [text for s in expand_samples(cfg) for text in keyframes(s.prompt).values()]
     identity = tiny_bundle["embedding_sdxl" if sdxl else "embedding"]
+    grid = list(cfg.identities) if OmegaConf.is_list(cfg.identities) else []  # configs/tiny/sample_grid.yaml
+    for name in grid:
+        (tmp_path / "emb" / f"{name}{identity.suffix}").write_bytes(identity.read_bytes())
+    texts = [text for s in expand_samples(cfg) for text in keyframes(s.prompt).values()]
     for name in {n for text in texts for n in referenced_names(text)}:  # the tiny identity under each name used
         (tmp_path / "emb" / f"{name}{identity.suffix}").write_bytes(identity.read_bytes())
     samples, embeddings = check_sample_config(cfg)

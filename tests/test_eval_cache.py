@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from magicme.evaluation import evaluate as evaluate_module
+from magicme.evaluation import metrics as metrics_module
 from magicme.evaluation.cache import CACHE_NAME, EvalCache, context_key, entry_key, file_digest
 from magicme.evaluation.evaluate import EvalSettings, evaluate
 from magicme.tiny.eval_models import save_tiny_clip, save_tiny_dino
@@ -80,7 +80,7 @@ def test_a_growing_run_scores_only_its_new_videos(tmp_path, models, references, 
         .replace("&quot;cache&quot;: false", "&quot;cache&quot;: true")
 
     # all cached: no model is even loaded
-    monkeypatch.setattr(evaluate_module, "ClipEncoder", lambda *a, **k: pytest.fail("loaded a model"))
+    monkeypatch.setattr(metrics_module, "ClipEncoder", lambda *a, **k: pytest.fail("loaded a model"))
     again = scored(run, references, tmp_path / "e3", **use)
     assert again["cache"] == {"computed": 0, "cached": 3} and again["references"]["faces_found"] == \
         cold["references"]["faces_found"]

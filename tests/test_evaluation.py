@@ -16,7 +16,8 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from magicme.errors import ConfigError
-from magicme.evaluation import evaluate as evaluate_module
+from magicme.evaluation import faces as faces_module
+from magicme.evaluation import metrics as metrics_module
 from magicme.evaluation.evaluate import EvalSettings, evaluate, load_settings
 from magicme.evaluation.faces import FaceEncoder, face_scores
 from magicme.evaluation.metrics import (
@@ -331,8 +332,8 @@ def test_bad_out_is_refused_before_any_model_loads(tmp_path, runs, references, m
     def no_models(*args, **kwargs):
         raise AssertionError("a model was loaded before --out was checked")
 
-    monkeypatch.setattr(evaluate_module, "ClipEncoder", no_models)
-    monkeypatch.setattr(evaluate_module, "DinoEncoder", no_models)
+    monkeypatch.setattr(metrics_module, "ClipEncoder", no_models)
+    monkeypatch.setattr(metrics_module, "DinoEncoder", no_models)
     taken = tmp_path / "report.html"
     taken.write_text("keep me")
     settings = EvalSettings(clip=models["clip"], dino=models["dino"], device="cpu")
@@ -486,3 +487,89 @@ def test_bad_base_config_and_out_are_one_line_errors(tmp_path, capsys):
     assert main([*args, "--base", str(repo / "configs/sample/example.yaml"), "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith(f"error: --out: {tmp_path} is a folder")
     assert not (tmp_path / "a.yaml").exists()
+
+
+# --- grids: each identity against its own photos --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def grid(tmp_path_factory, astronaut) -> tuple[Path, Path]:
+    """A grid run of two identities (ann: the astronaut, bob: flat grey) and dataset/<identity>/ with each one's
+    photo: each video equals its own identity's photo, so CLIP-I against its own references is 1."""
+    root = tmp_path_factory.mktemp("grid")
+    grey = np.full((64, 64, 3), 0.5, dtype=np.float32)
+    small = np.asarray(Image.fromarray(skdata.astronaut()).resize((64, 64)), dtype=np.float32) / 255.0
+    run = root / "grid"
+    run.mkdir()
+    rows = []
+    for index, (name, image) in enumerate((("ann", small), ("bob", grey))):
+        frames = write_frames(run / f"{name}-42", np.stack([image] * 2))
+        rows.append({**record(index, "t2v", {"frames": frames}, 2), "identity": name, "height": 64, "width": 64,
+                     "prompt": f"a photo of embedding:{name} person"})
+        (root / "dataset" / name).mkdir(parents=True)
+        Image.fromarray(np.round(image * 255).astype(np.uint8)).save(root / "dataset" / name / "photo.png")
+    write_run(run, rows)
+    return run, root / "dataset"
+
+
+def test_a_grid_is_scored_per_identity_with_a_mean_row(tmp_path, grid, models):
+    run, dataset = grid
+    settings = EvalSettings(clip=models["clip"], dino=models["dino"], device="cpu", faces=False)
+    out = evaluate([run], dataset, tmp_path / "eval", settings, progress=False)
+    groups = json.loads((out / "metrics.json").read_text())["groups"]
+    assert [(g["stage"], g["identity"], g["videos"]) for g in groups] == [
+        ("t2v", "ann", 1), ("t2v", "bob", 1), ("t2v", "mean", 2)]
+    assert groups[0]["clip_i"] == pytest.approx(1.0) and groups[1]["clip_i"] == pytest.approx(1.0)
+    assert groups[0]["dino"] == pytest.approx(1.0) and groups[2]["clip_i"] == pytest.approx(1.0)
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [(r["level"], r["identity"]) for r in rows] == [
+        ("video", "ann"), ("video", "bob"), ("aggregate", "ann"), ("aggregate", "bob"), ("aggregate", "mean")]
+    # the same videos against one identity's photos for both: bob's grey is not the astronaut
+    swapped = tmp_path / "swapped"
+    shutil.copytree(dataset, swapped)
+    shutil.copy(dataset / "ann" / "photo.png", swapped / "bob" / "photo.png")
+    crossed = json.loads((evaluate([run], swapped, tmp_path / "crossed", settings, progress=False)
+                          / "metrics.json").read_text())["groups"]
+    assert crossed[1]["clip_i"] < 0.99
+
+
+def test_grid_references_are_checked_before_any_model_loads(tmp_path, grid, models, monkeypatch):
+    def no_models(*args, **kwargs):
+        raise AssertionError("a model was loaded before the references were checked")
+
+    monkeypatch.setattr(metrics_module, "ClipEncoder", no_models)
+    run, dataset = grid
+    settings = EvalSettings(clip=models["clip"], dino=models["dino"], device="cpu", faces=False)
+    with pytest.raises(ConfigError, match=r"holds one identity's photos, but the runs show 2 identities \(ann, bob\)"):
+        evaluate([run], dataset / "ann", tmp_path / "eval", settings, progress=False)
+    partial = tmp_path / "partial"
+    shutil.copytree(dataset / "ann", partial / "ann")
+    with pytest.raises(ConfigError, match="has no folder bob/ for identity 'bob'"):
+        evaluate([run], partial, tmp_path / "eval", settings, progress=False)
+    assert not (tmp_path / "eval").exists()
+
+
+def test_missing_model_files_are_found_before_any_model_loads(tmp_path, runs, references, models, monkeypatch):
+    def no_models(*args, **kwargs):
+        raise AssertionError("a model was loaded before the model files were checked")
+
+    monkeypatch.setattr(metrics_module, "ClipEncoder", no_models)
+    settings = EvalSettings(clip=models["clip"], dino=models["dino"], device="cpu")
+    weightless = tmp_path / "clip"
+    weightless.mkdir()
+    shutil.copy(Path(models["clip"]) / "config.json", weightless / "config.json")
+    with pytest.raises(ConfigError, match=f"clip: {weightless} has a config.json but no weights"):
+        evaluate([runs[1]], references, tmp_path / "eval", EvalSettings(**{**vars(settings), "clip": str(weightless)}),
+                 progress=False)
+
+    class Gone:
+        @staticmethod
+        def pose_predictor_five_point_model_location():
+            return str(tmp_path / "shape_predictor_5_face_landmarks.dat")
+
+        face_recognition_model_location = pose_predictor_five_point_model_location
+
+    monkeypatch.setattr(faces_module, "face_models_module", lambda purpose="face metric": Gone)
+    with pytest.raises(ConfigError, match="face metric: .*shape_predictor_5_face_landmarks.dat is missing"):
+        evaluate([runs[1]], references, tmp_path / "eval", settings, progress=False)
+    assert not (tmp_path / "eval").exists()

@@ -315,13 +315,14 @@ def test_facesim_frames_and_drift_window_reach_the_scorer(face_models, monkeypat
     settings = SimpleNamespace(arcface=str(face_models["pack"]), curricularface="", facesim_frames=3,
                                drift_window=0.5, motion=False)
     photo = bright_square(128, 128, (30, 90, 30, 90))
-    scorer = extended.ExtendedScorer(settings, [photo.astype(np.float32) / 255])
+    scorer = extended.ExtendedScorer(settings)
+    references = scorer.reference_faces([photo.astype(np.float32) / 255])
     seen, windows = [], []
     face = scorer.faces.face
     monkeypatch.setattr(scorer.faces, "face", lambda image: seen.append(image) or face(image))
     real_drift = extended.identity_drift
     monkeypatch.setattr(extended, "identity_drift", lambda f, r, w: windows.append((len(f), w)) or real_drift(f, r, w))
-    scores = scorer.score(np.stack([photo] * 10).astype(np.float32) / 255)
+    scores = scorer.score(np.stack([photo] * 10).astype(np.float32) / 255, references)
     assert len(seen) == 3 and windows == [(3, 0.5)]
     assert scores["facesim_arc"] == pytest.approx(1.0) and math.isnan(scores["facesim_cur"])
     assert math.isnan(scores["motion_amplitude"])

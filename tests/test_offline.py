@@ -84,7 +84,8 @@ def test_sample_and_train_offline(tiny_bundle, real_layout, no_network, tmp_path
                   "clipseg": str(tiny_bundle["clipseg"])},
         "validation": {"every": 2, "model": {**model, "embeddings_dir": None}, "prompts": ["a photo of {id}"],
                        "steps": 1, "frames": 2, "width": 32, "height": 32},
-        "output_dir": str(tmp_path / "runs"), "mask_cache_dir": str(tmp_path / "cache")}))
+        "output_dir": str(tmp_path / "runs"), "mask_cache_dir": str(tmp_path / "cache"),
+        "copy_to_embeddings_dir": None}))
     assert train.main(["--config", str(train_cfg), "--quiet"]) == 0
     assert list((tmp_path / "runs").glob("*/offline.pt"))
 

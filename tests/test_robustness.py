@@ -568,7 +568,7 @@ def contents_bytes(folder: Path) -> dict[str, bytes]:
 
 
 def test_O34_an_evaluation_model_with_a_truncated_weights_file(tmp_path, tiny_bundle):
-    from magicme.evaluation.metrics import check_model_path
+    from magicme.evaluation.runs import check_model_path
 
     clip = broken_net(tmp_path, tiny_bundle["clipseg"], "truncated")  # any transformers folder: the header is checked
     with pytest.raises(ConfigError, match=f"^clip: {clip}/model.safetensors: truncated safetensors file"):

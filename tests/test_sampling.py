@@ -59,6 +59,7 @@ def test_sample_py_end_to_end(tmp_path, tiny_bundle, capsys):
     assert records[1]["seed"] != -1 and records[2]["seed"] == 5
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert [p["seeds"] for p in saved["prompts"]] == [[1], [records[1]["seed"]], [5]]
+    assert saved["seeds"] == [1, records[1]["seed"]]  # the shared seeds as used, not the union with prompt 2's [5]
     assert (run_dir / "grid.gif").is_file()
     assert str(run_dir) in capsys.readouterr().out
 

@@ -107,7 +107,8 @@ def photos(tmp_path_factory) -> Path:
 
 def write_config(folder: Path, tiny_bundle, photos: Path, **changes) -> Path:
     cfg = yaml.safe_load(CONFIG.read_text())
-    cfg.update(images_dir=str(photos), output_dir=str(folder / "runs"), mask_cache_dir=str(folder / "cache"))
+    cfg.update(images_dir=str(photos), output_dir=str(folder / "runs"), mask_cache_dir=str(folder / "cache"),
+               copy_to_embeddings_dir=None)
     cfg["model"].update(base=str(tiny_bundle["sdxl"]), clipseg=str(tiny_bundle["clipseg"]))
     cfg["validation"]["every"] = 0
     cfg["validation"]["model"].update(base=str(tiny_bundle["sdxl"]), motion_module=str(tiny_bundle["motion_sdxl"]))

@@ -129,7 +129,8 @@ def photos(tmp_path_factory) -> Path:
 
 def write_train_config(tmp_path, tiny_bundle, photos, **changes) -> Path:
     cfg = yaml.safe_load(Path("configs/tiny/train.yaml").read_text())
-    cfg.update(images_dir=str(photos), output_dir=str(tmp_path / "runs"), mask_cache_dir=str(tmp_path / "cache"))
+    cfg.update(images_dir=str(photos), output_dir=str(tmp_path / "runs"), mask_cache_dir=str(tmp_path / "cache"),
+               copy_to_embeddings_dir=None)  # never into the repository's models/ (tests that copy set a folder)
     cfg["model"] = {"base": str(tiny_bundle["sd15"]), "clipseg": str(tiny_bundle["clipseg"])}
     cfg["validation"]["every"] = 0
     cfg["validation"]["model"].update(base=str(tiny_bundle["sd15"]), motion_module=str(tiny_bundle["motion_v2"]))
@@ -399,3 +400,28 @@ def test_gradient_clipping_acts_on_the_id_vectors(tmp_path, tiny_bundle, photos,
     config = write_train_config(tmp_path, tiny_bundle, photos, max_steps=1, max_grad_norm=1e-6)
     assert train.main(["--config", str(config), "--quiet"]) == 0
     assert clipped == [[((4, 32), True, True)]]
+
+
+def test_nice_ticks_are_round_and_cover_the_range():
+    from magicme.training.trainer import nice_ticks
+
+    assert nice_ticks(1, 400) == [100, 200, 300, 400]
+    assert nice_ticks(1, 4) == [1, 2, 3, 4]
+    assert nice_ticks(0.0312, 0.0871) == [0.04, 0.06, 0.08]
+    assert nice_ticks(0.5, 0.5) == [0.5]
+
+
+def test_loss_curve_has_axes_and_ticks(tmp_path):
+    """The PNG has a y axis and an x axis (dark lines along the plot area's left and bottom edges) with tick marks
+    at the round step values."""
+    from PIL import Image
+
+    from magicme.training.trainer import save_loss_curve
+
+    save_loss_curve(tmp_path / "c.png", [1.0 - 0.002 * i for i in range(400)])
+    pixels = np.asarray(Image.open(tmp_path / "c.png").convert("L"))
+    left, bottom, right, top = 64, 320 - 40, 640 - 16, 24
+    assert (pixels[top:bottom, left] < 80).all() and (pixels[bottom, left:right] < 80).all()
+    tick_x = [round(left + (step - 1) / 399 * (right - left)) for step in (100, 200, 300, 400)]
+    assert all((pixels[bottom + 1:bottom + 5, x] < 80).all() for x in tick_x)
+    assert (pixels[bottom + 1:bottom + 5, left + 30] > 200).all()  # no tick between them

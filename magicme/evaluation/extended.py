@@ -45,26 +45,30 @@ def check_files(settings) -> None:
 
 
 class ExtendedScorer:
-    """Loads the configured face models and the references' faces once, then scores videos."""
+    """Loads the configured face models once, then scores videos against an identity's reference faces."""
 
-    def __init__(self, settings, reference_images: list[np.ndarray], device: str = "cpu"):
+    def __init__(self, settings, device: str = "cpu"):
         self.settings = settings
         self.faces = InsightFaces(settings.arcface, settings.curricularface, device) if settings.arcface else None
-        found = [self.faces.face(to_uint8(i)) for i in reference_images] if self.faces else []
-        self.references: list[Face] = [f for f in found if f is not None]
 
-    def facesims(self, faces: list[Face | None]) -> dict[str, float]:
+    def reference_faces(self, images: list[np.ndarray]) -> list[Face]:
+        """The faces found in an identity's reference photos (none when no face model is configured)."""
+        found = [self.faces.face(to_uint8(i)) for i in images] if self.faces else []
+        return [f for f in found if f is not None]
+
+    @staticmethod
+    def facesims(faces: list[Face | None], references: list[Face]) -> dict[str, float]:
         """FaceSim per backend: ConsisID's score against each reference photo, averaged over the photos."""
         out = {}
         for short in RECOGNISERS:
-            if not self.references or short not in self.references[0].embeddings:
+            if not references or short not in references[0].embeddings:
                 out[f"facesim_{short}"] = float("nan")
                 continue
             frames = [f.embeddings[short] if f else None for f in faces]
-            out[f"facesim_{short}"] = float(np.mean([facesim(r.embeddings[short], frames) for r in self.references]))
+            out[f"facesim_{short}"] = float(np.mean([facesim(r.embeddings[short], frames) for r in references]))
         return out
 
-    def score(self, frames: np.ndarray) -> dict[str, float]:
+    def score(self, frames: np.ndarray, references: list[Face]) -> dict[str, float]:
         nan = float("nan")
         metrics = dict.fromkeys(EXTENDED_COLUMNS, nan)
         if self.settings.motion:
@@ -73,11 +77,10 @@ class ExtendedScorer:
         if self.faces:
             picked = [frames[i] for i in consisid_frames(len(frames), self.settings.facesim_frames)]
             faces = [self.faces.face(to_uint8(f)) for f in picked]
-            metrics.update(self.facesims(faces))
-            references = np.stack([r.embeddings["arc"] for r in self.references]) if self.references \
-                else np.zeros((0, 1))
+            metrics.update(self.facesims(faces, references))
+            stacked = np.stack([r.embeddings["arc"] for r in references]) if references else np.zeros((0, 1))
             metrics["identity_drift"] = identity_drift([f.embeddings["arc"] if f else None for f in faces],
-                                                       references, self.settings.drift_window)
+                                                       stacked, self.settings.drift_window)
             metrics["copy_paste"] = copy_paste([f.landmarks if f else None for f in faces],
-                                               [r.landmarks for r in self.references])
+                                               [r.landmarks for r in references])
         return metrics

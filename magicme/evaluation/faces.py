@@ -7,6 +7,7 @@ descriptors closer than 0.6 (Euclidean) are the same person (99.38% on LFW).
 
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -41,19 +42,34 @@ def face_scores(frame_faces: list[np.ndarray | None], reference_faces: np.ndarra
     return FaceScores(detected, float(distances.mean()), float(cosines.mean()), match)
 
 
+def face_models_module(purpose: str = "face metric"):
+    """`face_recognition_models` (dlib's model files), or a ConfigError saying how to install it or skip faces."""
+    try:
+        with warnings.catch_warnings():  # face_recognition_models imports the deprecated pkg_resources
+            warnings.simplefilter("ignore")
+            import face_recognition_models as models
+    except ImportError as err:
+        raise ConfigError(f"{purpose}: {err.name} is not installed; `pip install -e .[faces]` (dlib-bin, "
+                          f"face-recognition-models, setuptools<81) or pass --no-faces") from err
+    return models
+
+
+def check_face_models() -> None:
+    """Before any model loads: dlib imports and the two model files the face metric reads are on disk."""
+    import_dlib("face metric")
+    models = face_models_module()
+    for path in (models.pose_predictor_five_point_model_location(), models.face_recognition_model_location()):
+        if not Path(path).is_file():
+            raise ConfigError(f"face metric: {path} is missing; reinstall face-recognition-models or pass --no-faces")
+
+
 class FaceEncoder:
     """The shared dlib face detector (magicme/faces.py) + 5-point shape predictor + ResNet descriptor, loaded once."""
 
     def __init__(self, upsample: int = 1):
         purpose = "face metric"
         dlib = import_dlib(purpose)
-        try:
-            with warnings.catch_warnings():  # face_recognition_models imports the deprecated pkg_resources
-                warnings.simplefilter("ignore")
-                import face_recognition_models as models
-        except ImportError as err:
-            raise ConfigError(f"{purpose}: {err.name} is not installed; `pip install -e .[faces]` (dlib-bin, "
-                              f"face-recognition-models, setuptools<81) or pass --no-faces") from err
+        models = face_models_module(purpose)
         self.faces = DlibFaces(upsample=upsample, purpose=purpose)
         self.landmarks = dlib.shape_predictor(models.pose_predictor_five_point_model_location())
         self.encoder = dlib.face_recognition_model_v1(models.face_recognition_model_location())

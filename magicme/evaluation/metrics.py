@@ -11,8 +11,7 @@ import numpy as np
 import torch
 from transformers import AutoImageProcessor, AutoModel, CLIPModel, CLIPTokenizer
 
-from magicme.errors import ConfigError
-from magicme.inspector import inspect_files, is_hub_id
+from magicme.inspector import is_hub_id
 from magicme.video_io import to_uint8
 
 
@@ -45,19 +44,6 @@ def frame_indices(total: int, k: int) -> list[int]:
     if k == 1:
         return [0]
     return sorted({round(i * (total - 1) / (k - 1)) for i in range(k)})
-
-
-def check_model_path(key: str, value: str) -> None:
-    """A local folder (every weights file inspected from its header), or a Hub id the user wrote (the only case where
-    we go online)."""
-    path = Path(value)
-    if path.is_dir() and (path / "config.json").is_file():
-        inspect_files([(key, value, f"{key} model")]).raise_first()
-        return
-    if is_hub_id(value):
-        return
-    raise ConfigError(f"{key}: {value} is not a model folder (no config.json); download the model there (see "
-                      f"docs/evaluation.md) or give a Hugging Face Hub id such as openai/clip-vit-large-patch14")
 
 
 def _load_kwargs(value: str) -> dict:

@@ -29,7 +29,7 @@ COLUMNS = {  # metric key → (table/chart heading, what it means)
     "face_match": ("Face match", "share of frames with a face whose mean distance is < 0.6"),
     **EXTENDED_COLUMNS,
 }
-CSV_FIELDS = ["level", "run", "stage", "index", "seed", "gamma", "prompt", "eval_prompt", "file", "videos", "frames",
+CSV_FIELDS = ["level", "run", "stage", "identity", "index", "seed", "gamma", "prompt", "eval_prompt", "file", "videos", "frames",
               *COLUMNS]
 PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#9c755f")
 THUMB = 96
@@ -99,16 +99,18 @@ def render_html(summary: dict, sheets: list[str], references: list[np.ndarray]) 
     groups, videos = summary["groups"], summary["videos"]
     runs = list(dict.fromkeys(g["run"] for g in groups))
     colors = [PALETTE[runs.index(g["run"]) % len(PALETTE)] for g in groups]
-    labels = [f"{g['run']} / {g['stage']}" for g in groups]
+    labels = [" / ".join(x for x in (g["run"], g["stage"], g.get("identity")) if x) for g in groups]
     esc = html.escape
     head = "".join(f'<th title="{esc(doc)}">{esc(name)}</th>' for name, doc in COLUMNS.values())
     table = "".join(
-        f"<tr><td>{esc(g['run'])}</td><td>{esc(g['stage'])}</td><td>{g['videos']}</td><td>{g['frames']}</td>"
+        f"<tr><td>{esc(g['run'])}</td><td>{esc(g['stage'])}</td><td>{esc(g.get('identity') or '')}</td>"
+        f"<td>{g['videos']}</td><td>{g['frames']}</td>"
         + "".join(f"<td>{fmt(g[m])}</td>" for m in COLUMNS) + "</tr>" for g in groups)
     charts = "".join(f"<figure>{bar_chart(f'{name} — {doc}', labels, [g[m] for g in groups], colors)}</figure>"
                      for m, (name, doc) in COLUMNS.items())
     rows = "".join(
-        f"<tr><td>{esc(v['run'])}<br>{esc(v['stage'])} #{v['index']}<br>seed {v['seed']}</td>"
+        f"<tr><td>{esc(v['run'])}<br>{esc(v['stage'])} #{v['index']}<br>seed {v['seed']}"
+        f"{'<br>' + esc(v['identity']) if v.get('identity') else ''}</td>"
         f"<td>{esc(v['eval_prompt'])}</td>" + "".join(f"<td>{fmt(v[m])}</td>" for m in COLUMNS)
         + f'<td><img alt="frames" src="data:image/png;base64,{sheet}"></td></tr>' for v, sheet in zip(videos, sheets))
     refs = summary["references"]
@@ -123,7 +125,7 @@ figure{{display:inline-block;margin:6px}}svg text{{font-size:12px}}</style></hea
 {refs['faces_found']} with a face) · device {esc(summary['device'])}<br><small>settings: {settings}</small></p>
 <img alt="reference photos" src="data:image/png;base64,{png_base64(strip(references))}">
 <h2>Summary (mean over videos; hover a heading for its definition)</h2>
-<table id="summary"><tr><th>run</th><th>stage</th><th>videos</th><th>frames</th>{head}</tr>{table}</table>
+<table id="summary"><tr><th>run</th><th>stage</th><th>identity</th><th>videos</th><th>frames</th>{head}</tr>{table}</table>
 <h2>Charts</h2>{charts}
 <h2>Videos</h2>
 <table id="videos"><tr><th>video</th><th>prompt scored (ID tokens removed)</th>{head}<th>frames</th></tr>{rows}</table>

@@ -11,6 +11,7 @@ import numpy as np
 
 from magicme.errors import ConfigError
 from magicme.images import IMAGE_SUFFIXES, image_files, read_image
+from magicme.inspector import hf_model_present, inspect_files, is_hub_id
 from magicme.prompts import Prompt
 
 # Lossless frame folders first, then MP4 (what the paper's videos were), then GIF (palette-quantised).
@@ -29,6 +30,7 @@ class VideoSample:
     path: Path
     shape: tuple | None = None  # (frames, height, width) as samples.jsonl records it
     folder: Path | None = None  # the run folder (its eval_cache.jsonl keeps the scores)
+    identity: str | None = None  # a grid's identity (samples.jsonl `identity`), None outside grids
 
 
 def run_labels(folders: list[Path]) -> list[str]:
@@ -67,7 +69,7 @@ def load_run(folder: Path, label: str) -> list[VideoSample]:
         shape = tuple(record.get(k) for k in ("frames", "height", "width"))
         samples.append(VideoSample(label, str(record["stage"]), int(record.get("index", len(samples))),
                                    read_prompt(record["prompt"]), record.get("seed"), record.get("gamma"), path,
-                                   None if None in shape else shape, folder))
+                                   None if None in shape else shape, folder, record.get("identity")))
     if not samples:
         raise ConfigError(f"{listing}: no samples listed; the sampling run wrote nothing")
     return samples
@@ -138,7 +140,48 @@ def load_references(folder: Path | str) -> tuple[list[Path], list[np.ndarray]]:
     return files, [read_image(path, "reference photo") for path in files]
 
 
+def load_reference_sets(folder: Path | str, identities: list[str | None]) -> dict[str | None, tuple[list[Path],
+                                                                                          list[np.ndarray]]]:
+    """The reference photos of each identity the videos show: `folder` holding photos is one identity's set
+    (key None, for every video; refused when the videos show several identities, which would be scored against one
+    person), a folder of per-identity folders (`dataset/`, holding `<identity>/`) gives each its own set."""
+    folder = Path(folder)
+    named = sorted({i for i in identities if i is not None})
+    if folder.is_dir() and image_files(folder):
+        if len(named) > 1:
+            raise ConfigError(f"--references: {folder} holds one identity's photos, but the runs show {len(named)} "
+                              f"identities ({', '.join(named)}); give a folder holding a photo folder per identity "
+                              f"({folder.parent}/<identity>/, e.g. dataset/) so each is scored against its own photos")
+        return {None: load_references(folder)}
+    if not folder.is_dir() or not any(p.is_dir() and image_files(p) for p in folder.iterdir()):
+        return {None: load_references(folder)}  # its error: not a folder / no images
+    if None in identities:
+        raise ConfigError(f"--references: {folder} holds a photo folder per identity, but some videos have no "
+                          f"identity (not a grid with identities:); give the identity's own photo folder instead")
+    for name in named:
+        if not (folder / name).is_dir():
+            raise ConfigError(f"--references: {folder} has no folder {name}/ for identity {name!r}; add its photos "
+                              f"there")
+    return {name: load_references(folder / name) for name in named}
+
+
 def group_key(sample: VideoSample, runs: list[str]) -> tuple[int, int, str]:
     """Table order: runs as given, stages in pipeline order."""
     stage = STAGE_ORDER.index(sample.stage) if sample.stage in STAGE_ORDER else len(STAGE_ORDER)
     return runs.index(sample.run), stage, sample.stage
+
+
+def check_model_path(key: str, value: str) -> None:
+    """A local folder with a config and weights, or a Hub id the user wrote (the only case where we go online)."""
+    path = Path(value)
+    if path.is_dir() and (path / "config.json").is_file():
+        if not hf_model_present(path):
+            raise ConfigError(f"{key}: {value} has a config.json but no weights (.safetensors/.bin); the download is "
+                              f"incomplete: download the model there again (see docs/evaluation.md)")
+        inspect_files([(key, value, f"{key} model")]).raise_first()  # every weights file from its header
+        return
+    if is_hub_id(value):
+        return
+    raise ConfigError(f"{key}: {value} is not a model folder (no config.json); download the model there (see "
+                      f"docs/evaluation.md), use the tiny models (--config configs/tiny/eval.yaml) or give a "
+                      f"Hugging Face Hub id such as openai/clip-vit-large-patch14")

@@ -99,7 +99,7 @@ class Stage:
     def __init__(self, cfg: DictConfig, progress: bool = False):
         self.settings: Any = OmegaConf.to_object(cfg[self.name]) if self.Config is not None else None
         self.run = RunSettings.from_config(cfg)
-        self.progress = progress  # per-step progress bars of a first stage
+        self.progress = progress  # per-step progress bars, named by the stage (and face or tile)
 
     @classmethod
     def check(cls, cfg: DictConfig) -> list[str]:

@@ -54,7 +54,7 @@ class EditVideo(Stage):
         r = self.run
         video = pipe.video_to_video(self.source, sample.prompt, sample.negative_prompt, generator,
                                     gamma=sample.gamma, strength=self.strength, steps=r.steps,
-                                    guidance_scale=r.guidance_scale, progress=self.progress,
+                                    guidance_scale=r.guidance_scale, progress=self.progress, desc="edit",
                                     **self.guidance.pipeline_kwargs())
         return video, {}
 

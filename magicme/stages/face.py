@@ -110,11 +110,14 @@ class FaceStage(Stage):
             # nothing to denoise: skip the crop's resampling round trip too, so the video comes back unchanged
             return video.copy(), {"faces": len(tracks), "passed_through": True}
 
+        numbers = iter(range(1, len(tracks) + 1))
+
         def denoise(crop: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
             return pipe.video_to_video(
                 crop, sample.prompt, sample.negative_prompt, generator, gamma=or_default(s.gamma, sample.gamma),
                 strength=s.strength, steps=or_default(s.steps, self.run.steps), mask=mask, scheduler=self.scheduler,
-                guidance_scale=or_default(s.guidance_scale, self.run.guidance_scale), progress=False,
+                guidance_scale=or_default(s.guidance_scale, self.run.guidance_scale), progress=self.progress,
+                desc=f"face {next(numbers)}/{len(tracks)}",
             )
 
         refined, sizes = refine_faces(video, tracks, denoise, s.crop_factor, s.size, s.feather, pipe.device, masks,

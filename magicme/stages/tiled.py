@@ -70,6 +70,8 @@ class TiledStage(Stage):
         s = self.settings
         big = self.upscaler(video, s.scale)
 
+        numbers = iter(range(1, 10 ** 9))
+
         def denoise(window: np.ndarray) -> np.ndarray:
             h, w = window.shape[1:3]
             th, tw = tile_size(h, w, s.tile)
@@ -77,7 +79,7 @@ class TiledStage(Stage):
                 resize_video(window, th, tw, pipe.device), sample.prompt, sample.negative_prompt, generator,
                 gamma=or_default(s.gamma, sample.gamma), strength=s.strength, steps=or_default(s.steps, self.run.steps),
                 guidance_scale=or_default(s.guidance_scale, self.run.guidance_scale), scheduler=self.scheduler,
-                progress=False,
+                progress=self.progress, desc=f"tiled, tile {next(numbers)}",
             )
             return resize_video(refined, h, w, pipe.device)
 

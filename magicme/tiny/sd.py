@@ -106,8 +106,8 @@ def save_tiny_sd(out: Path) -> Path:
 
 
 def build_tiny_bundle(out: Path | str, seed: int = 0) -> dict[str, Path]:
-    """Build every tiny model under `out` (SD folder, motion modules v1/v2/v3, a MotionLoRA, CLIPSeg, an ID
-    embedding, the few-step modules and LoRA, a ControlNet and two clips, and the SD-XL family's:
+    """Build every tiny model under `out` (SD folder, motion modules v1/v2/v3, a MotionLoRA, CLIPSeg, two ID
+    embeddings, the few-step modules and LoRA, a ControlNet and two clips, and the SD-XL family's:
     magicme/tiny/sdxl.py); the same seed always gives the same weights."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -128,6 +128,10 @@ def build_tiny_bundle(out: Path | str, seed: int = 0) -> dict[str, Path]:
     paths["embedding"] = out / "embeddings" / "tinyperson.pt"
     save_embedding(paths["embedding"], torch.randn(4, TEXT_WIDTH, generator=generator) * 0.02, "tinyperson",
                    class_word="man")
+    second = torch.Generator().manual_seed(seed + 7)  # its own generator: the draws above stay as they were
+    paths["embedding_woman"] = out / "embeddings" / "tinywoman.pt"
+    save_embedding(paths["embedding_woman"], torch.randn(4, TEXT_WIDTH, generator=second) * 0.02, "tinywoman",
+                   class_word="woman")
     paths.update(save_fewstep_models(out, seed))
     paths.update(save_control_models(out, seed))
     from magicme.tiny.sdxl import save_sdxl_models  # here: magicme.tiny.sdxl imports this module

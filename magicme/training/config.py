@@ -105,10 +105,14 @@ class TrainConfig:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     output_dir: str = "outputs/train"
     mask_cache_dir: str = "outputs/mask_cache"
-    copy_to_embeddings_dir: Optional[str] = None  # also put the final <name>.pt here (e.g. models/embeddings)
+    sample_config: Optional[str] = None  # the sampling config the identity is for; null: the family's shipped one
+    copy_to_embeddings_dir: Optional[str] = "auto"  # the final <name>.pt also goes here; auto: sample_config's
+    # model.embeddings_dir (where sample.py looks); null: only in the run folder
     log_with: Optional[str] = None  # tensorboard | wandb (if installed)
 
 
+AUTO = "auto"
+FAMILY_SAMPLE_CONFIGS = {"sd15": "configs/sample/example.yaml", "sdxl": "configs/sample/sdxl.yaml"}
 NAME_FIELD = "{name}"  # in images_dir: the identity's name (dataset/{name} is the default with `identities`)
 SHARED_KEYS = ("model.family", "model.base", "model.base_config", "model.vae", "model.clipseg", "mixed_precision",
                "log_with", "compile", "compile_backend", "tf32")
@@ -289,9 +293,31 @@ def validate_train_config(cfg: DictConfig, rng: random.Random | None = None) -> 
         get_family(v.model.family).check(v.model)
     check_output_dir(cfg.output_dir, "output_dir")
     check_output_dir(cfg.mask_cache_dir, "mask_cache_dir")
+    link_sampling(cfg)
     if cfg.copy_to_embeddings_dir:
         check_output_dir(cfg.copy_to_embeddings_dir, "copy_to_embeddings_dir")
     photos = read_photos(images)
     if cfg.seed == -1:
         cfg.seed = (rng or random.SystemRandom()).randrange(MAX_SEED)
     return photos
+
+
+def link_sampling(cfg: DictConfig) -> None:
+    """Fill in `sample_config` (the family's shipped config when null) and an `auto` `copy_to_embeddings_dir` (that
+    config's `model.embeddings_dir`), so the trained identity lands where sample.py looks for it."""
+    if cfg.sample_config is None:
+        cfg.sample_config = FAMILY_SAMPLE_CONFIGS[cfg.model.family]
+    if cfg.copy_to_embeddings_dir != AUTO:
+        return
+    _check(Path(cfg.sample_config).is_file(),
+           f"sample_config: {cfg.sample_config} is not a file; run from the repository root, name your sampling "
+           f"config (sample_config=...), or set copy_to_embeddings_dir to a folder (or null)")
+    cfg.copy_to_embeddings_dir = sampling_embeddings_dir(cfg.sample_config)
+
+
+def sampling_embeddings_dir(sample_config: str) -> str:
+    """The `model.embeddings_dir` a sampling config reads (the schema's default where it sets none)."""
+    from magicme.schema import load_sample_config
+
+    folder = load_sample_config(sample_config).model.embeddings_dir
+    return None if folder is None else str(folder)

@@ -8,13 +8,17 @@ own run folder and `<name>.pt`; `--resume auto` skips finished identities, conti
 others, so re-running a command after a crash redoes only what was lost.
 """
 
+import filecmp
+import shlex
 from dataclasses import dataclass
+from pathlib import Path
 
 from accelerate import PartialState
 from accelerate.utils import gather_object, parse_flag_from_env
 from omegaconf import DictConfig
 
 from magicme.errors import ConfigError
+from magicme.prompts import ID_PLACEHOLDER
 from magicme.training.data import Photo
 from magicme.training.trainer import (
     ResumePoint, StepHook, check_state_fits, final_file, find_resume_point, newest_good_state, newest_run,
@@ -53,6 +57,7 @@ class Outcome:
     final_loss: float | None
     seconds: float  # spent in this command
     output: str  # <run>/<name>.pt (SD-XL: <name>.safetensors)
+    command: str | None = None  # the sample.py command that renders the identity (None: no sampling config)
 
 
 def decide(cfg: DictConfig, resume: str | None) -> Decision:
@@ -76,6 +81,45 @@ def check_resume_flag(resume: str | None, jobs: list[Job]) -> None:
                           f"identities give {RESUME_AUTO} (or latest): each continues its own newest run")
 
 
+def check_embedding_copy(cfg: DictConfig, decision: Decision, force: bool) -> None:
+    """Before training: the identity's file in `copy_to_embeddings_dir` may be replaced only if it is absent, is
+    this very run's (a resumed run's own file), or `--force` is given; another training's identity of the same
+    name is never overwritten silently."""
+    if not cfg.copy_to_embeddings_dir or force or decision.finished:
+        return
+    target = Path(cfg.copy_to_embeddings_dir) / final_file(cfg)
+    if not target.exists():
+        return
+    own = decision.point.run_dir / final_file(cfg) if decision.point else None
+    if own is not None and own.is_file() and filecmp.cmp(own, target, shallow=False):
+        return
+    raise ConfigError(f"copy_to_embeddings_dir: {target} already exists (another identity called {cfg.name!r}); "
+                      f"pass --force to replace it with this training's, or train under another name (name=...)")
+
+
+def sample_command(cfg: DictConfig, output: str) -> str | None:
+    """The exact sample.py command that renders the trained identity with `sample_config` (its first validation
+    prompt), pointing `model.embeddings_dir` at the identity's folder when that config looks elsewhere."""
+    if not cfg.sample_config or not Path(cfg.sample_config).is_file():
+        return None
+    from magicme.schema import load_sample_config
+
+    folder = Path(cfg.copy_to_embeddings_dir) if cfg.copy_to_embeddings_dir else Path(output).parent
+    text = cfg.validation.prompts[0] if cfg.validation.prompts else f"a photo of {ID_PLACEHOLDER}"
+    text = text.replace("\\", "").replace('"', "'")
+    sampling = load_sample_config(cfg.sample_config)
+    if sampling.identities:  # a grid config: this identity alone, {id} filled by the grid with its class word
+        words = ["python", "sample.py", "--config", cfg.sample_config, f'prompts=["{text}"]',
+                 f"identities=[{cfg.name}]"]
+    else:
+        text = text.replace(ID_PLACEHOLDER, f"<{cfg.name}> {cfg.class_word}")
+        words = ["python", "sample.py", "--config", cfg.sample_config, f'prompts=["{text}"]']
+    reads = sampling.model.embeddings_dir
+    if reads is None or Path(reads).resolve() != folder.resolve():
+        words.append(f"model.embeddings_dir={folder}")
+    return shlex.join(words)
+
+
 def assign(costs: list[int], processes: int) -> list[int]:
     """The process of each identity: the longest first, each to the least loaded process (ties: the lower rank).
     A function of the costs alone, so every process computes the same assignment."""
@@ -88,8 +132,9 @@ def assign(costs: list[int], processes: int) -> list[int]:
 
 def finished_outcome(cfg: DictConfig, decision: Decision) -> Outcome:
     state = decision.point.state
+    output = str(decision.point.run_dir / final_file(cfg))
     return Outcome(cfg.name, "finished", int(state["step"]), state["losses"][-1] if state["losses"] else None, 0.0,
-                   str(decision.point.run_dir / final_file(cfg)))
+                   output, sample_command(cfg, output))
 
 
 def process_state() -> PartialState:
@@ -99,12 +144,15 @@ def process_state() -> PartialState:
 
 
 def train_identities(jobs: list[Job], resume: str | None = None, progress: bool = True,
-                     on_step: StepHook | None = None) -> list[Outcome]:
+                     on_step: StepHook | None = None, force: bool = False) -> list[Outcome]:
     """Train every job (in this process, or its share of them under accelerate); returns the outcomes of all jobs in
-    their order (on every process). `on_step`: see `trainer.run_training`."""
+    their order (on every process). `on_step`: see `trainer.run_training`; `force`: replace an identity file of the
+    same name in `copy_to_embeddings_dir` (see `check_embedding_copy`)."""
     check_resume_flag(resume, jobs)
     state = process_state()
     decisions = [decide(job.cfg, resume) for job in jobs]  # every process reads the same run folders ...
+    for job, decision in zip(jobs, decisions):
+        check_embedding_copy(job.cfg, decision, force)
     state.wait_for_everyone()  # ... before any process writes into one
     together = len(jobs) == 1 and state.num_processes > 1
     ranks = [state.process_index] if together else \
@@ -118,9 +166,10 @@ def train_identities(jobs: list[Job], resume: str | None = None, progress: bool 
             continue
         trained = train_identity(job.cfg, job.photos, decision.point, models, together, progress, on_step)
         models = trained.models
+        output = str(trained.run_dir / final_file(job.cfg))
         outcomes.append((index, Outcome(job.cfg.name, "resumed" if trained.resumed_from else "trained",
-                                        trained.steps, trained.final_loss, trained.seconds,
-                                        str(trained.run_dir / final_file(job.cfg)))))
+                                        trained.steps, trained.final_loss, trained.seconds, output,
+                                        sample_command(job.cfg, output))))
     if state.num_processes > 1 and not together:
         outcomes = gather_object(outcomes)
     return [outcome for _, outcome in sorted(outcomes, key=lambda pair: pair[0])]

@@ -12,6 +12,7 @@ folder, from a state file that was read through the safe reader and checked befo
 import contextlib
 import json
 import logging
+import math
 import random
 import re
 import shutil
@@ -316,25 +317,52 @@ def shared_run_dir(accelerator: Accelerator, cfg: DictConfig,
     return Path(text), lock
 
 
+def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
+    """About `count` round tick values (steps of 1, 2 or 5 × 10^k) covering [low, high], for the loss-curve axes."""
+    if high <= low:
+        return [low]
+    raw = (high - low) / count
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
+    first = math.ceil(low / step - 1e-9) * step
+    return [round(first + k * step, 12) for k in range(int((high - first) / step + 1e-9) + 1)]
+
+
 def save_loss_curve(path: Path, losses: list[float]) -> None:
-    """A small PNG of the loss (raw and smoothed); PIL only, no plotting library needed."""
-    width, height, pad = 640, 320, 30
+    """A small PNG of the loss (raw and smoothed) with labelled axes (x: step, y: loss); PIL only, no plotting
+    library needed."""
+    width, height, left, right, top, bottom = 640, 320, 64, 16, 24, 40
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
+    x0, x1, y0, y1 = left, width - right, height - bottom, top  # plot area: y0 is the bottom edge
     if len(losses) >= 2:
         values = np.asarray(losses)
-        smooth = np.convolve(values, np.ones(min(20, len(values))) / min(20, len(values)), mode="valid")
-        low, high = float(values.min()), float(values.max()) or 1.0
+        window = min(20, len(values))
+        smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+        low, high = float(values.min()), float(values.max())
         span = (high - low) or 1.0
+        steps = len(values)
 
-        def points(series, offset=0):
-            n = len(values) - 1
-            return [(pad + (i + offset) / n * (width - 2 * pad), height - pad - (v - low) / span * (height - 2 * pad))
-                    for i, v in enumerate(series)]
+        def x_of(step: float) -> int:  # step 1 .. steps, to the pixel
+            return round(x0 + (step - 1) / (steps - 1) * (x1 - x0))
 
-        draw.line(points(values), fill=(180, 180, 230), width=1)
-        draw.line(points(smooth, offset=len(values) - len(smooth)), fill=(20, 40, 160), width=2)
-        draw.text((pad, 5), f"loss: {low:.4f} .. {high:.4f} over {len(values)} steps", fill="black")
+        def y_of(value: float) -> float:
+            return y0 - (value - low) / span * (y0 - y1)
+
+        for tick in nice_ticks(1, steps):
+            draw.line([(x_of(tick), y0), (x_of(tick), y0 + 4)], fill="black")
+            draw.text((x_of(tick) - 8, y0 + 6), f"{tick:g}", fill="black")
+        for tick in nice_ticks(low, high) if high > low else [low]:
+            draw.line([(x0 - 4, y_of(tick)), (x0, y_of(tick))], fill="black")
+            draw.text((4, y_of(tick) - 5), f"{tick:.3g}", fill="black")
+        draw.line([(x_of(i + 1), y_of(v)) for i, v in enumerate(values)], fill=(180, 180, 230), width=1)
+        draw.line([(x_of(i + steps - len(smooth) + 1), y_of(v)) for i, v in enumerate(smooth)], fill=(20, 40, 160),
+                  width=2)
+        draw.text((x0 + 8, 4), f"{steps} steps, loss {low:.4f} .. {high:.4f} (light: raw, dark: mean of {window})",
+                  fill="black")
+    draw.line([(x0, y1), (x0, y0), (x1, y0)], fill="black", width=1)  # last: the curves start on the axes
+    draw.text((x1 - 30, height - 14), "step", fill="black")
+    draw.text((4, 4), "loss", fill="black")
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
 
