@@ -4,7 +4,7 @@ noise prior against a classifier trained on the world.
 
     python scripts/miniature.py                      # models/miniature/ (cached) + docs/miniature.md (+ .png)
     python scripts/miniature.py --only identity      # one experiment (identity | mask | gamma)
-    python scripts/miniature.py --ci                 # the test's reduced world and plan, into a temporary folder
+    python scripts/miniature.py --ci --doc /tmp/ci.md # the test's reduced world and plan (models/miniature_ci/)
 
 Pretraining is resumable (kill it and run the same command) and reused once complete: models/miniature/bundle.json
 records the world and budget it was built for. On a shared CPU set OMP_NUM_THREADS=1.
@@ -20,7 +20,8 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="models/miniature", help="where the pretrained models are cached")
+    parser.add_argument("--out", default=None, help="where the pretrained models are cached (default "
+                        "models/miniature, with --ci models/miniature_ci)")
     parser.add_argument("--doc", default="docs/miniature.md", help="the report to write")
     parser.add_argument("--only", nargs="+", choices=["identity", "mask", "gamma"], help="run only these experiments")
     parser.add_argument("--ci", action="store_true", help="the CI test's reduced world and plan (minutes)")
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     from magicme.miniature.ablations import CI_PLAN, FULL_PLAN, run
     from magicme.miniature.pretrain import CI, FULL, pretrain
     from magicme.miniature.report import write_report
-    from magicme.miniature.world import World
+    from magicme.miniature.world import CI_WORLD, World
 
     if "OMP_NUM_THREADS" not in __import__("os").environ:
         torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -41,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     budget, plan = (CI, CI_PLAN) if args.ci else (FULL, FULL_PLAN)
     if args.only:
         plan = replace(plan, experiments=tuple(args.only))
-    out = Path(tempfile.mkdtemp(prefix="miniature-")) if args.ci else Path(args.out)
-    world = World()
+    out = Path(args.out or ("models/miniature_ci" if args.ci else "models/miniature"))
+    world = CI_WORLD if args.ci else World()
     bundle = pretrain(out, world, budget)
     with tempfile.TemporaryDirectory(prefix="miniature-runs-") as runs:
         results = run(out, world, plan, Path(runs))

@@ -19,7 +19,7 @@ from magicme.miniature.measure import consistency, read_video
 from magicme.miniature.models import load_classifier
 from magicme.miniature.world import World
 
-TRAIN_CONFIG = Path("configs/miniature/train.yaml")
+TRAIN_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "miniature" / "train.yaml"
 NAME = "mini"
 
 
@@ -39,11 +39,13 @@ class Plan:
     photos: int = 8
     photo_background: str = "sand"
     seed: int = 1000
-    experiments: tuple[str, ...] = ("identity", "mask", "gamma")
+    denoise_pictures: int = 48  # fresh renders for the denoising-error experiment (4 draws each)
+    experiments: tuple[str, ...] = ("identity", "mask", "gamma", "denoising")
 
 
 FULL_PLAN = Plan()
-CI_PLAN = Plan(samples=16, gamma_samples=8, gammas=(0.0, 0.5), steps=10, frames=2, gamma_frames=6, train_steps=150)
+CI_PLAN = Plan(gamma_samples=8, gammas=(0.0, 0.5), steps=10, gamma_frames=6, train_steps=150, denoise_pictures=32,
+               experiments=("denoising", "gamma"))
 
 
 @dataclass
@@ -161,7 +163,69 @@ def gamma_experiment(pipe, classifier, world: World, plan: Plan, results: Result
     results.tables["gamma"] = rows
 
 
-EXPERIMENTS = {"identity": identity_experiment, "mask": mask_experiment, "gamma": gamma_experiment}
+def denoising_errors(pipe, world: World, prompts: list[str], images: np.ndarray, masks: np.ndarray,
+                     seed: int, draws: int = 4) -> dict[str, float]:
+    """ε-prediction error of the sampling UNet (one-frame clips) on `images` captioned by `prompts`, inside and
+    outside each object's mask at latent resolution, over `draws` fixed (timestep, noise) pairs per picture: the
+    training objective itself, on pictures the tokens were not trained on."""
+    from diffusers import DDPMScheduler
+
+    from magicme.families.sd15 import SD15_BETAS
+    from magicme.training.loss import latent_mask
+
+    t2v = pipe.t2v
+    scheduler = DDPMScheduler(**SD15_BETAS)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        ids = t2v.tokenizer([t2v.maybe_convert_prompt(p, t2v.tokenizer) for p in prompts], padding="max_length",
+                            max_length=t2v.tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+        hidden = t2v.text_encoder(ids)[0]
+        pixels = torch.from_numpy(images).permute(0, 3, 1, 2) * 2 - 1
+        latents = t2v.vae.encode(pixels).latent_dist.mean * t2v.vae.config.scaling_factor
+        inside = latent_mask(torch.from_numpy(masks), latents.shape[-2:])
+        errors = {"object": [], "background": []}
+        for _ in range(draws):
+            noise = torch.randn(latents.shape, generator=generator)
+            t = torch.randint(50, 950, (len(images),), generator=generator)
+            noisy = scheduler.add_noise(latents, noise, t)
+            pred = t2v.unet(noisy[:, :, None], t, encoder_hidden_states=hidden).sample[:, :, 0]
+            squared = (pred - noise) ** 2
+            for key, region in (("object", inside), ("background", 1 - inside)):
+                errors[key].append((squared * region).sum((1, 2, 3)) / (region.sum((1, 2, 3)) * 4).clamp(min=1))
+    return {key: float(torch.cat(values).mean()) for key, values in errors.items()}
+
+
+def denoising_experiment(pipe, classifier, world: World, plan: Plan, results: Results) -> None:
+    """The training objective on fresh renders of the identity on the *other* backgrounds (never in its photos),
+    each captioned with its background: lower object error = the tokens describe the object; lower background
+    error = the tokens leave the background to the prompt."""
+    from magicme.miniature.world import Scene, render as render_scene
+
+    shape, colour = world.held_out[0]
+    others = [b for b in world.backgrounds if b != plan.photo_background]
+    rng = np.random.default_rng(plan.seed + 20_000)
+    images, masks, backgrounds = [], [], []
+    for i in range(plan.denoise_pictures):
+        half = float(rng.uniform(*world.half_range))
+        centre = tuple(float(v) for v in rng.uniform(half + 1, world.size - half - 1, size=2))
+        background = others[i % len(others)]
+        image, mask = render_scene(world, Scene(shape, colour, background, centre, half), rng)
+        images.append(image)
+        masks.append(mask)
+        backgrounds.append(background)
+    images, masks = np.stack(images), np.stack(masks)
+    subjects = {"learned tokens (masked loss)": f"<{NAME}> {shape}",
+                "learned tokens (whole-photo loss)": f"<{NAME}_unmasked> {shape}",
+                "class word only": shape, "random tokens": f"<{NAME}_random> {shape}"}
+    rows = {}
+    for label, subject in subjects.items():
+        prompts = [f"a photo of a {subject} on {b}" for b in backgrounds]
+        rows[label] = {**denoising_errors(pipe, world, prompts, images, masks, plan.seed), "n": len(images)}
+    results.tables["denoising"] = rows
+
+
+EXPERIMENTS = {"identity": identity_experiment, "mask": mask_experiment, "gamma": gamma_experiment,
+               "denoising": denoising_experiment}
 
 
 def run(out: Path, world: World, plan: Plan, runs: Path) -> Results:

@@ -37,9 +37,9 @@ def unet(sample_size: int = 8) -> UNet2DConditionModel:
 def vae(size: int = 64) -> AutoencoderKL:
     """SD's four levels (three ×2 downsamplings) with narrow layers: cheap at 64², and latents are 8×8."""
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16, 32, 32),
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 16, 32, 32),
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=1, norm_num_groups=8, sample_size=size,
+        layers_per_block=1, norm_num_groups=4, sample_size=size,
     )
 
 
@@ -48,7 +48,7 @@ def motion_adapter() -> MotionAdapter:
     Each temporal transformer's output projection starts at zero, as AnimateDiff's `zero_initialize`: before
     training the module changes nothing."""
     adapter = MotionAdapter(
-        block_out_channels=UNET_CHANNELS, motion_layers_per_block=2, motion_num_attention_heads=8,
+        block_out_channels=UNET_CHANNELS, motion_layers_per_block=1, motion_num_attention_heads=8,
         motion_norm_num_groups=32, motion_max_seq_length=32, use_motion_mid_block=False,
     )
     for name, module in adapter.named_modules():

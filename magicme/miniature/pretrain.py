@@ -53,7 +53,8 @@ class Budget:
 
 
 FULL = Budget()
-CI = Budget(vae_steps=120, image_steps=300, image_batch=32, motion_steps=0, classifier_steps=150)
+CI = Budget(vae_steps=250, vae_batch=8, image_steps=500, image_batch=24, motion_steps=0, classifier_steps=150,
+            classifier_batch=32)
 
 
 def fingerprint(world: World, budget: Budget) -> str:
