@@ -3,7 +3,7 @@ learn an unseen object's ID tokens with train.py's code, and measure identity le
 noise prior against a classifier trained on the world.
 
     python scripts/miniature.py                      # models/miniature/ (cached) + docs/miniature.md (+ .png)
-    python scripts/miniature.py --only identity      # one experiment (identity | mask | gamma)
+    python scripts/miniature.py --only identity      # one experiment (identity | mask | gamma | denoising)
     python scripts/miniature.py --ci --doc /tmp/ci.md # the test's reduced world and plan (models/miniature_ci/)
 
 Pretraining is resumable (kill it and run the same command) and reused once complete: models/miniature/bundle.json
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="where the pretrained models are cached (default "
                         "models/miniature, with --ci models/miniature_ci)")
     parser.add_argument("--doc", default="docs/miniature.md", help="the report to write")
-    parser.add_argument("--only", nargs="+", choices=["identity", "mask", "gamma"], help="run only these experiments")
+    parser.add_argument("--only", nargs="+", choices=["identity", "mask", "gamma", "denoising"], help="run only these experiments")
     parser.add_argument("--ci", action="store_true", help="the CI test's reduced world and plan (minutes)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

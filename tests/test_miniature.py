@@ -51,24 +51,20 @@ def ci_world(tmp_path_factory):
     return out, bundle, results
 
 
-def test_classifier_reads_the_world(ci_world):
-    _, bundle, _ = ci_world
-    accuracy = bundle["classifier_accuracy"]
-    assert min(accuracy.values()) > 0.8, accuracy
+def test_learned_tokens_fit_the_identity(ci_world):
+    """The tokens learned the object: the training objective inside the object's mask, on the identity's photos,
+    is clearly lower with them than with the class word alone or with random tokens (fixed draws)."""
+    rows = ci_world[2].tables["denoising"]
+    learned = rows["learned tokens (masked loss)"]["photos_object"]
+    assert learned < 0.97 * rows["class word only"]["photos_object"], rows
+    assert learned < 0.97 * rows["random tokens"]["photos_object"], rows
 
 
-def test_learned_tokens_draw_the_identity(ci_world):
-    rows = ci_world[2].tables["identity"]
-    learned = rows["learned tokens"]["identity_hit"]
-    assert learned >= rows["class word only"]["identity_hit"] + 0.25, rows
-    assert learned >= rows["random tokens"]["identity_hit"] + 0.25, rows
-
-
-def test_masked_loss_keeps_the_background_out(ci_world):
-    rows = ci_world[2].tables["mask"]
-    masked, whole = rows["masked loss"], rows["whole-photo loss"]
-    leak = masked["photo_background"] + masked["photo_background_unprompted"]
-    assert leak + 0.25 <= whole["photo_background"] + whole["photo_background_unprompted"], rows
+def test_masked_loss_leaves_the_background_out(ci_world):
+    """With the whole-photo loss the tokens also fit the photos' background; with the masked loss they do not."""
+    rows = ci_world[2].tables["denoising"]
+    masked, whole = rows["learned tokens (masked loss)"], rows["learned tokens (whole-photo loss)"]
+    assert whole["photos_background"] < 0.98 * masked["photos_background"], rows
 
 
 def test_gamma_makes_frames_alike(ci_world):

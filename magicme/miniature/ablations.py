@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from magicme.miniature.identity import random_tokens, seed_mask_cache, train_tokens, write_photos
+from magicme.miniature.identity import (
+    identity_renders, random_tokens, seed_mask_cache, train_tokens, write_photos,
+)
 from magicme.miniature.measure import consistency, read_video
 from magicme.miniature.models import load_classifier
 from magicme.miniature.world import World
@@ -39,13 +41,14 @@ class Plan:
     photos: int = 8
     photo_background: str = "sand"
     seed: int = 1000
-    denoise_pictures: int = 48  # fresh renders for the denoising-error experiment (4 draws each)
+    denoise_pictures: int = 48  # fresh renders for the denoising-error experiment
+    denoise_draws: int = 16  # (timestep, noise) draws per picture
     experiments: tuple[str, ...] = ("identity", "mask", "gamma", "denoising")
 
 
 FULL_PLAN = Plan()
-CI_PLAN = Plan(gamma_samples=8, gammas=(0.0, 0.5), steps=10, gamma_frames=6, train_steps=150, denoise_pictures=32,
-               experiments=("denoising", "gamma"))
+CI_PLAN = Plan(gamma_samples=8, gammas=(0.0, 0.5), steps=10, gamma_frames=6, train_steps=150,
+               denoise_pictures=16, experiments=("denoising", "gamma"))
 
 
 @dataclass
@@ -196,31 +199,29 @@ def denoising_errors(pipe, world: World, prompts: list[str], images: np.ndarray,
 
 
 def denoising_experiment(pipe, classifier, world: World, plan: Plan, results: Results) -> None:
-    """The training objective on fresh renders of the identity on the *other* backgrounds (never in its photos),
-    each captioned with its background: lower object error = the tokens describe the object; lower background
-    error = the tokens leave the background to the prompt."""
-    from magicme.miniature.world import Scene, render as render_scene
-
+    """The training objective, per prompt subject, on two sets of pictures: the identity's own photos (on the
+    photos' background, captioned as in training, without a background) — lower object error = the tokens learned
+    the object, lower background error = they absorbed the background — and fresh renders on the *other*
+    backgrounds, captioned with theirs (does what was learned carry over to unseen pictures?)."""
     shape, colour = world.held_out[0]
     others = [b for b in world.backgrounds if b != plan.photo_background]
-    rng = np.random.default_rng(plan.seed + 20_000)
-    images, masks, backgrounds = [], [], []
-    for i in range(plan.denoise_pictures):
-        half = float(rng.uniform(*world.half_range))
-        centre = tuple(float(v) for v in rng.uniform(half + 1, world.size - half - 1, size=2))
-        background = others[i % len(others)]
-        image, mask = render_scene(world, Scene(shape, colour, background, centre, half), rng)
-        images.append(image)
-        masks.append(mask)
-        backgrounds.append(background)
-    images, masks = np.stack(images), np.stack(masks)
+    sets = {"photos": (identity_renders(world, shape, colour, [plan.photo_background], plan.photos, plan.seed),
+                       None),
+            "unseen": (identity_renders(world, shape, colour, others, plan.denoise_pictures, plan.seed + 20_000),
+                       others)}
     subjects = {"learned tokens (masked loss)": f"<{NAME}> {shape}",
                 "learned tokens (whole-photo loss)": f"<{NAME}_unmasked> {shape}",
                 "class word only": shape, "random tokens": f"<{NAME}_random> {shape}"}
     rows = {}
     for label, subject in subjects.items():
-        prompts = [f"a photo of a {subject} on {b}" for b in backgrounds]
-        rows[label] = {**denoising_errors(pipe, world, prompts, images, masks, plan.seed), "n": len(images)}
+        rows[label] = {}
+        for name, (renders, backgrounds) in sets.items():
+            images, masks = np.stack([r[0] for r in renders]), np.stack([r[1] for r in renders])
+            prompts = [f"a photo of a {subject}" + (f" on {backgrounds[i % len(backgrounds)]}" if backgrounds else "")
+                       for i in range(len(renders))]
+            errors = denoising_errors(pipe, world, prompts, images, masks, plan.seed, plan.denoise_draws)
+            rows[label].update({f"{name}_{key}": value for key, value in errors.items()})
+            rows[label][f"{name}_n"] = len(renders)
     results.tables["denoising"] = rows
 
 

@@ -21,16 +21,24 @@ from magicme.training.data import mask_cache_key
 from magicme.video_io import atomic_path, to_uint8
 
 
-def write_photos(world: World, folder: Path, shape: str, colour: str, background: str, count: int,
-                 seed: int) -> list[tuple[Path, np.ndarray]]:
-    """`count` PNG renders of the identity on one background at random places and sizes; (path, mask) each."""
+def identity_renders(world: World, shape: str, colour: str, backgrounds: list[str], count: int,
+                     seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`count` (image, mask) renders of the identity at random places and sizes, on `backgrounds` in turn."""
     rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    photos = []
+    renders = []
     for i in range(count):
         half = float(rng.uniform(*world.half_range))
         centre = tuple(float(v) for v in rng.uniform(half + 1, world.size - half - 1, size=2))
-        image, mask = render(world, Scene(shape, colour, background, centre, half), rng)
+        renders.append(render(world, Scene(shape, colour, backgrounds[i % len(backgrounds)], centre, half), rng))
+    return renders
+
+
+def write_photos(world: World, folder: Path, shape: str, colour: str, background: str, count: int,
+                 seed: int) -> list[tuple[Path, np.ndarray]]:
+    """`count` PNG renders of the identity on one background (`identity_renders`); (path, mask) each."""
+    folder.mkdir(parents=True, exist_ok=True)
+    photos = []
+    for i, (image, mask) in enumerate(identity_renders(world, shape, colour, [background], count, seed)):
         path = folder / f"{i:02d}.png"
         with atomic_path(path) as tmp:
             Image.fromarray(to_uint8(image)).save(tmp, format="PNG")

@@ -42,24 +42,25 @@ class Budget:
 
     vae_steps: int = 800
     vae_batch: int = 16
-    image_steps: int = 2000
+    image_steps: int = 1500
     image_batch: int = 48
-    motion_steps: int = 400
+    motion_steps: int = 150
     motion_batch: int = 4
     frames: int = 8
-    classifier_steps: int = 500
+    classifier_steps: int = 300
     classifier_batch: int = 64
     seed: int = 0
 
 
 FULL = Budget()
-CI = Budget(vae_steps=250, vae_batch=8, image_steps=500, image_batch=24, motion_steps=0, classifier_steps=150,
-            classifier_batch=32)
+CI = Budget(vae_steps=250, vae_batch=8, image_steps=500, image_batch=24, motion_steps=0, classifier_steps=0)
 
 
-def fingerprint(world: World, budget: Budget) -> str:
-    """What decides the pretrained weights: a bundle built for another world or budget is not reused."""
-    text = json.dumps({"world": asdict(world), "budget": asdict(budget), "version": 1}, sort_keys=True)
+def fingerprint(world: World, budget: Budget, steps: bool = True) -> str:
+    """What decides the pretrained weights: a bundle built for another world or budget is not reused. Without
+    `steps` it names the phases' cache: a budget with more steps continues the states of one with fewer."""
+    kept = {k: v for k, v in asdict(budget).items() if steps or not k.endswith("_steps")}
+    text = json.dumps({"world": asdict(world), "budget": kept, "version": 1}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -281,7 +282,7 @@ def pretrain(out: Path | str, world: World = World(), budget: Budget = FULL) -> 
     if cached:
         log.info("reusing the pretrained miniature models in %s", out)
         return cached
-    cache = out / "cache" / fingerprint(world, budget)
+    cache = out / "cache" / fingerprint(world, budget, steps=False)
     cache.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     torch.manual_seed(budget.seed)  # the initial weights

@@ -113,10 +113,14 @@ def denoising_section(results: Results) -> list[str]:
     rows = results.tables.get("denoising")
     if not rows:
         return ["Not run in this plan."]
-    lines = ["| prompt subject | ε error inside the object | ε error on the background | pictures × draws |",
-             "|---|---|---|---|"]
+    lines = ["| prompt subject | photos: object | photos: background | unseen: object | unseen: background |",
+             "|---|---|---|---|---|"]
     for label, r in rows.items():
-        lines.append(f"| {label} | {r['object']:.4f} | {r['background']:.4f} | {r['n']} × 4 |")
+        lines.append(f"| {label} | {r['photos_object']:.4f} | {r['photos_background']:.4f} | "
+                     f"{r['unseen_object']:.4f} | {r['unseen_background']:.4f} |")
+    first = next(iter(rows.values()))
+    lines += ["", f"Pictures: {first['photos_n']} photos, {first['unseen_n']} unseen renders; "
+                  f"{results.plan['denoise_draws']} (timestep, noise) draws each."]
     return lines
 
 
@@ -175,12 +179,14 @@ def write_report(path: Path, results: Results, bundle: dict, seconds: float, com
         "",
         *mask_section(results),
         "",
-        "## The training objective on unseen pictures",
+        "## The training objective, on the photos and on unseen pictures",
         "",
-        f"{plan['denoise_pictures']} fresh renders of the identity on the backgrounds its photos never show, each "
-        "captioned with its background; mean squared ε-prediction error of the sampling UNet (one-frame clips) "
-        f"at 4 fixed (timestep ∈ [50, 950), noise) draws per picture (seed {plan['seed']}), inside the object's "
-        "mask and outside it. Lower is better. This is what the CI test asserts on (tests/test_miniature.py).",
+        "Mean squared ε-prediction error of the sampling UNet (one-frame clips) inside the object's mask and "
+        f"outside it, at fixed (timestep ∈ [50, 950), noise) draws (seed {plan['seed']}); lower is better. "
+        f"*Photos*: the identity's {plan['photos']} training photos (all on {plan['photo_background']}), captioned "
+        "as in training (`a photo of a <subject>`, no background). *Unseen*: fresh renders of the identity on the "
+        "other backgrounds, each captioned with its background. The CI test (tests/test_miniature.py) asserts on "
+        "the photos' columns.",
         "",
         *denoising_section(results),
         "",
