@@ -23,7 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="where the pretrained models are cached (default "
                         "models/miniature, with --ci models/miniature_ci)")
     parser.add_argument("--doc", default="docs/miniature.md", help="the report to write")
-    parser.add_argument("--only", nargs="+", choices=["identity", "mask", "gamma", "denoising"], help="run only these experiments")
+    parser.add_argument("--only", nargs="+", choices=["identity", "mask", "gamma", "denoising"],
+                        help="run only these experiments")
     parser.add_argument("--ci", action="store_true", help="the CI test's reduced world and plan (minutes)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -45,10 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or ("models/miniature_ci" if args.ci else "models/miniature"))
     world = CI_WORLD if args.ci else World()
     bundle = pretrain(out, world, budget)
+    command = ("python scripts/miniature.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+
+    def report(results):
+        write_report(Path(args.doc), results, bundle, time.perf_counter() - start, command)
+
     with tempfile.TemporaryDirectory(prefix="miniature-runs-") as runs:
-        results = run(out, world, plan, Path(runs))
-    command = "python scripts/miniature.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    write_report(Path(args.doc), results, bundle, time.perf_counter() - start, command.strip())
+        run(out, world, plan, Path(runs), after_each=report)
     print(f"wrote {args.doc}")
     return 0
 

@@ -24,7 +24,7 @@ from diffusers import DDPMScheduler
 from magicme.checkpoint_io import save_torch
 from magicme.families.sd15 import SD15_BETAS
 from magicme.miniature import models
-from magicme.miniature.world import World, draw_scene, image_batch, render, render_clip, caption
+from magicme.miniature.world import World, caption, draw_scene, image_batch, render_clip
 from magicme.motion_module import motion_unet
 from magicme.parity import apply_animatediff_numerics
 from magicme.tiny.motion import save_original_motion_module

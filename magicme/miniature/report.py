@@ -6,7 +6,6 @@ import platform
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, ImageDraw
 
 from magicme.miniature.ablations import Results
@@ -215,8 +214,8 @@ def write_report(path: Path, results: Results, bundle: dict, seconds: float, com
         "run. The whole-photo loss is the trainer's own `use_orig_img_rate: 1.0`.",
         "- **Measuring.** A CNN trained on renders of every pair (the identity included, half of them through the "
         "VAE) reads each generated video; its accuracy above bounds how far its readings can be trusted. An "
-        "effect is called one only when the difference exceeds two binomial standard errors; with 60 samples per "
-        "condition that is about ±15 points near 50%.",
+        "effect is called one only when the difference exceeds two binomial standard errors; with 50 samples per "
+        "condition that is about ±20 points near 50%.",
         "- **Scale.** Everything is tiny and briefly trained: the figures say whether the mechanisms act in the "
         "direction the paper claims on a world this simple, not how large the effects are on real models.",
         "",
