@@ -29,12 +29,13 @@ NAME = "mini"
 class Plan:
     """Sample counts and settings of the experiments (`FULL_PLAN` for docs/miniature.md, `CI_PLAN` for the test)."""
 
-    samples: int = 50  # per condition, identity and masked-loss experiments
-    gamma_samples: int = 32  # per γ
+    samples: int = 50  # per condition, identity experiment
+    mask_samples: int = 24  # per loss, masked-loss experiment (and half as many without a background)
+    gamma_samples: int = 16  # per γ
     gammas: tuple[float, ...] = (0.0, 0.1, 0.2, 0.5)
-    steps: int = 15
+    steps: int = 10
     guidance_scale: float = 5.0
-    frames: int = 4  # identity experiments (the γ sweep uses `gamma_frames`)
+    frames: int = 2  # identity experiments (the γ sweep uses `gamma_frames`)
     gamma_frames: int = 8
     gamma: float = 0.1  # the paper's default, for the identity experiments
     train_steps: int = 300
@@ -126,7 +127,7 @@ def mask_experiment(pipe, classifier, world: World, plan: Plan, results: Results
     rows = {}
     for label, name in (("masked loss", NAME), ("whole-photo loss", f"{NAME}_unmasked")):
         match, leak, free_leak, hits = [], [], [], []
-        for i in range(plan.samples):
+        for i in range(plan.mask_samples):
             background = others[i % len(others)]
             video = render(pipe, f"a photo of a <{name}> {shape} on {background}", plan.seed + i, plan, plan.gamma,
                            plan.frames)
@@ -136,13 +137,13 @@ def mask_experiment(pipe, classifier, world: World, plan: Plan, results: Results
             hits.append(reading.shape == shape and reading.colour == colour)
             if i < 8:
                 results.examples.setdefault(f"mask/{label}", []).append(video)
-        for i in range(plan.samples // 2):
+        for i in range(plan.mask_samples // 2):
             video = render(pipe, f"a photo of a <{name}> {shape}", plan.seed + 10_000 + i, plan, plan.gamma,
                            plan.frames)
             free_leak.append(read_video(classifier, world, video).background == plan.photo_background)
         rows[label] = {"prompt_background": rate(match), "photo_background": rate(leak),
                        "photo_background_unprompted": rate(free_leak), "identity_hit": rate(hits),
-                       "n": plan.samples, "n_unprompted": plan.samples // 2}
+                       "n": plan.mask_samples, "n_unprompted": plan.mask_samples // 2}
     results.tables["mask"] = rows
 
 
