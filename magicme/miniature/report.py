@@ -32,7 +32,7 @@ def pct(x: float) -> str:
     return "n/a" if x != x else f"{100 * x:.0f}%"
 
 
-def grid_image(results: Results, path: Path, tile: int = 64) -> Path | None:
+def grid_image(results: Results, path: Path, tile: int = 32) -> Path | None:
     """Rows of first frames (identity and mask conditions) and whole γ clips; None if it would exceed the limit."""
     rows = []
     for label, videos in results.examples.items():
@@ -43,13 +43,13 @@ def grid_image(results: Results, path: Path, tile: int = 64) -> Path | None:
         rows.append((label, frames))
     if not rows:
         return None
-    width = 170 + tile * max(len(f) for _, f in rows)
+    width = 120 + tile * max(len(f) for _, f in rows)
     image = Image.new("RGB", (width, tile * len(rows)), "white")
     draw = ImageDraw.Draw(image)
     for r, (label, frames) in enumerate(rows):
-        draw.text((4, r * tile + tile // 2 - 6), label.replace("gamma/", "γ = "), fill="black")
+        draw.text((2, r * tile + tile // 2 - 6), label.replace("gamma/", "γ = "), fill="black")
         for c, frame in enumerate(frames):
-            image.paste(Image.fromarray(to_uint8(frame)), (170 + c * tile, r * tile))
+            image.paste(Image.fromarray(to_uint8(frame)).resize((tile, tile)), (120 + c * tile, r * tile))
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG", optimize=True)
     if path.stat().st_size > MAX_IMAGE_BYTES:
