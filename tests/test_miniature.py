@@ -39,6 +39,16 @@ def test_world_is_exact_and_seeded():
     assert video.shape == (4, 64, 64, 3) and not np.array_equal(masks[0], masks[-1])
 
 
+def test_tokenizer_has_one_token_per_world_word(tmp_path):
+    from magicme.tiny.sd import save_tiny_tokenizer
+
+    world = World()
+    tokenizer = save_tiny_tokenizer(tmp_path / "tokenizer", world.vocabulary())
+    for word in world.vocabulary():
+        assert tokenizer.tokenize(word) == [f"{word}</w>"]
+    assert tokenizer.tokenize("zebra") == ["z", "e", "b", "r", "a</w>"]  # other words stay characters
+
+
 @pytest.fixture(scope="module")
 def ci_world(tmp_path_factory):
     """Pretrained once per session; MAGICME_MINIATURE_CI_CACHE names a folder that keeps the pretrained CI models
