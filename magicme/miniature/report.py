@@ -47,7 +47,7 @@ def grid_image(results: Results, path: Path, tile: int = 32) -> Path | None:
     image = Image.new("RGB", (width, tile * len(rows)), "white")
     draw = ImageDraw.Draw(image)
     for r, (label, frames) in enumerate(rows):
-        draw.text((2, r * tile + tile // 2 - 6), label.replace("gamma/", "γ = "), fill="black")
+        draw.text((2, r * tile + tile // 2 - 6), label.replace("gamma/", "gamma = "), fill="black")
         for c, frame in enumerate(frames):
             image.paste(Image.fromarray(to_uint8(frame)).resize((tile, tile)), (120 + c * tile, r * tile))
     with atomic_path(path) as tmp:
