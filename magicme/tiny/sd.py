@@ -26,14 +26,30 @@ UNET_CHANNELS = (32, 64)
 MOTION_VERSIONS = {"v1": (24, False), "v2": (32, True), "v3": (32, False)}  # (max frames, mid-block module)
 
 
-def save_tiny_tokenizer(out: Path) -> CLIPTokenizer:
-    """A CLIP BPE tokenizer with a byte-level character vocabulary and no merges: every word is split into
-    characters, which is enough to test prompt handling and added ID tokens."""
+def word_merges(words: list[str]) -> list[tuple[str, str]]:
+    """BPE merges that join each of `words` left to right into one token (`r e`, `re d</w>` for "red")."""
+    merges: list[tuple[str, str]] = []
+    for word in words:
+        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        joined = pieces[0]
+        for piece in pieces[1:]:
+            if (joined, piece) not in merges:
+                merges.append((joined, piece))
+            joined += piece
+    return merges
+
+
+def save_tiny_tokenizer(out: Path, words: list[str] | tuple[str, ...] = ()) -> CLIPTokenizer:
+    """A CLIP BPE tokenizer with a byte-level character vocabulary: every word is split into characters, which is
+    enough to test prompt handling and added ID tokens; each of `words` (the miniature world's vocabulary) is
+    merged into a token of its own."""
     out.mkdir(parents=True, exist_ok=True)
     chars = list(bytes_to_unicode().values())
+    merges = word_merges(list(words))
     vocab = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    vocab += [a + b for a, b in merges if a + b not in vocab]
     (out / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}, ensure_ascii=False))
-    (out / "merges.txt").write_text("#version: 0.2\n")
+    (out / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
     special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
                "pad_token": "<|endoftext|>"}
     (out / "special_tokens_map.json").write_text(json.dumps(special))
@@ -90,9 +106,15 @@ def tiny_motion_adapter(version: str) -> MotionAdapter:
 def save_tiny_sd(out: Path) -> Path:
     """Write a diffusers-layout SD folder (the layout of `stable-diffusion-v1-5`)."""
     tokenizer = save_tiny_tokenizer(out / "tokenizer")
-    tiny_text_encoder(tokenizer).save_pretrained(out / "text_encoder")
-    tiny_unet().save_pretrained(out / "unet")
-    tiny_vae().save_pretrained(out / "vae")
+    return save_sd_folder(out, tiny_text_encoder(tokenizer), tiny_unet(), tiny_vae())
+
+
+def save_sd_folder(out: Path, text_encoder: CLIPTextModel, unet: UNet2DConditionModel, vae: AutoencoderKL) -> Path:
+    """The components (the tokenizer already in `out/tokenizer`) and AnimateDiff's DDIM as a diffusers SD folder;
+    the tiny bundle and the miniature world's trained models are written alike."""
+    text_encoder.save_pretrained(out / "text_encoder")
+    unet.save_pretrained(out / "unet")
+    vae.save_pretrained(out / "vae")
     animatediff_ddim().save_pretrained(out / "scheduler")
     index = {
         "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1",
