@@ -251,13 +251,15 @@ def run_problems(cfg: DictConfig) -> list[str]:
         (len(cfg.formats) > 0 and all(f in FORMATS for f in cfg.formats),
          f"formats: {list(cfg.formats)} must be one or more of {', '.join(FORMATS)}"),
     ]
-    return [message for ok, message in checks if not ok] + stage_size_problems(cfg)
+    return [message for ok, message in checks if not ok]
 
 
 def stage_size_problems(cfg: DictConfig) -> list[str]:
-    """A stage's pixel sizes (`face.size`, `tiled.tile`: any `size` or `tile` of a stage block) at most MAX_SIZE."""
+    """A stage's pixel sizes (`face.size`, `face.max_size`, `tiled.tile`: any `size`, `max_size` or `tile` of a stage
+    block) at most MAX_SIZE; checked before the stages' own checks, which compare these sizes."""
     return [f"{name}.{key}: {cfg[name][key]} is more than {MAX_SIZE} px" for name in STAGES if name in cfg
-            for key in ("size", "tile") if isinstance(cfg[name].get(key), int) and cfg[name][key] > MAX_SIZE]
+            for key in ("size", "max_size", "tile")
+            if isinstance(cfg[name].get(key), int) and cfg[name][key] > MAX_SIZE]
 
 
 def prompt_value(value, where: str, cfg: DictConfig, empty_ok: bool) -> Prompt:
@@ -402,8 +404,8 @@ def model_files(cfg: DictConfig) -> list[tuple[str, str, str]]:
 
 def check_settings(cfg: DictConfig) -> list[Sample]:
     """The checks that need no file header and no heavy library (a fraction of a second); returns the samples."""
-    _first(video_problems(cfg) + stage_problems(cfg) + run_problems(cfg) + control_problems(cfg)
-           + sparse_problems(cfg))
+    _first(video_problems(cfg) + stage_size_problems(cfg) + stage_problems(cfg) + run_problems(cfg)
+           + control_problems(cfg) + sparse_problems(cfg))
     check_output_dir(cfg.output_dir)
     return expand_samples(cfg)
 

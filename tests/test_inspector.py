@@ -99,7 +99,7 @@ def test_complete_tiny_bundle_passes(tiny_bundle):
     assert report.ok, report.table()
     detail = {c.item: c.detail for c in report.checks}
     assert "AnimateDiff v2, 32 frames max" in detail["model.motion_module"]
-    assert "1 identities (4×32)" in detail["model.embeddings_dir"]
+    assert "2 identities (4×32)" in detail["model.embeddings_dir"]
     info = report.info
     assert (info.family, info.text_width, info.unet_channels, info.cross_attention) == ("sd15", 32, (32, 64), 32)
     assert (info.motion.version, info.motion.max_seq_length, info.motion.block_out_channels) == ("v2", 32, (32, 64))
@@ -364,7 +364,7 @@ def test_unusable_embeddings_fail(identities, name, vectors, message):
     save_embedding(identities / f"{name}.pt", vectors, name)
     report = Report()
     found = inspect_embeddings(identities, None, 32, report)
-    assert set(found) == {"tinyperson", name}
+    assert set(found) == {"tinyperson", "tinywoman", name}
     (fail,) = failures(report)
     assert fail.startswith(f"model.embeddings_dir {identities / f'{name}.pt'} identity {name!r}: {message}")
 
@@ -376,7 +376,7 @@ def test_names_select_identities(identities):
     assert report.ok, report.table()
     inspect_embeddings(identities, ["tinyperson", "nobody"], 32, report)
     (fail,) = failures(report)
-    assert "unknown identity 'nobody'; available: broken, tinyperson" in fail
+    assert "unknown identity 'nobody'; available: broken, tinyperson, tinywoman" in fail
 
 
 def test_identities_differing_only_by_case_fail(identities):

@@ -28,8 +28,9 @@ from magicme.tiny.sdxl import TEXT_WIDTHS, TIME_EMBED, UNET_CHANNELS, tiny_sdxl_
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "tiny" / "sample_sdxl.yaml"
 SD15_CONFIG = REPO / "configs" / "tiny" / "sample.yaml"
+# the shipped config also runs face + tiled (as configs/sample/sdxl.yaml); these tests look at the first stage
 FAST = ["steps=2", "frames=2", "width=32", "height=32", "device=cpu", "precision=fp32", "save_frames=true",
-        "formats=[gif]"]
+        "formats=[gif]", "stages=[t2v]"]
 
 
 @pytest.fixture()
@@ -146,7 +147,7 @@ def test_tiny_sdxl_config_renders_from_the_3d_prior(in_repo_layout, monkeypatch)
     """configs/tiny/sample_sdxl.yaml through sample.py: the first UNet input is seed 42's 3D prior noise (γ 0.1),
     as the scheduler scales it; cross-attention sees both encoders; SD-XL's added conditioning is there."""
     calls = unet_calls(monkeypatch)
-    assert sample.main(["--config", str(CONFIG), "--quiet", "output_dir=out"]) == 0
+    assert sample.main(["--config", str(CONFIG), "--quiet", "output_dir=out", "stages=[t2v]"]) == 0
     (run_dir,) = Path("out").iterdir()
     records = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
     assert [(r["frames"], r["height"], r["width"], r["seed"]) for r in records] == [(8, 64, 64, 42), (8, 64, 64, 7)]

@@ -221,6 +221,7 @@ def test_the_trained_identity_samples_with_both_encoders_vectors(trained, tiny_b
     sample_cfg["model"].update(base=str(tiny_bundle["sdxl"]), motion_module=str(tiny_bundle["motion_sdxl"]),
                                embeddings_dir=str(run_dir))
     sample_cfg.update(prompts=["a photo of embedding:tinyxl man"], steps=1, frames=2, width=32, height=32,
+                      stages=["t2v"],
                       output_dir=str(tmp_path / "out"))
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(sample_cfg))
     assert sample.main(["--config", str(tmp_path / "s.yaml"), "--quiet"]) == 0

@@ -138,7 +138,8 @@ def test_sdxl_face_and_tiled_vcd_then_edit(in_repo_layout, tiny_bundle):
     assert [r["stage"] for r in (t2v, face, tiled)] == ["t2v", "face", "tiled"]
     assert (tiled["height"], tiled["width"]) == (64, 64)
     edit = run_sampling(CONFIG, [*FAST, "prompts=[a photo of <tinyperson> man]", "seeds=[4]", "output_dir=edit",
-                                 f"input_video={run_dir / t2v['files']['gif']}", "input_strength=0.5"], progress=False)
+                                 f"input_video={run_dir / t2v['files']['gif']}", "input_strength=0.5",
+                                 "stages=[edit]"], progress=False)
     (record,) = records(edit)
     assert record["stage"] == "edit" and (record["frames"], record["height"], record["width"]) == (4, 32, 32)
 
