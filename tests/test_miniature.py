@@ -4,7 +4,9 @@ background out of the tokens, and that γ makes frames more alike; and the model
 train.py with configs/miniature/*.yaml.
 
 One pretraining and one set of experiments (module fixture) serve every test; each assertion is a margin over a
-fixed seed set, chosen from the measured CI-size figures in docs/miniature.md.
+fixed seed set, chosen from the measured CI-size figures in docs/miniature.md. The pretraining takes minutes
+(about 8 on 2 cores), so those tests are marked `miniature` and kept out of the default run:
+`bash scripts/run_tests.sh -m miniature`.
 """
 
 import os
@@ -61,6 +63,7 @@ def ci_world(tmp_path_factory):
     return out, bundle, results
 
 
+@pytest.mark.miniature
 def test_learned_tokens_fit_the_identity(ci_world):
     """The tokens learned the object: the training objective inside the object's mask, on the identity's photos,
     is clearly lower with them than with the class word alone or with random tokens (fixed draws)."""
@@ -70,6 +73,7 @@ def test_learned_tokens_fit_the_identity(ci_world):
     assert learned < 0.97 * rows["random tokens"]["photos_object"], rows
 
 
+@pytest.mark.miniature
 def test_masked_loss_leaves_the_background_out(ci_world):
     """With the whole-photo loss the tokens also fit the photos' background; with the masked loss they do not."""
     rows = ci_world[2].tables["denoising"]
@@ -77,11 +81,13 @@ def test_masked_loss_leaves_the_background_out(ci_world):
     assert whole["photos_background"] < 0.98 * masked["photos_background"], rows
 
 
+@pytest.mark.miniature
 def test_gamma_makes_frames_alike(ci_world):
     rows = ci_world[2].tables["gamma"]
     assert rows[0.5]["pixel_change"] < 0.8 * rows[0.0]["pixel_change"], rows
 
 
+@pytest.mark.miniature
 def test_models_load_through_sample_and_train(ci_world, tmp_path):
     out = ci_world[0]
     model = [f"model.base={out / 'sd15'}", f"model.motion_module={out / 'motion_module' / 'mm_miniature.ckpt'}",
