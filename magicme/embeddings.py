@@ -55,7 +55,7 @@ def read_class_word(path: Path | str) -> str | None:
     `.pt` memory-mapped, so listing the identities of a grid costs no tensor reads."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        from magicme.inspector import safetensors_header
+        from magicme.safetensors_header import safetensors_header
 
         word = safetensors_header(path).get("__metadata__", {}).get("class_word")
     else:

@@ -157,3 +157,26 @@ def _read_with_decord(path: Path) -> np.ndarray | None:
         return reader.get_batch(list(range(len(reader)))).asnumpy()
     except decord.DECORDError:
         return None
+
+
+def prepare_input_video(path: str, frames: int, height: int, width: int, key: str = "input_video") -> np.ndarray:
+    """The first `frames` frames of an input video, resized to cover height × width and centre-cropped; `key` names
+    the setting in the error when it has fewer frames."""
+    video = read_video(path)
+    if len(video) < frames:
+        raise ConfigError(f"{key}: {path} has {len(video)} frames; the config asks for {frames} "
+                          "(lower `frames`)")
+    return fit_video(video[:frames], height, width)
+
+
+def fit_video(video: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(F, h, w, 3) frames resized to cover height × width and centre-cropped (input clips, control clips,
+    SparseCtrl keyframes)."""
+    from magicme.vcd.resize import resize_video
+
+    h, w = video.shape[1:3]
+    scale = max(height / h, width / w)
+    rh, rw = max(height, round(h * scale)), max(width, round(w * scale))
+    video = resize_video(video, rh, rw)
+    top, left = (rh - height) // 2, (rw - width) // 2
+    return video[:, top:top + height, left:left + width]

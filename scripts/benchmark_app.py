@@ -69,7 +69,7 @@ def main() -> None:
     from magicme.schema import load_sample_config
     from magicme.sampling import run_sampling
     from magicme.tiny.app_configs import write_app_configs
-    from magicme.tiny.sd import build_tiny_bundle
+    from magicme.tiny.bundle import build_tiny_bundle
     from magicme.webapp.jobs import PipelineCache
 
     folder = Path(tempfile.mkdtemp(prefix="benchmark-app-"))

@@ -23,7 +23,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from magicme.tiny.sd import build_tiny_bundle  # noqa: E402
+from magicme.tiny.bundle import build_tiny_bundle  # noqa: E402
 
 
 def render(config: Path, run_dir: Path, env: dict, compile_: bool) -> tuple[float, float]:

@@ -33,7 +33,7 @@ import torch  # noqa: E402
 from magicme.context import ContextSettings, context_windows  # noqa: E402
 from magicme.families.sd15 import load  # noqa: E402
 from magicme.schema import model_config  # noqa: E402
-from magicme.tiny.sd import build_tiny_bundle  # noqa: E402
+from magicme.tiny.bundle import build_tiny_bundle  # noqa: E402
 
 
 def render(pipe, frames: int, args, context: ContextSettings | None) -> float:

@@ -46,7 +46,7 @@ def timed(args: list[str]) -> tuple[float, str, str]:
 
 
 def tiny_config(folder: Path) -> Path:
-    from magicme.tiny.sd import build_tiny_bundle
+    from magicme.tiny.bundle import build_tiny_bundle
 
     bundle = build_tiny_bundle(folder / "tiny")
     cfg = {"model": {"base": str(bundle["sd15"]), "motion_module": str(bundle["motion_v2"]),

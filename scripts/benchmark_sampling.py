@@ -33,7 +33,7 @@ from magicme.devices import resolve_device, resolve_dtype  # noqa: E402
 from magicme.families import get_family  # noqa: E402
 from magicme.motion_module import load_motion_adapter  # noqa: E402
 from magicme.schema import model_config  # noqa: E402
-from magicme.tiny.sd import build_tiny_bundle  # noqa: E402
+from magicme.tiny.bundle import build_tiny_bundle  # noqa: E402
 
 
 def peak_memory_mb(device: torch.device) -> float:

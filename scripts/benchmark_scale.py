@@ -47,7 +47,7 @@ quiet_libraries()
 from magicme import manifest  # noqa: E402
 from magicme.naming import file_fingerprints, name_samples  # noqa: E402
 from magicme.schema import check_sample_config, load_sample_config  # noqa: E402
-from magicme.tiny.sd import build_tiny_bundle  # noqa: E402
+from magicme.tiny.bundle import build_tiny_bundle  # noqa: E402
 
 WORDS = ["walking", "running", "smiling", "dancing", "reading", "cooking", "singing", "jumping"]
 

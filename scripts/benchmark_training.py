@@ -55,7 +55,7 @@ def models(full_size: bool):
         return (UNet2DConditionModel(**SD15_UNET), AutoencoderKL(**SD15_VAE),
                 CLIPTextModel(CLIPTextConfig(**SD15_TEXT)), 512)
     from magicme.families.sd15 import load_base
-    from magicme.tiny.sd import build_tiny_bundle
+    from magicme.tiny.bundle import build_tiny_bundle
 
     root = Path(tempfile.mkdtemp()) / "tiny"
     build_tiny_bundle(root)

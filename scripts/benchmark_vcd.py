@@ -52,7 +52,7 @@ from magicme.freeu import install_freeu  # noqa: E402
 from magicme.schema import load_sample_config  # noqa: E402
 from magicme.stages import STAGES, Sample  # noqa: E402
 from magicme.stages.tiled import TiledConfig, blend_tiles, tile_size  # noqa: E402
-from magicme.tiny.sd import build_tiny_bundle  # noqa: E402
+from magicme.tiny.bundle import build_tiny_bundle  # noqa: E402
 from magicme.vcd.geometry import tile_windows  # noqa: E402
 from magicme.vcd.resize import resize_video  # noqa: E402
 

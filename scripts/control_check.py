@@ -37,7 +37,7 @@ def measure(input_clip: str, output_clip: str, pose: str | None, depth: str | No
 
     def keypoints(video):
         return estimate_keypoints(video, pose, device, segmented_boxes(video, person, device) if person else None)
-    from magicme.stages.edit import prepare_input_video
+    from magicme.video_io import prepare_input_video
     from magicme.video_io import read_video
 
     output = read_video(output_clip)

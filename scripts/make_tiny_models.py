@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from magicme.tiny.sd import build_tiny_bundle  # noqa: E402 - after making the repo importable
+from magicme.tiny.bundle import build_tiny_bundle  # noqa: E402 - after making the repo importable
 from magicme.tiny.extras import save_tiny_extras  # noqa: E402
 
 

@@ -11,7 +11,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory) -> dict[str, Path]:
-    from magicme.tiny.sd import build_tiny_bundle
+    from magicme.tiny.bundle import build_tiny_bundle
 
     return build_tiny_bundle(tmp_path_factory.mktemp("tiny"))
 

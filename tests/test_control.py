@@ -15,7 +15,7 @@ from magicme.errors import ConfigError
 from magicme.naming import file_fingerprints, name_samples
 from magicme.sampling import run_sampling
 from magicme.schema import check_settings, load_sample_config
-from magicme.stages.edit import prepare_input_video
+from magicme.video_io import prepare_input_video
 from magicme.tiny.controlnet import moving_square, save_gif, save_tiny_controlnet
 from magicme.video_io import read_video
 

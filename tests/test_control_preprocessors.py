@@ -23,7 +23,7 @@ from magicme.control.pose import COLOURS, draw_pose, estimate_keypoints, openpos
 from magicme.errors import ConfigError
 from magicme.sampling import run_sampling
 from magicme.schema import check_settings
-from magicme.stages.edit import prepare_input_video
+from magicme.video_io import prepare_input_video
 from magicme.tiny.controlnet import moving_square, save_gif, save_original_controlnet
 from magicme.tiny.preprocessors import save_tiny_depth
 from magicme.video_io import read_video

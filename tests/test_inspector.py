@@ -24,9 +24,9 @@ from magicme.inspector import (
     Report,
     inspect_embeddings,
     inspect_model,
-    safetensors_header,
     tensor_shapes,
 )
+from magicme.safetensors_header import safetensors_header
 from magicme.families.sd15 import load_base
 from magicme.motion_module import read_state_dict
 from magicme.tiny.ldm import save_ldm_checkpoint

@@ -107,7 +107,7 @@ def test_written_files_are_not_private(tmp_path):
 def test_tiny_bundle_is_deterministic(tmp_path):
     import hashlib
 
-    from magicme.tiny.sd import build_tiny_bundle
+    from magicme.tiny.bundle import build_tiny_bundle
 
     def digest(root):
         return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()

@@ -15,7 +15,7 @@ import sample
 from magicme.faces import ClipSegFaces, DlibFaces, regions_from_probabilities
 from magicme.schema import load_sample_config
 from magicme.stages import STAGES, Sample
-from magicme.stages.edit import prepare_input_video
+from magicme.video_io import prepare_input_video
 from magicme.stages.face import refine_faces
 from magicme.stages.tiled import blend_tiles
 from magicme.vcd.geometry import (crop_box, feather_mask, graph_crop_box, graph_denoise_size, link_tracks,

@@ -31,7 +31,7 @@ class ControlInputs:
         `source` (the fitted input clip) by canny or lineart; depth and pose wait for `setup`."""
         from magicme.control.canny import canny_video
         from magicme.control.lineart import lineart_video
-        from magicme.stages.edit import prepare_input_video
+        from magicme.video_io import prepare_input_video
 
         self.source = source
         self.videos = []

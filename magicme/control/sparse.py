@@ -181,7 +181,7 @@ class SparseInputs:
         import numpy as np
 
         from magicme.images import read_image
-        from magicme.stages.edit import fit_video
+        from magicme.video_io import fit_video
 
         images = []
         for frame, path in self.settings.frames.items():

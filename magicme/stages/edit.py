@@ -7,10 +7,7 @@ extracted from the input clip, and `sparse_control:` with SparseCtrl keyframes (
 
 from pathlib import Path
 
-import numpy as np
-
 from magicme.control.inputs import Guidance
-from magicme.errors import ConfigError
 from magicme.stages import Stage, register_stage
 from magicme.steps import schedule_problems
 
@@ -41,6 +38,8 @@ class EditVideo(Stage):
     def prepare(self) -> None:
         """Read and fit the input clip once, and the control videos (some extracted from it) and keyframes, before
         any model time is spent on samples."""
+        from magicme.video_io import prepare_input_video  # imageio: not needed for the config checks
+
         self.source = prepare_input_video(self.path, self.run.frames, self.run.height, self.run.width)
         self.guidance.prepare(self.source)
 
@@ -57,28 +56,3 @@ class EditVideo(Stage):
                                     guidance_scale=r.guidance_scale, progress=self.progress, desc="edit",
                                     **self.guidance.pipeline_kwargs())
         return video, {}
-
-
-def prepare_input_video(path: str, frames: int, height: int, width: int, key: str = "input_video") -> np.ndarray:
-    """The first `frames` frames of an input video, resized to cover height × width and centre-cropped; `key` names
-    the setting in the error when it has fewer frames."""
-    from magicme.video_io import read_video
-
-    video = read_video(path)
-    if len(video) < frames:
-        raise ConfigError(f"{key}: {path} has {len(video)} frames; the config asks for {frames} "
-                          "(lower `frames`)")
-    return fit_video(video[:frames], height, width)
-
-
-def fit_video(video: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(F, h, w, 3) frames resized to cover height × width and centre-cropped (input clips, control clips,
-    SparseCtrl keyframes)."""
-    from magicme.vcd.resize import resize_video
-
-    h, w = video.shape[1:3]
-    scale = max(height / h, width / w)
-    rh, rw = max(height, round(h * scale)), max(width, round(w * scale))
-    video = resize_video(video, rh, rw)
-    top, left = (rh - height) // 2, (rw - width) // 2
-    return video[:, top:top + height, left:left + width]
